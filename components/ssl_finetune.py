@@ -1,0 +1,21 @@
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components.image import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def ssl_finetune(encoder_uri: str, target_uri: str, store_uri: str, source_uri: str, replay_uri: str, plan_uri: str,
+                 method: str, steps: int, batch_size: int, lr: float, replay_ratio: float, radreg_weight: float,
+                 seed: int, checkpoint_every: int, run_id: str, job_id: str,
+                 experiment: str) -> NamedTuple("Outputs", [("encoder_uri", str), ("encoder_sha", str)]):
+    """Continue SSL on the target (+ replay, + mixing); checkpoints to the store and resumes."""
+    from uft.steps import finetune
+    from uft.tracking import run_key
+
+    out = finetune(encoder_uri, target_uri, store_uri, source_uri=source_uri, replay_uri=replay_uri,
+                   plan_uri=plan_uri, method=method, steps=steps, batch_size=batch_size, lr=lr,
+                   replay_ratio=replay_ratio, radreg_weight=radreg_weight, seed=seed,
+                   checkpoint_every=checkpoint_every, run_id=run_key(run_id, job_id), experiment=experiment)
+    return (out["encoder_uri"], out["encoder_sha"])

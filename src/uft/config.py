@@ -1,0 +1,138 @@
+"""The run configuration: every pipeline parameter, validated in one place.
+
+The same model backs `uft run` flags, the KFP pipeline parameters and MLflow params, so a bad value
+is caught before anything runs, with a message naming the field and the valid range or choices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from uft.errors import UftError
+
+REPLAY_RULES = ("uniform", "class_balanced", "kmeans", "nearest_target")
+MIX_OPS = ("none", "mixup", "cutmix")
+MIX_PAIRINGS = ("target_source", "target_target")
+
+
+def _csv_ints(value: str, field: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{field} must be comma-separated integers, got {value!r}") from None
+
+
+class RunConfig(BaseModel):
+    """Pipeline parameters (flat, so they map 1:1 onto KFP parameters and MLflow params)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field("mnist", description="bundled name, ImageFolder dir, s3:// prefix or manifest URI")
+    target: str = Field("optdigits", description="same forms as source")
+    image_size: int = Field(16, ge=4, le=1024)
+    channels: int = Field(1, ge=1, le=3)
+    source_limit: int = Field(0, ge=0, description="0 = all source images")
+    target_limit: int = Field(0, ge=0, description="0 = all target images")
+    target_test_fraction: float = Field(0.5, gt=0, lt=1)
+    source_test_fraction: float = Field(0.1, gt=0, lt=1, description="held out for source retention")
+
+    encoder: str = "tiny"
+    encoder_width: int = Field(32, ge=4, le=1024)
+    pretrained_encoder: str = Field("", description="encoder manifest URI; skips pretraining when set")
+    pretrain_method: str = "simclr"
+    pretrain_steps: int = Field(300, ge=1)
+    ssl_method: str = "simclr"
+    finetune_steps: int = Field(200, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(2e-3, gt=0, le=10)
+    radreg_weight: float = Field(0.0, ge=0)
+    checkpoint_every: int = Field(50, ge=1)
+
+    replay_rule: str = "uniform"
+    replay_size: int = Field(2000, ge=0, description="|S|, the fixed replay set; 0 disables replay")
+    replay_ratio: float = Field(0.5, ge=0, le=1, description="⌈ρ·B⌉ replayed images per B target images")
+    mix_op: str = "none"
+    mix_alpha: float = Field(1.0, gt=0)
+    mix_fraction: float = Field(0.5, ge=0, le=1)
+    mix_pairing: str = "target_source"
+
+    label_shots: str = Field("1,5,10", description="few-label probe sizes, labels per class")
+    probe_draws: int = Field(5, ge=1, le=100)
+    knn_k: int = Field(20, ge=1)
+    holistic_seen: str = Field("0,1,2,3,4", description="target classes with training labels")
+    holistic_methods: str = Field("naive", description="comma-separated holistic methods")
+    holistic_steps: int = Field(150, ge=1)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("replay_rule")
+    @classmethod
+    def _replay_rule(cls, v: str) -> str:
+        if v not in REPLAY_RULES:
+            raise ValueError(f"unknown replay_rule {v!r}; choose one of {', '.join(REPLAY_RULES)}")
+        return v
+
+    @field_validator("mix_op")
+    @classmethod
+    def _mix_op(cls, v: str) -> str:
+        if v not in MIX_OPS:
+            raise ValueError(f"unknown mix_op {v!r}; choose one of {', '.join(MIX_OPS)}")
+        return v
+
+    @field_validator("mix_pairing")
+    @classmethod
+    def _pairing(cls, v: str) -> str:
+        if v not in MIX_PAIRINGS:
+            raise ValueError(f"unknown mix_pairing {v!r}; choose one of {', '.join(MIX_PAIRINGS)}")
+        return v
+
+    @field_validator("label_shots", "holistic_seen")
+    @classmethod
+    def _ints(cls, v: str, info) -> str:
+        vals = _csv_ints(v, info.field_name)
+        if not vals or min(vals) < 0:
+            raise ValueError(f"{info.field_name} needs non-negative integers, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _names(self) -> "RunConfig":
+        from uft.models.encoders import encoder_names
+        from uft.ssl.base import method_names
+
+        for field in ("pretrain_method", "ssl_method"):
+            if getattr(self, field) not in method_names():
+                raise ValueError(f"unknown {field} {getattr(self, field)!r}; choose one of {', '.join(method_names())}")
+        if self.encoder not in encoder_names():
+            raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(encoder_names())}")
+        if self.channels == 2:
+            raise ValueError("channels must be 1 (grey) or 3 (RGB)")
+        from uft.transfer.holistic import HOLISTIC_METHODS
+
+        for m in self.methods():
+            if m not in HOLISTIC_METHODS:
+                raise ValueError(f"unknown holistic method {m!r}; choose from {', '.join(HOLISTIC_METHODS)}")
+        return self
+
+    def shots(self) -> list[int]:
+        return _csv_ints(self.label_shots, "label_shots")
+
+    def seen(self) -> list[int]:
+        return _csv_ints(self.holistic_seen, "holistic_seen")
+
+    def methods(self) -> list[str]:
+        return [m.strip() for m in self.holistic_methods.split(",") if m.strip()]
+
+
+def validate_config(values: dict[str, Any]) -> RunConfig:
+    """Build a :class:`RunConfig`, turning pydantic's report into one line per problem."""
+    try:
+        return RunConfig(**values)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "config"
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{loc}: {msg}" if err["type"] != "extra_forbidden" else
+                            f"{loc}: unknown parameter; valid ones are {', '.join(RunConfig.model_fields)}")
+        raise UftError("invalid config — " + "; ".join(problems)) from None

@@ -1,0 +1,67 @@
+"""Read a published dataset (verified against its manifest) into memory as uint8 tensors."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from uft.errors import UftError
+from uft.store import read_manifest, read_verified, sha256_bytes, canonical_json
+
+
+@dataclass
+class ImageDataset:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64, -1 = unlabelled
+    split: np.ndarray  # (N,) str
+    row_ids: np.ndarray  # (N,) int64, stable ids from ingest
+    classes: list[str]
+    uri: str
+    sha: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def where(self, mask: np.ndarray | torch.Tensor) -> "ImageDataset":
+        m = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
+        mn = m.numpy()
+        return ImageDataset(self.images[m], self.labels[m], self.split[mn], self.row_ids[mn], self.classes, self.uri, self.sha)
+
+    def subset(self, split: str) -> "ImageDataset":
+        out = self.where(self.split == split)
+        if len(out) == 0:
+            raise UftError(f"dataset {self.uri} has no {split!r} rows: ingest it with a {split} split")
+        return out
+
+    def floats(self) -> torch.Tensor:
+        """Images as float32 in [0, 1], ``(N, C, H, W)``."""
+        return self.images.float().div_(255.0)
+
+
+def load_dataset(uri: str) -> ImageDataset:
+    """Load and verify every shard listed in the manifest at ``uri``."""
+    manifest, store, prefix = read_manifest(uri)
+    if manifest.get("kind") != "dataset":
+        raise UftError(f"{uri} is not a dataset manifest (kind={manifest.get('kind')!r}): pass the output of ingest")
+    h, w, c = manifest["image_shape"]
+    images, labels, splits, row_ids = [], [], [], []
+    for name in sorted(manifest["files"]):
+        table = pq.read_table(io.BytesIO(read_verified(store, prefix, manifest, name, uri)))
+        col = table.column("image").combine_chunks()
+        # Fixed-size rows: one contiguous buffer → (n, H, W, C) without per-row Python work.
+        offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset: col.offset + len(col) + 1]
+        data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]
+        if len(data) != len(col) * h * w * c:
+            raise UftError(f"{name} in {uri} has rows of the wrong size for image_shape {manifest['image_shape']}: rerun ingest")
+        images.append(data.reshape(len(col), h, w, c))
+        labels.append(table.column("label").to_numpy().astype(np.int64))
+        splits.append(table.column("split").to_numpy(zero_copy_only=False).astype(str))
+        row_ids.append(table.column("row_id").to_numpy())
+    img = torch.from_numpy(np.concatenate(images)).permute(0, 3, 1, 2).contiguous()
+    sha = sha256_bytes(canonical_json(manifest))
+    return ImageDataset(img, torch.from_numpy(np.concatenate(labels)), np.concatenate(splits),
+                        np.concatenate(row_ids), list(manifest["classes"]), uri, sha)

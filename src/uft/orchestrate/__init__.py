@@ -1,0 +1,1 @@
+"""The only kfp-aware part of ``uft``: run locally, compile, submit, schedule, trigger."""

@@ -1,0 +1,174 @@
+"""The SSL training loop shared by pretraining and finetuning, with resumable checkpoints.
+
+Per step: B target images (without replacement), ⌈ρ·B⌉ replayed source images drawn from the
+fixed replay set, and M mixed images (new instances); each instance gets two augmented views and
+enters the same SSL loss. RadReg (optional) is computed on the target instances' features.
+All randomness flows from one ``torch.Generator`` whose state is checkpointed, so a killed and
+restarted run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from uft.data.augment import AugmentConfig, augment
+from uft.errors import UftError
+from uft.ssl.base import SSLMethod
+from uft.store import Store
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(200, ge=1, le=10_000_000)
+    batch_size: int = Field(256, ge=2, le=65536)
+    lr: float = Field(2e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-5, ge=0, le=1)
+    warmup_steps: int = Field(10, ge=0)
+    replay_ratio: float = Field(0.0, ge=0, le=1, description="⌈ρ·B⌉ replayed source images per B target images")
+    radreg_weight: float = Field(0.0, ge=0, description="μ of the Rademacher regulariser on target features")
+    seed: int = 0
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    augment: AugmentConfig = AugmentConfig()
+
+
+@dataclass
+class Checkpointer:
+    """Keeps the latest training state under ``prefix`` in the store (state file first, pointer last)."""
+
+    store: Store
+    prefix: str
+
+    def save(self, step: int, state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        name = f"ckpt-{step:08d}.pt"
+        self.store.put(f"{self.prefix}/{name}", buf.getvalue())
+        previous = self._latest()
+        self.store.put(f"{self.prefix}/latest.json", json.dumps({"step": step, "file": name}).encode())
+        if previous and previous["file"] != name:
+            self.store.delete(f"{self.prefix}/{previous['file']}")
+
+    def _latest(self) -> dict | None:
+        if not self.store.exists(f"{self.prefix}/latest.json"):
+            return None
+        return json.loads(self.store.get(f"{self.prefix}/latest.json"))
+
+    def load(self) -> dict[str, Any] | None:
+        latest = self._latest()
+        if latest is None:
+            return None
+        blob = self.store.get(f"{self.prefix}/{latest['file']}")
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+
+
+@dataclass
+class TrainResult:
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    resumed_from: int = 0
+    images_seen: int = 0
+
+
+def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def train_ssl(
+    method: SSLMethod,
+    target: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    replay: torch.Tensor | None = None,
+    mix_plan: Any = None,
+    checkpointer: Checkpointer | None = None,
+    device: str | torch.device = "cpu",
+    on_log: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train ``method`` in place. ``target``/``replay``: uint8 ``(N, C, H, W)`` images.
+
+    Stops after ``cfg.steps`` optimiser steps, resuming from ``checkpointer`` if it holds a state.
+    """
+    from uft.ssl.radreg import radreg_penalty
+    from uft.transfer.mixing import MixPlan, make_mixed_batch
+
+    if len(target) < 2:
+        raise UftError(f"the training set has {len(target)} images: SSL needs at least 2 (check the target data)")
+    if cfg.replay_ratio > 0 and (replay is None or len(replay) == 0):
+        raise UftError(f"replay_ratio={cfg.replay_ratio} but the replay set is empty: set replay_size > 0 or replay_ratio 0")
+    plan = mix_plan or MixPlan()
+    device = torch.device(device)
+    method.to(device).train()
+    params = [p for p in method.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    g = torch.Generator().manual_seed(cfg.seed)
+    result = TrainResult()
+    start = 0
+    if checkpointer is not None and (state := checkpointer.load()) is not None:
+        method.load_state_dict(state["method"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["rng"])
+        start = result.resumed_from = state["step"]
+        result.losses = list(state["losses"])
+
+    target_f = target.to(device)
+    replay_f = replay.to(device) if replay is not None else None
+    # Mixing partners come from the whole replay set (floats once), not only this batch's replays.
+    mix_source = replay_f.float().div(255) if replay_f is not None and plan.op != "none" else None
+    b = min(cfg.batch_size, len(target))
+    k = math.ceil(cfg.replay_ratio * b) if replay_f is not None else 0
+    running = torch.zeros((), device=device)
+    for step in range(start, cfg.steps):
+        t_idx = torch.randperm(len(target_f), generator=g)[:b].to(device)
+        xt = target_f[t_idx].float().div_(255)
+        parts = [xt]
+        xs = None
+        if k > 0:
+            r_idx = torch.randint(len(replay_f), (k,), generator=g).to(device)
+            xs = replay_f[r_idx].float().div_(255)
+            parts.append(xs)
+        if plan.op != "none":
+            parts.append(make_mixed_batch(xt, mix_source, plan, g))
+        x = torch.cat(parts)
+        v1, v2 = augment(x, cfg.augment, g), augment(x, cfg.augment, g)
+        loss, feats = method.loss(v1, v2)
+        if cfg.radreg_weight > 0:
+            loss = loss + cfg.radreg_weight * radreg_penalty(feats[:b], generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        method.after_step()
+        running += loss.detach()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            n_since = cfg.log_every if done % cfg.log_every == 0 else done % cfg.log_every
+            value = float(running) / n_since  # one host sync per log interval, not per step
+            if not math.isfinite(value):
+                raise UftError(f"SSL loss became {value} at step {done}: lower lr (now {cfg.lr}) or check the data")
+            result.losses.append((done, value))
+            if on_log:
+                on_log(done, value)
+            running.zero_()
+        if checkpointer is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            checkpointer.save(done, {
+                "method": method.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "rng": g.get_state(), "step": done, "losses": result.losses,
+            })
+    result.images_seen = (cfg.steps - start) * (b + k)
+    method.eval()
+    return result

@@ -1,0 +1,457 @@
+"""The pipeline's steps as plain functions: what each KFP component calls, with no kfp in sight.
+
+Every step is content-addressed: its cache key hashes its inputs' content hashes and its config,
+and its outputs are recorded under ``cache/<step>/<key>.json`` *after* they are published. A rerun
+with the same inputs finds the record and returns it without recomputing (and without a second
+MLflow run, since runs are keyed by pipeline run id and step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from uft import tracking
+from uft.errors import UftError
+from uft.store import Store, canonical_json, content_key, manifest_sha, open_store, publish, read_manifest, read_verified
+
+log = logging.getLogger("uft")
+CODE_VERSION = "1"  # bump when a step's semantics change, to invalidate cached outputs
+
+
+def _cached(store: Store, step: str, key_parts: dict[str, Any], compute: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """Return the recorded outputs of ``step`` for these inputs, or compute and record them."""
+    key = content_key(step, CODE_VERSION, key_parts)
+    record = f"cache/{step}/{key}.json"
+    if store.exists(record):
+        out = json.loads(store.get(record))
+        if _outputs_intact(out):
+            log.info("%s: cache hit %s", step, key)
+            return {**out, "cached": True}
+    out = compute(key)
+    store.put(record, canonical_json(out))
+    return {**out, "cached": False}
+
+
+def _outputs_intact(out: dict[str, Any]) -> bool:
+    """A cache record is trusted only if every manifest it points to still verifies by hash."""
+    for name, value in out.items():
+        if name.endswith("_uri") and isinstance(value, str) and value.endswith("manifest.json"):
+            sha = out.get(name.removesuffix("_uri") + "_sha")
+            try:
+                if sha and manifest_sha(value) != sha:
+                    return False
+            except UftError:
+                return False
+    return True
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --- ingest ----------------------------------------------------------------------------------------
+
+def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: int, limit: int = 0,
+           test_fraction: float = 0.5, seed: int = 0, run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
+    """Bundled name / ImageFolder dir / s3:// prefix / manifest URI → published dataset."""
+    from uft.data.ingest import ingest as ingest_raw
+    from uft.data.sources import load_source
+
+    store = open_store(store_uri, create_bucket=True)
+    if spec.endswith("manifest.json"):  # an existing uft dataset: verify and pass through
+        manifest, _, _ = read_manifest(spec)
+        if manifest.get("kind") != "dataset":
+            raise UftError(f"{role} {spec} is not a dataset manifest: pass the output of `uft ingest`")
+        return {"dataset_uri": spec, "dataset_sha": manifest_sha(spec), "num_rows": manifest["num_rows"], "cached": True}
+
+    params = {"spec": spec, "image_size": image_size, "channels": channels, "limit": limit,
+              "test_fraction": test_fraction, "seed": seed}
+    with tracking.step_run(experiment, run_id, f"ingest_{role}", {**params, "role": role}) as run:
+        def compute(_key: str) -> dict[str, Any]:
+            raw = load_source(spec, image_size=image_size, channels=channels)
+            uri = ingest_raw(raw, store, name=f"{role}:{spec}", image_size=image_size, channels=channels,
+                             test_fraction=test_fraction, limit=limit, seed=seed)
+            manifest, _, _ = read_manifest(uri)
+            return {"dataset_uri": uri, "dataset_sha": manifest_sha(uri), "num_rows": manifest["num_rows"],
+                    "splits": manifest["splits"], "skipped": raw.info.get("skipped", [])}
+
+        # Bundled data is immutable, so its spec is its identity; user data is re-read each time
+        # (its content hash is what matters and the manifest hash captures it).
+        out = _cached(store, "ingest", params, compute) if spec in _bundled() else {**compute(""), "cached": False}
+        if run is not None:
+            import mlflow
+
+            mlflow.log_metrics({"num_rows": out["num_rows"]})
+        return tracking.log_outputs(out)
+
+
+def _bundled() -> set[str]:
+    from uft.data.sources import BUNDLED
+
+    return set(BUNDLED)
+
+
+# --- pretrain / finetune ---------------------------------------------------------------------------
+
+def _train(store: Store, key: str, step: str, *, encoder, method_name: str, images: torch.Tensor,
+           cfg, replay: torch.Tensor | None, plan, run, spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    from uft.models.artifact import publish_encoder
+    from uft.ssl.base import build_method
+    from uft.ssl.train import Checkpointer, train_ssl
+
+    method = build_method(method_name, encoder)
+    ckpt = Checkpointer(store, f"checkpoints/{step}/{key}")
+
+    def on_log(s: int, loss: float) -> None:
+        if run is not None:
+            import mlflow
+
+            mlflow.log_metric("ssl_loss", loss, step=s)
+
+    t0 = time.perf_counter()
+    result = train_ssl(method, images, cfg, replay=replay, mix_plan=plan, checkpointer=ckpt, device=_device(), on_log=on_log)
+    seconds = time.perf_counter() - t0
+    enc = method.encoder.cpu().eval()
+    info = {**info, "losses": result.losses, "resumed_from": result.resumed_from,
+            "train_seconds": round(seconds, 3), "images_per_second": round(result.images_seen / max(seconds, 1e-9), 1)}
+    uri = publish_encoder(store, f"models/{step}/{key}", enc, spec, info)
+    if run is not None:
+        import mlflow
+
+        mlflow.log_metrics({"train_seconds": seconds, "images_per_second": info["images_per_second"],
+                            "final_ssl_loss": result.losses[-1][1] if result.losses else float("nan")})
+    return {"encoder_uri": uri, "encoder_sha": manifest_sha(uri), "final_loss": result.losses[-1][1] if result.losses else None}
+
+
+def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str = "tiny", encoder_width: int = 32,
+             method: str = "simclr", steps: int = 300, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
+             pretrained_encoder: str = "", checkpoint_every: int = 50, run_id: str = "local",
+             experiment: str = "uft") -> dict[str, Any]:
+    """SSL on the source train split → base encoder (or pass through ``pretrained_encoder``)."""
+    from uft.data.dataset import load_dataset
+    from uft.models.encoders import build_encoder
+    from uft.ssl.train import TrainConfig
+
+    if pretrained_encoder:
+        from uft.models.artifact import load_encoder
+
+        load_encoder(pretrained_encoder)  # verify it loads before the DAG depends on it
+        return {"encoder_uri": pretrained_encoder, "encoder_sha": manifest_sha(pretrained_encoder), "cached": True}
+    store = open_store(store_uri, create_bucket=True)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every)
+    params = {"source_sha": source_sha, "encoder": encoder, "encoder_width": encoder_width, "method": method,
+              **cfg.model_dump(mode="json")}
+    with tracking.step_run(experiment, run_id, "pretrain", params) as run:
+        def compute(key: str) -> dict[str, Any]:
+            src = load_dataset(source_uri).subset("train")
+            spec = _encoder_spec(encoder, encoder_width, src.images.shape[1])
+            enc = build_encoder(spec["name"], in_channels=spec["in_channels"], **spec["kwargs"])
+            return _train(store, key, "pretrain", encoder=enc, method_name=method, images=src.images, cfg=cfg,
+                          replay=None, plan=None, run=run, spec=spec,
+                          info={"source_sha": source_sha, "method": method})
+
+        return tracking.log_outputs(_cached(store, "pretrain", params, compute))
+
+
+def _encoder_spec(name: str, width: int, in_channels: int) -> dict[str, Any]:
+    kwargs = {"width": width} if name == "tiny" else {}
+    return {"name": name, "in_channels": int(in_channels), "kwargs": kwargs}
+
+
+def subsample_source(source_uri: str, source_sha: str, store_uri: str, *, rule: str = "uniform", size: int = 2000,
+                     seed: int = 0, encoder_uri: str = "", target_uri: str = "", run_id: str = "local",
+                     experiment: str = "uft") -> dict[str, Any]:
+    """Choose the sparse replay set S ⊂ source train → a manifest of row ids."""
+    from uft.data.dataset import load_dataset
+    from uft.transfer.replay import select_replay
+
+    store = open_store(store_uri, create_bucket=True)
+    feature_rule = rule in {"kmeans", "nearest_target"}
+    params = {"source_sha": source_sha, "rule": rule, "size": size, "seed": seed,
+              "encoder": manifest_sha(encoder_uri) if feature_rule and encoder_uri else "",
+              "target": manifest_sha(target_uri) if rule == "nearest_target" and target_uri else ""}
+    with tracking.step_run(experiment, run_id, "subsample_source", params):
+        def compute(key: str) -> dict[str, Any]:
+            src = load_dataset(source_uri).subset("train")
+            n = min(size, len(src))
+            if n == 0:
+                row_ids: list[int] = []
+            else:
+                kw: dict[str, Any] = {"labels": src.labels.numpy()}
+                if feature_rule:
+                    if not encoder_uri:
+                        raise UftError(f"replay rule {rule!r} needs an encoder for features: pass encoder_uri")
+                    from uft.evaluate.features import extract_features
+                    from uft.models.artifact import load_encoder
+
+                    enc, _ = load_encoder(encoder_uri)
+                    kw["source_features"] = extract_features(enc, src.images, device=_device()).numpy()
+                    if rule == "nearest_target":
+                        if not target_uri:
+                            raise UftError("replay rule 'nearest_target' needs the target dataset: pass target_uri")
+                        tgt = load_dataset(target_uri).subset("train")
+                        kw["target_features"] = extract_features(enc, tgt.images, device=_device()).numpy()
+                idx = select_replay(rule, n, seed=seed, **kw)
+                row_ids = src.row_ids[idx].tolist()
+            uri = publish(store, f"replay/{key}", {"row_ids.json": canonical_json(row_ids)},
+                          {"kind": "replay", "rule": rule, "size": len(row_ids), "source_uri": source_uri,
+                           "source_sha": source_sha})
+            return {"replay_uri": uri, "replay_sha": manifest_sha(uri), "size": len(row_ids)}
+
+        return tracking.log_outputs(_cached(store, "subsample_source", params, compute))
+
+
+def mix_plan(store_uri: str, *, op: str = "none", alpha: float = 1.0, fraction: float = 0.5,
+             pairing: str = "target_source") -> dict[str, Any]:
+    """Record the mixing plan the trainer applies on the fly (cheap; no images materialised)."""
+    from uft.transfer.mixing import MixPlan
+
+    try:
+        plan = MixPlan(op=op, alpha=alpha, fraction=fraction, pairing=pairing)
+    except Exception as e:
+        raise UftError(f"invalid mixing plan: {e}".splitlines()[0] + " — fix mix_op/mix_alpha/mix_fraction/mix_pairing") from None
+    store = open_store(store_uri, create_bucket=True)
+    body = plan.model_dump(mode="json")
+    key = content_key("mix", body)
+    uri = publish(store, f"mix/{key}", {}, {"kind": "mix_plan", "plan": body})
+    return {"plan_uri": uri, "plan_sha": manifest_sha(uri), **body}
+
+
+def _load_replay(replay_uri: str, source_uri: str) -> torch.Tensor | None:
+    from uft.data.dataset import load_dataset
+
+    if not replay_uri:
+        return None
+    manifest, store, prefix = read_manifest(replay_uri)
+    row_ids = json.loads(read_verified(store, prefix, manifest, "row_ids.json", replay_uri))
+    if not row_ids:
+        return None
+    src = load_dataset(source_uri)
+    mask = np.isin(src.row_ids, np.asarray(row_ids))
+    return src.images[torch.from_numpy(mask)]
+
+
+def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: str = "", replay_uri: str = "",
+             plan_uri: str = "", method: str = "simclr", steps: int = 200, batch_size: int = 256, lr: float = 2e-3,
+             replay_ratio: float = 0.0, radreg_weight: float = 0.0, seed: int = 0, checkpoint_every: int = 50,
+             from_scratch: bool = False, run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
+    """Continue SSL on the unlabelled target train split (+ replay, + mixing) → finetuned encoder."""
+    from uft.data.dataset import load_dataset
+    from uft.models.artifact import load_encoder
+    from uft.models.encoders import build_encoder
+    from uft.ssl.train import TrainConfig
+    from uft.transfer.mixing import MixPlan
+
+    store = open_store(store_uri, create_bucket=True)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, replay_ratio=replay_ratio if replay_uri else 0.0,
+                      radreg_weight=radreg_weight, checkpoint_every=checkpoint_every)
+    plan = MixPlan(**read_manifest(plan_uri)[0]["plan"]) if plan_uri else MixPlan()
+    params = {"encoder_sha": manifest_sha(encoder_uri), "target_sha": manifest_sha(target_uri), "method": method,
+              "replay_sha": manifest_sha(replay_uri) if replay_uri and cfg.replay_ratio > 0 else "",
+              "plan": plan.model_dump(mode="json"), "from_scratch": from_scratch, **cfg.model_dump(mode="json")}
+    with tracking.step_run(experiment, run_id, "ssl_finetune", params) as run:
+        def compute(key: str) -> dict[str, Any]:
+            enc, manifest = load_encoder(encoder_uri)
+            spec = manifest["spec"]
+            if from_scratch:  # the "target-only SSL from scratch" baseline: same architecture, fresh weights
+                torch.manual_seed(seed)
+                enc = build_encoder(spec["name"], in_channels=spec["in_channels"], **spec.get("kwargs", {}))
+            tgt = load_dataset(target_uri).subset("train")
+            replay = _load_replay(replay_uri, source_uri) if cfg.replay_ratio > 0 or plan.pairing == "target_source" and plan.op != "none" else None
+            if plan.op != "none" and plan.pairing == "target_source" and replay is None:
+                raise UftError("mix_pairing=target_source needs source images: enable replay (replay_size > 0) or use mix_pairing=target_target")
+            out = _train(store, key, "finetune", encoder=enc, method_name=method, images=tgt.images, cfg=cfg,
+                         replay=replay, plan=plan, run=run, spec=spec,
+                         info={"base": encoder_uri, "target_sha": manifest_sha(target_uri), "method": method})
+            if run is not None:
+                _log_model(enc)
+            return out
+
+        return tracking.log_outputs(_cached(store, "ssl_finetune", params, compute))
+
+
+def _log_model(encoder: torch.nn.Module) -> None:
+    import mlflow
+
+    in_ch = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    example = np.zeros((1, in_ch, 16, 16), dtype=np.float32)
+    mlflow.pytorch.log_model(encoder, name="encoder", input_example=example,
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+def _publish_metrics(store: Store, step: str, key: str, metrics: dict[str, Any]) -> str:
+    return publish(store, f"metrics/{step}/{key}", {}, {"kind": "metrics", "step": step, "metrics": metrics})
+
+
+def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, shots: str = "1,5,10",
+                draws: int = 5, seed: int = 0, run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
+    """Linear probes on frozen features of the target: few-label (mean ± std over draws) and full."""
+    from uft.data.dataset import load_dataset
+    from uft.evaluate.features import extract_features
+    from uft.evaluate.linear import few_label_probe, linear_probe_accuracy
+    from uft.models.artifact import load_encoder, state_fingerprint
+
+    store = open_store(store_uri, create_bucket=True)
+    params = {"encoder_sha": manifest_sha(encoder_uri), "target_sha": manifest_sha(target_uri), "shots": shots,
+              "draws": draws, "seed": seed}
+    with tracking.step_run(experiment, run_id, f"linear_eval_{tag}", params) as run:
+        def compute(key: str) -> dict[str, Any]:
+            enc, _ = load_encoder(encoder_uri)
+            before = state_fingerprint(enc)
+            ds = load_dataset(target_uri)
+            tr, te = ds.subset("train"), ds.subset("test")
+            ftr, fte = extract_features(enc, tr.images, device=_device()), extract_features(enc, te.images, device=_device())
+            if state_fingerprint(enc) != before:  # moco-style check: evaluation must not touch the backbone
+                raise UftError(f"encoder {encoder_uri} changed during linear evaluation: this is a bug, please report it")
+            metrics: dict[str, Any] = {}
+            for k in [int(s) for s in shots.split(",") if s.strip()]:
+                mean, std = few_label_probe(ftr, tr.labels, fte, te.labels, k, draws=draws, seed=seed)
+                metrics[f"linear_{k}shot"], metrics[f"linear_{k}shot_std"] = mean, std
+            metrics["linear_full"] = linear_probe_accuracy(ftr.numpy(), tr.labels.numpy(), fte.numpy(), te.labels.numpy())
+            return {"metrics": metrics, "metrics_uri": _publish_metrics(store, f"linear_{tag}", key, metrics)}
+
+        out = tracking.log_outputs(_cached(store, "linear_eval", params, compute))
+        _log_metrics(run, out["metrics"])
+        return {**out, "tag": tag}
+
+
+def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, source_uri: str = "", k: int = 20,
+             run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
+    """k-NN accuracy on the target test split, and source retention (k-NN on held-out source)."""
+    from uft.data.dataset import load_dataset
+    from uft.evaluate.features import extract_features
+    from uft.evaluate.knn import knn_accuracy
+    from uft.models.artifact import load_encoder
+
+    store = open_store(store_uri, create_bucket=True)
+    params = {"encoder_sha": manifest_sha(encoder_uri), "target_sha": manifest_sha(target_uri), "k": k,
+              "source_sha": manifest_sha(source_uri) if source_uri else ""}
+    with tracking.step_run(experiment, run_id, f"knn_eval_{tag}", params) as run:
+        def compute(key: str) -> dict[str, Any]:
+            enc, _ = load_encoder(encoder_uri)
+            metrics: dict[str, Any] = {}
+            for name, uri in (("knn", target_uri), ("source_knn", source_uri)):
+                if not uri:
+                    continue
+                ds = load_dataset(uri)
+                tr, te = ds.subset("train"), ds.subset("test")
+                ftr = extract_features(enc, tr.images, device=_device())
+                fte = extract_features(enc, te.images, device=_device())
+                metrics[name] = knn_accuracy(ftr, tr.labels, fte, te.labels, len(ds.classes), k=k)
+            return {"metrics": metrics, "metrics_uri": _publish_metrics(store, f"knn_{tag}", key, metrics)}
+
+        out = tracking.log_outputs(_cached(store, "knn_eval", params, compute))
+        _log_metrics(run, out["metrics"])
+        return {**out, "tag": tag}
+
+
+def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri: str, *, seen: str = "0,1,2,3,4",
+                  methods: str = "naive", steps: int = 150, seed: int = 0, run_id: str = "local",
+                  experiment: str = "uft") -> dict[str, Any]:
+    """Holistic transfer: source classifier (all classes, source labels) → finetuned on the seen
+    target classes by each method; overall / seen / unseen accuracy before and after."""
+    from uft.data.dataset import load_dataset
+    from uft.models.artifact import load_encoder
+    from uft.transfer.holistic import HolisticConfig, run_holistic, train_source_classifier
+
+    store = open_store(store_uri, create_bucket=True)
+    seen_ids = [int(s) for s in seen.split(",") if s.strip()]
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    params = {"encoder_sha": manifest_sha(encoder_uri), "source_sha": manifest_sha(source_uri),
+              "target_sha": manifest_sha(target_uri), "seen": seen, "methods": methods, "steps": steps, "seed": seed}
+    with tracking.step_run(experiment, run_id, "holistic", params) as run:
+        def compute(key: str) -> dict[str, Any]:
+            src = load_dataset(source_uri).subset("train")
+            tgt = load_dataset(target_uri)
+            num_classes = len(tgt.classes)
+            bad = [c for c in seen_ids if c >= num_classes]
+            if bad:
+                raise UftError(f"holistic_seen classes {bad} are not among the {num_classes} target classes: use ids 0..{num_classes - 1}")
+            if len(src.classes) != num_classes:
+                raise UftError(f"source has {len(src.classes)} classes but target {num_classes}: holistic transfer needs the same label set")
+            cfg = HolisticConfig(steps=steps, seed=seed)
+            enc, _ = load_encoder(encoder_uri)
+            head = train_source_classifier(enc, src.floats(), src.labels, num_classes, cfg)
+            tr, te = tgt.subset("train"), tgt.subset("test")
+            results = {}
+            for m in ["source", *method_list]:
+                results[m] = run_holistic(HolisticConfig(steps=steps, seed=seed, method=m), enc, head,
+                                          (tr.floats(), tr.labels), (te.floats(), te.labels), seen_ids, num_classes)
+            flat = {f"{m}_{k}": v for m, r in results.items() for k, v in r.items() if isinstance(v, (int, float))}
+            metrics = {"results": results, "flat": flat}
+            return {"metrics": metrics, "metrics_uri": _publish_metrics(store, "holistic", key, metrics)}
+
+        out = tracking.log_outputs(_cached(store, "holistic", params, compute))
+        _log_metrics(run, out["metrics"]["flat"])
+        return out
+
+
+def _log_metrics(run, metrics: dict[str, Any]) -> None:
+    if run is not None:
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], encoder_uris: dict[str, str] | None = None,
+           run_id: str = "local", experiment: str = "uft", out_dir: str | None = None) -> dict[str, Any]:
+    """Collect every step's metrics into a markdown + HTML report with plots; log it to MLflow."""
+    from uft.report import build_report
+
+    store = open_store(store_uri, create_bucket=True)
+    collected = []
+    for uri in metrics_uris:
+        manifest, _, _ = read_manifest(uri)
+        collected.append({"step": manifest["step"], "metrics": manifest["metrics"], "uri": uri})
+    with tracking.step_run(experiment, run_id, "report") as run:
+        curves = {}
+        for name, uri in (encoder_uris or {}).items():
+            info = read_manifest(uri)[0].get("info", {})
+            if info.get("losses"):
+                curves[name] = [tuple(p) for p in info["losses"]]
+        files, summary = build_report(collected, config, curves)
+        key = content_key("report", run_id, sorted(metrics_uris))
+        uri = publish(store, f"reports/{run_id}/{key}", files, {"kind": "report", "summary": summary})
+        if run is not None:
+            import mlflow
+
+            for name, data in files.items():
+                mlflow.log_text(data.decode(), name) if name.endswith((".md", ".html", ".json")) else _log_bytes(name, data)
+            parent = tracking.find_run(tracking.experiment_id(experiment), run_id, tracking.PARENT)
+            if parent is not None:
+                client = tracking._client()
+                for k, v in summary.items():
+                    if isinstance(v, (int, float)):
+                        client.log_metric(parent.info.run_id, k, float(v))
+                client.log_text(parent.info.run_id, files["report.md"].decode(), "report.md")
+        if out_dir:
+            from pathlib import Path
+
+            for name, data in files.items():
+                (Path(out_dir) / name).parent.mkdir(parents=True, exist_ok=True)
+                (Path(out_dir) / name).write_bytes(data)
+        tracking.log_outputs({"report_uri": uri})
+        return {"report_uri": uri, "summary": summary, "markdown": files["report.md"].decode(),
+                "html": files["report.html"].decode()}
+
+
+def _log_bytes(name: str, data: bytes) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / name
+        p.write_bytes(data)
+        mlflow.log_artifact(str(p))

@@ -1,0 +1,260 @@
+"""Object storage: S3 (boto3) or a local directory, behind one small interface.
+
+URIs: ``s3://bucket/prefix`` or a local path (``file:///abs`` or a plain path). The S3 endpoint and
+credentials come from the environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``) — never from parameters, so they never reach logs or pipeline specs.
+
+Publication rule (DESIGN.md): write data files first and the manifest last; readers trust only a
+manifest whose files all exist with the recorded sha256 (see :func:`verify_manifest`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, TypeVar
+
+from uft.errors import UftError
+
+T = TypeVar("T")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes (sorted keys, no whitespace): the basis of content hashes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def content_key(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts: the cache key of a step's inputs."""
+    return sha256_bytes(canonical_json(list(parts)))[:20]
+
+
+class Store(Protocol):
+    uri: str
+
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str = "") -> list[str]: ...
+    def delete(self, key: str) -> None: ...
+    def url(self, key: str) -> str: ...
+
+
+@dataclass
+class LocalStore:
+    """A directory acting as a bucket; writes are atomic (temp file + rename)."""
+
+    root: Path
+
+    @property
+    def uri(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        if not path.is_file():
+            raise UftError(f"{self.url(key)} does not exist: check the URI or rerun the step that writes it")
+        return path.read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self.root
+        if not base.exists():
+            return []
+        keys = [str(p.relative_to(base)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        return sorted(k for k in keys if k.startswith(prefix))
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def url(self, key: str) -> str:
+        return str(self._path(key))
+
+
+class S3Store:
+    """An S3 bucket prefix. Transient failures are retried with backoff, then a one-line error."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, attempts: int = 5, create_bucket: bool = False):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.attempts = attempts
+        # botocore's own retries are kept short; the outer loop owns backoff and the final message.
+        cfg = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=30)
+        self.client = boto3.client("s3", config=cfg, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        self._call(lambda: self.client.head_bucket(Bucket=bucket), "open", "", create_bucket=create_bucket)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def _k(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._k(key)}"
+
+    def _call(self, fn: Callable[[], T], op: str, key: str, create_bucket: bool = False) -> T:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        delay = 0.5
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except ClientError as e:
+                code = str(e.response.get("Error", {}).get("Code", ""))
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"} or status == 403:
+                    raise UftError(
+                        f"S3 refused the credentials for s3://{self.bucket}: set AWS_ACCESS_KEY_ID / "
+                        "AWS_SECRET_ACCESS_KEY to a key with access to this bucket"
+                    ) from None
+                if code in {"NoSuchBucket", "404"} and op == "open":
+                    if create_bucket:
+                        self.client.create_bucket(Bucket=self.bucket)
+                        return None  # type: ignore[return-value]
+                    raise UftError(f"bucket s3://{self.bucket} does not exist: create it or pass an existing bucket") from None
+                if code in {"NoSuchKey", "404"}:
+                    raise UftError(f"{self.url(key)} does not exist: check the URI or rerun the step that writes it") from None
+                if status and status < 500 and code not in {"SlowDown", "RequestTimeout"}:
+                    raise UftError(f"S3 {op} of {self.url(key)} failed: {code}") from None
+                err: Exception = e
+            except BotoCoreError as e:
+                err = e
+            if attempt == self.attempts:
+                endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
+                raise UftError(
+                    f"object store at {endpoint} unreachable for {op} {self.url(key)} after {attempt} attempts "
+                    f"({type(err).__name__}): check that it is running and AWS_ENDPOINT_URL is right"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+        raise AssertionError("unreachable")
+
+    def put(self, key: str, data: bytes) -> None:
+        self._call(lambda: self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data), "put", key)
+
+    def get(self, key: str) -> bytes:
+        return self._call(lambda: self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read(), "get", key)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+                return True
+            except ClientError as e:
+                if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return False
+                raise
+
+        return self._call(head, "head", key)
+
+    def list(self, prefix: str = "") -> list[str]:
+        def run() -> list[str]:
+            keys: list[str] = []
+            full = self._k(prefix)
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                keys += [o["Key"] for o in page.get("Contents", [])]
+            strip = len(self.prefix) + 1 if self.prefix else 0
+            return sorted(k[strip:] for k in keys)
+
+        return self._call(run, "list", prefix)
+
+    def delete(self, key: str) -> None:
+        self._call(lambda: self.client.delete_object(Bucket=self.bucket, Key=self._k(key)), "delete", key)
+
+
+def open_store(uri: str, *, create_bucket: bool = False) -> Store:
+    """``s3://bucket/prefix`` → :class:`S3Store`; anything else → :class:`LocalStore`."""
+    if not uri:
+        raise UftError("store URI is empty: pass s3://bucket/prefix or a local directory")
+    if uri.startswith("s3://"):
+        rest = uri[5:]
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise UftError(f"store URI {uri!r} has no bucket: use s3://bucket/prefix")
+        return S3Store(bucket, prefix, create_bucket=create_bucket)
+    if "://" in uri and not uri.startswith("file://"):
+        raise UftError(f"store URI {uri!r} has an unsupported scheme: use s3://bucket/prefix or a local path")
+    return LocalStore(Path(uri.removeprefix("file://")).resolve())
+
+
+def split_uri(uri: str) -> tuple[Store, str]:
+    """Split an object URI into (store of its parent, key), e.g. for a manifest URI."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[5:].partition("/")
+        return S3Store(bucket), key
+    path = Path(uri.removeprefix("file://")).resolve()
+    return LocalStore(path.parent), path.name
+
+
+# --- manifest-last publication --------------------------------------------------------------------
+
+def publish(store: Store, prefix: str, files: dict[str, bytes], manifest: dict[str, Any]) -> str:
+    """Write ``files`` under ``prefix``, then ``manifest.json`` listing their sha256 and sizes.
+
+    Returns the manifest's URI. The manifest is the last write, so a crash leaves no trusted output.
+    """
+    entries = {}
+    for name, data in files.items():
+        store.put(f"{prefix}/{name}", data)
+        entries[name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
+    body = canonical_json({**manifest, "files": entries})
+    store.put(f"{prefix}/manifest.json", body)
+    return store.url(f"{prefix}/manifest.json")
+
+
+def read_manifest(uri: str) -> tuple[dict[str, Any], Store, str]:
+    """Load a manifest by URI → (manifest, store, prefix). Does not read the data files."""
+    store, key = split_uri(uri)
+    try:
+        manifest = json.loads(store.get(key))
+    except json.JSONDecodeError:
+        raise UftError(f"manifest {uri} is not valid JSON: republish it with `uft ingest`") from None
+    if "files" not in manifest:
+        raise UftError(f"manifest {uri} lists no files: republish it with `uft ingest`")
+    return manifest, store, key.rsplit("/", 1)[0] if "/" in key else ""
+
+
+def read_verified(store: Store, prefix: str, manifest: dict[str, Any], name: str, manifest_uri: str) -> bytes:
+    """Read one file listed in a manifest, checking its sha256 against the record."""
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise UftError(f"{name} is not listed in manifest {manifest_uri}: republish the dataset")
+    key = f"{prefix}/{name}" if prefix else name
+    if not store.exists(key):
+        raise UftError(f"{store.url(key)} listed in {manifest_uri} is missing: republish the dataset (rerun ingest)")
+    data = store.get(key)
+    if sha256_bytes(data) != entry["sha256"]:
+        raise UftError(f"{store.url(key)} is corrupt (sha256 differs from {manifest_uri}): rerun ingest to republish it")
+    return data
+
+
+def manifest_sha(uri: str) -> str:
+    """The content hash of a published artifact: sha256 of its manifest bytes."""
+    store, key = split_uri(uri)
+    return sha256_bytes(store.get(key))

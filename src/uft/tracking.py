@@ -1,0 +1,130 @@
+"""MLflow runs: one parent per pipeline run, one nested run per step, keyed by (run id, step).
+
+Retries are idempotent: a step that runs again under the same pipeline run id reuses its MLflow
+run instead of creating a duplicate, and a step that raises ends its run FAILED (never RUNNING).
+When KFP's MLflow integration injects ``MLFLOW_RUN_ID``, that run is the step's run.
+Tracking is off when ``MLFLOW_TRACKING_URI`` is unset (library use without a server).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from uft.errors import UftError
+
+PARENT = "pipeline"
+TAG_RUN = "uft.pipeline_run_id"
+TAG_STEP = "uft.step"
+
+
+def enabled() -> bool:
+    return bool(os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+def _client():
+    # Fail fast on an unreachable server instead of MLflow's minutes of default retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def experiment_id(name: str) -> str:
+    client = _client()
+    try:
+        exp = client.get_experiment_by_name(name)
+    except Exception as e:
+        raise UftError(
+            f"MLflow at {os.environ.get('MLFLOW_TRACKING_URI')} is unreachable ({type(e).__name__}): "
+            "start it or fix MLFLOW_TRACKING_URI"
+        ) from None
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = os.environ.get("UFT_MLFLOW_ARTIFACTS")  # e.g. s3://bucket/mlflow
+    return client.create_experiment(name, artifact_location=f"{artifacts}/{name}" if artifacts else None)
+
+
+def find_run(exp_id: str, pipeline_run_id: str, step: str):
+    runs = _client().search_runs(
+        [exp_id], filter_string=f"tags.`{TAG_RUN}` = '{pipeline_run_id}' and tags.`{TAG_STEP}` = '{step}'",
+        max_results=2,
+    )
+    return runs[0] if runs else None
+
+
+def get_or_create_run(exp_id: str, pipeline_run_id: str, step: str, parent_id: str | None = None,
+                      run_name: str | None = None) -> str:
+    existing = find_run(exp_id, pipeline_run_id, step)
+    if existing is not None:
+        return existing.info.run_id
+    tags = {TAG_RUN: pipeline_run_id, TAG_STEP: step}
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    return _client().create_run(exp_id, tags=tags, run_name=run_name or step).info.run_id
+
+
+def parent_run_id(experiment: str, pipeline_run_id: str) -> str:
+    exp = experiment_id(experiment)
+    return get_or_create_run(exp, pipeline_run_id, PARENT, run_name=f"uft-{pipeline_run_id}")
+
+
+@contextmanager
+def step_run(experiment: str, pipeline_run_id: str, step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
+    """Context: the active MLflow run of ``step`` (or ``None`` when tracking is off)."""
+    if not enabled():
+        yield None
+        return
+    import mlflow
+
+    exp = experiment_id(experiment)
+    injected = os.environ.get("MLFLOW_RUN_ID")
+    parent = get_or_create_run(exp, pipeline_run_id, PARENT, run_name=f"uft-{pipeline_run_id}")
+    run_id = injected or get_or_create_run(exp, pipeline_run_id, step, parent_id=parent)
+    client = _client()
+    client.update_run(run_id, status="RUNNING")
+    with mlflow.start_run(run_id=run_id, experiment_id=exp, log_system_metrics=False) as run:
+        try:
+            if params:
+                # Params are immutable in MLflow; a retried step logs the same values again (allowed).
+                mlflow.log_params({k: _param(v) for k, v in params.items()})
+            yield run
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+
+
+def finish_parent(experiment: str, pipeline_run_id: str, status: str = "FINISHED") -> str | None:
+    """End the parent run of a pipeline run (called when the whole DAG is done)."""
+    if not enabled():
+        return None
+    exp = experiment_id(experiment)
+    run = find_run(exp, pipeline_run_id, PARENT)
+    if run is None:
+        return None
+    _client().set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
+def _param(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= 500 else s[:497] + "..."
+
+
+def run_key(run_id: str, job_id: str) -> str:
+    """The pipeline run's MLflow key: an explicit ``run_id`` (deterministic reruns) or the KFP job id."""
+    return run_id or job_id or "local"
+
+
+def log_outputs(out: dict[str, Any]) -> dict[str, Any]:
+    """Tag the active run with a step's output URIs/hashes (so `uft run` can list them); returns ``out``."""
+    if enabled():
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            tags = {k: str(v) for k, v in out.items() if k.endswith(("_uri", "_sha")) and isinstance(v, str)}
+            tags["cached"] = str(out.get("cached", False))
+            mlflow.set_tags(tags)
+    return out

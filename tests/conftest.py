@@ -1,0 +1,60 @@
+"""Shared fixtures: a real SeaweedFS S3 server (session-wide), a fresh bucket per test, MLflow on sqlite."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # two shared cores: keep tests predictable
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    from uft.services import Credentials, SeaweedServer
+
+    d = tmp_path_factory.mktemp("seaweed")
+    creds = Credentials.load_or_create(d / "creds.json")
+    server = SeaweedServer(d / "data", creds).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Point boto3/MLflow at the test server; yields the server."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    return s3_server
+
+
+@pytest.fixture
+def bucket(s3_env) -> str:
+    """A new empty bucket name on the test server."""
+    import boto3
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def mlflow_env(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("UFT_MLFLOW_ARTIFACTS", str(tmp_path / "mlartifacts"))
+    return uri
+
+
+@pytest.fixture
+def tiny_raw():
+    """60 labelled 8×8 digits (sklearn) as RawImages: fast input for ingest tests."""
+    from uft.data.sources import load_optdigits
+
+    raw = load_optdigits()
+    keep = [i for c in range(10) for i in (raw.labels == c).nonzero()[0][:6]]
+    raw.images, raw.labels = raw.images[keep], raw.labels[keep]
+    return raw

@@ -1,0 +1,106 @@
+"""The whole DAG through kfp.local (SubprocessRunner) on a tiny slice of the bundled data, against the
+real SeaweedFS S3 server and MLflow on sqlite; plus the compiled YAML loaded back and run."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from uft.config import validate_config
+
+TINY = dict(source_limit=300, target_limit=200, pretrain_steps=3, finetune_steps=3, batch_size=32, encoder_width=8,
+            holistic_steps=2, holistic_methods="naive", probe_draws=1, label_shots="1", replay_size=40, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def local_run(s3_server, tmp_path_factory):
+    import os
+
+    from uft.orchestrate.local import run_local
+
+    tmp = tmp_path_factory.mktemp("pipe")
+    env = {**s3_server.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+           "UFT_MLFLOW_ARTIFACTS": "s3://pipe-artifacts/mlflow", "UFT_STATE_DIR": str(tmp / "state")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="pipe-artifacts")
+    res = run_local(validate_config(TINY), store_uri="s3://pipe-artifacts/uft", experiment="pipe")
+    yield res, tmp
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def test_pipeline_runs_and_reports_metrics(local_run):
+    res, _ = local_run
+    for key in ("base_linear_1shot", "finetuned_linear_1shot", "base_knn", "finetuned_source_knn",
+                "holistic_naive_unseen", "holistic_source_overall"):
+        assert 0.0 <= res.metrics[key] <= 1.0, key
+    assert res.parent_run_id
+
+
+def test_artifacts_land_in_s3(local_run):
+    import boto3
+
+    res, _ = local_run
+    assert res.artifacts["ssl_finetune.encoder_uri"].startswith("s3://pipe-artifacts/uft/models/finetune/")
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="pipe-artifacts")["Contents"]]
+    assert any(k.startswith("uft/datasets/") and k.endswith(".parquet") for k in keys)
+    assert any(k.startswith("uft/reports/") and k.endswith("accuracy.png") for k in keys)
+    assert any(k.startswith("mlflow/") for k in keys), "MLflow artifacts should be stored in the bucket"
+
+
+def test_parent_run_finished_by_exit_handler(local_run):
+    from mlflow.tracking import MlflowClient
+
+    res, _ = local_run
+    assert MlflowClient().get_run(res.parent_run_id).info.status == "FINISHED"
+
+
+def test_rerun_same_config_reuses_everything(local_run):
+    """Same inputs + config → same run key, every step a cache hit, no new MLflow runs."""
+    from mlflow.tracking import MlflowClient
+
+    from uft.orchestrate.local import run_local
+
+    res, _ = local_run
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("pipe").experiment_id
+    n_before = len(client.search_runs([exp]))
+    again = run_local(validate_config(TINY), store_uri="s3://pipe-artifacts/uft", experiment="pipe")
+    assert again.run_id == res.run_id and again.parent_run_id == res.parent_run_id
+    assert len(client.search_runs([exp])) == n_before
+    cached = {r.data.tags["uft.step"]: r.data.tags.get("cached") for r in client.search_runs([exp])}
+    assert cached["ssl_finetune"] == "True" and cached["pretrain"] == "True"
+    assert again.metrics["finetuned_linear_1shot"] == res.metrics["finetuned_linear_1shot"]
+
+
+def test_compiled_yaml_has_kubernetes_settings_and_runs_locally(local_run, tmp_path):
+    """Compile, check the platform spec, then load the YAML back and run it with kfp.local."""
+    from kfp import components, local
+
+    from uft.orchestrate.compile import compile_pipeline
+
+    path = compile_pipeline(tmp_path / "uft.yaml")
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec, platform = docs[0], docs[1]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    ft = k8s["exec-ssl-finetune"]
+    assert ft["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert ft["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert ft["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert {e["envVar"] for s in ft["secretAsEnv"] for e in s["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    res = spec["deploymentSpec"]["executors"]["exec-ssl-finetune"]["container"]["resources"]
+    assert res["accelerator"]["resourceCount"] == "1" and res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    ft_task = spec["root"]["dag"]["tasks"]["exit-handler-1"]["componentRef"]["name"]
+    inner = spec["components"][ft_task]["dag"]["tasks"]["ssl-finetune"]
+    assert inner["retryPolicy"]["maxRetryCount"] == 3
+    text = path.read_text()
+    assert "SECRET_ACCESS_KEY\"" not in text.replace("secretKey: AWS_SECRET_ACCESS_KEY", "")  # only references
+
+    res_run, state = local_run
+    loaded = components.load_component_from_file(str(path))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(state / "yaml-root"))
+    loaded(store_uri="s3://pipe-artifacts/uft", experiment="pipe", run_id=res_run.run_id,
+           **validate_config(TINY).model_dump())

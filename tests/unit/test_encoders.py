@@ -1,0 +1,122 @@
+"""ResNet-18/50 (small-image stem) and EfficientNet-Lite0 with its packaged ImageNet weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uft.errors import UftError
+from uft.models.efficientnet import EfficientNetLite0, SameConv2d, load_lite0_state_dict
+from uft.models.encoders import build_encoder, encoder_names
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_new_encoders_are_registered():
+    assert {"resnet18", "resnet50", "efficientnet_lite0"} <= set(encoder_names())
+
+
+# ---- ResNet ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, dim", [("resnet18", 512), ("resnet50", 2048)])
+def test_resnet_feature_dim_and_small_image_stem(name, dim):
+    torch.manual_seed(0)
+    enc = build_encoder(name, in_channels=1)
+    assert enc.feature_dim == dim
+    stem = enc.stem[0]
+    assert stem.kernel_size == (3, 3) and stem.stride == (1, 1) and stem.in_channels == 1
+    assert not any(isinstance(m, nn.MaxPool2d) for m in enc.modules())
+    out = enc(torch.rand(2, 1, 8, 8))
+    assert out.shape == (2, dim) and torch.isfinite(out).all()
+
+
+def test_resnet_downsamples_32px_to_4px_and_trains():
+    torch.manual_seed(0)
+    enc = build_encoder("resnet18", in_channels=3, width=8)
+    x = torch.rand(2, 3, 32, 32)
+    fmap = enc.stages(enc.stem(x))
+    assert fmap.shape[-2:] == (4, 4)  # strides 1·1·2·2·2: no ImageNet stem downsampling
+    enc(x).sum().backward()
+    assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_resnet_normalises_input_internally():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 8)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    enc = build_encoder("resnet18", in_channels=3, width=8).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), enc.pool(enc.stages(enc.stem((x - mean) / std))).flatten(1))
+        grey = build_encoder("resnet18", in_channels=1, width=8).eval()
+        torch.testing.assert_close(grey(x[:, :1]), grey.pool(grey.stages(grey.stem(2 * x[:, :1] - 1))).flatten(1))
+
+
+def test_resnet_rejects_wrong_channel_count():
+    with pytest.raises(UftError, match="channels"):
+        build_encoder("resnet18", in_channels=1, width=4)(torch.rand(1, 3, 8, 8))
+
+
+# ---- EfficientNet-Lite0 ------------------------------------------------------------------------
+
+def test_efficientnet_pretrained_weights_load_strictly():
+    state = load_lite0_state_dict()
+    model = EfficientNetLite0(pretrained=False)
+    assert set(model.state_dict()) == set(state)
+    model.load_state_dict(state, strict=True)  # raises on any missing/unexpected key or shape
+    built = EfficientNetLite0(pretrained=True)
+    torch.testing.assert_close(built._conv_stem.weight, state["_conv_stem.weight"])
+    torch.testing.assert_close(built._bn1.running_var, state["_bn1.running_var"])
+
+
+def test_efficientnet_grey_input_is_finite_and_replicated():
+    enc = build_encoder("efficientnet_lite0", in_channels=1)
+    assert enc.feature_dim == 1280
+    x = torch.rand(2, 1, 32, 32)
+    rgb = EfficientNetLite0(in_channels=3).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(enc.eval()(x), rgb(x.repeat(1, 3, 1, 1)))
+    for mode in (enc.eval, enc.train):
+        mode()
+        out = enc(x)
+        assert out.shape == (2, 1280) and torch.isfinite(out).all()
+
+
+def test_efficientnet_pretrained_recognises_a_daisy():
+    """The architecture, TF padding and input scaling must all match the checkpoint for this to
+    hold: sklearn's sample photo of a daisy is classified as ImageNet class 985 ("daisy"). (With
+    symmetric PyTorch padding it drops to rank 3; with torchvision mean/std out of the top 5.)"""
+    from sklearn.datasets import load_sample_image
+
+    img = torch.from_numpy(np.array(load_sample_image("flower.jpg"))).permute(2, 0, 1).float()[None] / 255
+    img = F.interpolate(img, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    model = EfficientNetLite0().eval()
+    with torch.no_grad():
+        pred = int(model.logits(img).argmax())
+    assert pred == 985
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_same_conv_matches_tensorflow_padding(size):
+    conv = SameConv2d(1, 1, 3, stride=2)
+    x = torch.rand(1, 1, size, size)
+    # TF SAME: total padding max((ceil(n/s) − 1)·s + k − n, 0), extra pixel at the bottom/right.
+    total = max((-(-size // 2) - 1) * 2 + 3 - size, 0)
+    lo, hi = total // 2, total - total // 2
+    ref = F.conv2d(F.pad(x, [lo, hi, lo, hi]), conv.weight, stride=2)
+    torch.testing.assert_close(conv(x), ref)
+    assert conv(x).shape[-1] == -(-size // 2)
+
+
+def test_efficientnet_rejects_unsupported_channels():
+    with pytest.raises(UftError, match="in_channels"):
+        EfficientNetLite0(in_channels=2, pretrained=False)

@@ -29,6 +29,11 @@ def _params(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _absolute(spec: str) -> str:
+    path, sep, opts = spec.partition("#")
+    return str(Path(path).resolve()) + sep + opts if path and "://" not in path and Path(path).exists() else spec
+
+
 def _fail(e: UftError) -> None:
     err.print(f"[bold red]error:[/] {e}")
     raise typer.Exit(2)
@@ -49,6 +54,8 @@ def run(
     from uft.orchestrate.local import local_services, run_local, state_dir
 
     try:
+        # Steps run in other processes (and directories): make local data paths absolute first.
+        source, target = _absolute(source), _absolute(target)
         cfg = validate_config({"source": source, "target": target, **_params(param)})
         state = state_dir()
         with local_services(state) as env:
@@ -120,6 +127,91 @@ def compile_cmd(out: Path = typer.Option(Path("build/uft_pipeline.yaml"), help="
     from uft.orchestrate.compile import compile_pipeline
 
     console.print(f"wrote {compile_pipeline(out)}")
+
+
+@app.command("ingest")
+def ingest_cmd(
+    path: str = typer.Argument(..., help="ImageFolder dir (PATH#unlabelled / #strict), s3://bucket/prefix, bundled name or manifest URI"),
+    store: str = typer.Option(..., help="where to publish: s3://bucket/prefix or a local directory"),
+    image_size: int = typer.Option(16, help="square side every image is resized to"),
+    channels: int = typer.Option(1, help="1 (grey) or 3 (RGB)"),
+    test_fraction: float = typer.Option(0.5, help="held-out share per class when the data has no train/ and test/"),
+    limit: int = typer.Option(0, help="keep at most this many images (class-proportional; 0 = all)"),
+    seed: int = typer.Option(0, help="seed of the split and of --limit"),
+    name: str = typer.Option("", help="dataset name in the manifest (default: PATH)"),
+    unlabelled: bool = typer.Option(False, "--unlabelled", help="ignore class directories: every image unlabelled"),
+    strict: bool = typer.Option(False, "--strict", help="fail on the first unusable file instead of skipping it"),
+) -> None:
+    """Read a dataset, print what was found and skipped, publish it; the last line is the manifest URI."""
+    from uft.data.imagefolder import load_imagefolder, summary_lines
+    from uft.data.ingest import ingest as ingest_raw
+    from uft.data.sources import BUNDLED, load_source
+    from uft.store import open_store, read_manifest
+
+    try:
+        if path.endswith("manifest.json"):  # already ingested: show it and pass the URI through
+            manifest, _, _ = read_manifest(path)
+            if manifest.get("kind") != "dataset":
+                raise UftError(f"{path} is not a dataset manifest (kind={manifest.get('kind')!r}): pass the output of `uft ingest`")
+            console.print(f"dataset {manifest.get('name')!r}: {manifest['num_rows']} rows, image shape {manifest['image_shape']}, "
+                          f"classes {manifest['classes'] or 'none (unlabelled)'}, splits {manifest['splits']}")
+            console.print(path, soft_wrap=True, highlight=False)
+            return
+        if path in BUNDLED:
+            raw = load_source(path, image_size=image_size, channels=channels)
+        else:
+            raw = load_imagefolder(path, image_size=image_size, channels=channels, strict=strict, unlabelled=unlabelled)
+        for line in summary_lines(raw.info):
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
+        dest = open_store(store, create_bucket=True)
+        with console.status(f"publishing to {dest.uri} …", spinner="dots"):
+            uri = ingest_raw(raw, dest, name=name or path, image_size=image_size, channels=channels,
+                             test_fraction=test_fraction, limit=limit, seed=seed)
+        manifest, _, _ = read_manifest(uri)
+        console.print(f"published {manifest['num_rows']} rows ({', '.join(f'{k} {v}' for k, v in sorted(manifest['splits'].items()))}) "
+                      f"at {image_size}x{image_size}x{channels}:", highlight=False)
+        console.print(uri, soft_wrap=True, highlight=False)
+    except UftError as e:
+        _fail(e)
+
+
+@app.command("compare")
+def compare_cmd(
+    run_ids: list[str] = typer.Argument(None, help="MLflow run ids or pipeline run ids (default: every run of --experiment)"),
+    experiment: str = typer.Option("", help="MLflow experiment (default 'uft' when no run ids are given)"),
+    group_by: str = typer.Option("", help="comma-separated params to group by (default: ssl_method, replay_*, mix_op, … present)"),
+    metric: list[str] = typer.Option([], "--metric", "-m", help="metric name or glob (repeatable; default: the report's metrics)"),
+    show_param: list[str] = typer.Option([], "--show-param", help="extra param shown per group (repeatable)"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | markdown | csv | json"),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="also write a bar-chart PNG here"),
+    include_unfinished: bool = typer.Option(False, "--all", help="include pipeline runs that did not finish"),
+) -> None:
+    """Compare pipeline runs side by side: params and metrics, grouped by method, mean ± std over seeds."""
+    from uft.compare import FORMATS, compare, plot, render, table_rows, tracking_env
+
+    try:
+        if fmt not in FORMATS:
+            raise UftError(f"--format {fmt!r} is unknown: use one of {', '.join(FORMATS)}")
+        keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
+        with tracking_env():
+            cmp = compare(run_ids or (), experiment or (None if run_ids else "uft"), group_by=keys, metrics=metric,
+                          show_params=show_param, include_unfinished=include_unfinished)
+        if fmt == "table":
+            header, rows = table_rows(cmp)
+            t = Table(title=f"{sum(len(g.runs) for g in cmp.groups)} runs in {len(cmp.groups)} groups (mean ± std over runs)")
+            for i, h in enumerate(header):
+                t.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+            split_at = len(cmp.group_keys) + len(cmp.show_params) + 2
+            for i, r in enumerate(rows):
+                t.add_row(*r, end_section=i == split_at - 1)
+            console.print(t)
+        else:
+            sys.stdout.write(render(cmp, fmt))
+        if plot_path is not None:
+            out = plot(cmp, str(plot_path))
+            (console if fmt == "table" else err).print(f"plot: {out}")
+    except UftError as e:
+        _fail(e)
 
 
 @app.command()

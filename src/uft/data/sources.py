@@ -97,7 +97,7 @@ def load_source(spec: str, *, image_size: int, channels: int) -> RawImages:
     """Resolve a dataset spec: a bundled name, a directory (ImageFolder) or ``s3://`` prefix."""
     if spec in BUNDLED:
         return BUNDLED[spec]()
-    if spec.startswith("s3://") or "/" in spec or Path(spec).exists():
+    if spec.startswith("s3://") or "/" in spec or Path(spec.split("#")[0]).exists():
         from uft.data.imagefolder import load_imagefolder
 
         return load_imagefolder(spec, image_size=image_size, channels=channels)

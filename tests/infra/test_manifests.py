@@ -1,0 +1,309 @@
+"""The kustomize tree renders offline into valid Kubernetes objects that follow the deploy rules.
+
+Each kustomization is rendered with `kubectl kustomize` (client only, no cluster) and every object
+is validated against the Kubernetes 1.31 OpenAPI schemas (kubernetes-validate, strict: unknown
+fields fail). The remaining tests check what a schema cannot: resources and non-root everywhere,
+no secret values outside the dev overlay, and that the pieces agree with each other (bucket,
+endpoints, Secret names and keys, Service names and ports).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+K8S_VERSION = "1.31"
+KUBECTL = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
+TARGETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/local-dev"]
+WITH_OBJECT_STORE = ["overlays/object-store", "overlays/local-dev"]
+WITHOUT_SECRETS = ["base", "overlays/object-store", "overlays/gpu"]
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+SECRET_NAMES = {"uft-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, "uft-postgres": {"POSTGRES_PASSWORD"}}
+SECRETISH = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN", re.I)
+
+pytestmark = pytest.mark.skipif(
+    KUBECTL is None, reason="kubectl is not installed: the manifests are rendered with `kubectl kustomize`"
+)
+
+
+@functools.cache
+def render(target: str) -> tuple[dict, ...]:
+    """All objects of ``infra/<target>`` as kustomize builds them."""
+    proc = subprocess.run([KUBECTL, "kustomize", str(INFRA / target)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"kubectl kustomize infra/{target} failed:\n{proc.stderr}"
+    return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
+
+
+def objects(target: str, kind: str) -> list[dict]:
+    return [d for d in render(target) if d["kind"] == kind]
+
+
+def one(target: str, kind: str, name: str) -> dict:
+    found = [d for d in objects(target, kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"infra/{target}: expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(target: str) -> Iterator[tuple[str, dict]]:
+    for d in render(target):
+        if d["kind"] in WORKLOADS:
+            yield f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]
+
+
+def containers(spec: dict, init: bool = True) -> list[dict]:
+    return list(spec.get("containers", [])) + (list(spec.get("initContainers", [])) if init else [])
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def providers(target: str) -> dict:
+    return yaml.safe_load(one(target, "ConfigMap", "kfp-launcher")["data"]["providers"])
+
+
+def config(target: str) -> dict[str, str]:
+    return one(target, "ConfigMap", "uft-config")["data"]
+
+
+def service_port(target: str, host: str) -> set[int]:
+    """Ports of the Service that ``host`` (name, name.ns, name.ns.svc[.cluster.local]) resolves to."""
+    name, *rest = host.split(".")
+    ns = rest[0] if rest else "uft"
+    return {
+        p["port"]
+        for s in objects(target, "Service")
+        if s["metadata"]["name"] == name and s["metadata"].get("namespace") == ns
+        for p in s["spec"]["ports"]
+    }
+
+
+def test_every_kustomization_is_rendered_here():
+    dirs = {str(p.parent.relative_to(INFRA)) for p in INFRA.glob("**/kustomization.yaml")}
+    components = {d for d in dirs if d.startswith("components/")}
+    assert dirs - components == set(TARGETS), "a new base/overlay must be added to TARGETS"
+    used = set()
+    for t in TARGETS:
+        k = yaml.safe_load((INFRA / t / "kustomization.yaml").read_text())
+        used |= {str((INFRA / t / c).resolve().relative_to(INFRA)) for c in k.get("components", [])}
+    assert components <= used, f"components no overlay uses: {components - used}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_objects_are_valid_kubernetes(target):
+    import kubernetes_validate
+
+    errors = []
+    for d in render(target):
+        try:
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            errors.append(f"{d['kind']}/{d['metadata']['name']}: {e.message} at {list(e.path)}")
+    assert not errors, "\n".join(errors)
+    namespaced = [d for d in render(target) if d["kind"] not in {"Namespace", "PriorityClass"}]
+    assert {d["metadata"].get("namespace") for d in namespaced} == {"uft"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_containers_are_bounded_non_root_and_pinned(target):
+    problems = []
+    for owner, spec in pod_specs(target):
+        pod_sc = spec.get("securityContext", {})
+        if pod_sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            problems.append(f"{owner}: pod seccompProfile is not RuntimeDefault")
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{owner}: mounts a service account token it does not need")
+        for c in containers(spec):
+            where = f"{owner}/{c['name']}"
+            res = c.get("resources", {})
+            for part in ("requests", "limits"):
+                missing = {"cpu", "memory"} - set(res.get(part, {}))
+                if missing:
+                    problems.append(f"{where}: no {part} for {sorted(missing)}")
+            sc = c.get("securityContext", {})
+            if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+                problems.append(f"{where}: runAsNonRoot is not set")
+            if sc.get("runAsUser", pod_sc.get("runAsUser", 0)) == 0:
+                problems.append(f"{where}: no non-zero runAsUser")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: allowPrivilegeEscalation is not false")
+            if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+                problems.append(f"{where}: capabilities are not dropped")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{where}: root filesystem is writable")
+            image = c["image"]
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            if "@sha256:" not in image and (not re.search(r"\d+\.\d+", tag) or "latest" in tag):
+                problems.append(f"{where}: image {image} is not pinned to a version")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_servers_have_probes(target):
+    for owner, spec in pod_specs(target):
+        for c in containers(spec, init=False):
+            assert "readinessProbe" in c and "livenessProbe" in c, f"{owner}/{c['name']} lacks probes"
+
+
+@pytest.mark.parametrize("target", WITHOUT_SECRETS)
+def test_no_secret_values_outside_dev(target):
+    assert not objects(target, "Secret"), f"infra/{target} must reference Secrets, not create them"
+    dev_values = [
+        lit.split("=", 1)[1]
+        for g in yaml.safe_load((INFRA / "overlays/local-dev/kustomization.yaml").read_text())["secretGenerator"]
+        for lit in g["literals"]
+    ]
+    text = yaml.safe_dump_all(render(target))
+    assert not [v for v in dev_values if v in text], "a dev secret value leaked out of overlays/local-dev"
+    for owner, spec in pod_specs(target):
+        for c in containers(spec):
+            for name, e in env_of(c).items():
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if SECRETISH.search(name):
+                    assert ref, f"{owner}/{c['name']}: {name} must come from a secretKeyRef"
+                if ref:
+                    assert ref["key"] in SECRET_NAMES.get(ref["name"], set()), f"{owner}: unknown secret ref {ref}"
+
+
+def test_dev_overlay_generates_every_referenced_secret_key():
+    target = "overlays/local-dev"
+    generated = {s["metadata"]["name"]: s for s in objects(target, "Secret")}
+    assert set(generated) == set(SECRET_NAMES)
+    for s in generated.values():
+        assert s["metadata"]["annotations"]["uft.dev/dev-only"] == "true"
+        assert set(s["data"]) == SECRET_NAMES[s["metadata"]["name"]]
+    refs = {
+        (r["name"], r["key"])
+        for _, spec in pod_specs(target)
+        for c in containers(spec)
+        for e in c.get("env", [])
+        if (r := e.get("valueFrom", {}).get("secretKeyRef"))
+    }
+    assert refs and all(key in generated[name]["data"] for name, key in refs)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_kfp_launcher_config(target):
+    root = one(target, "ConfigMap", "kfp-launcher")["data"]["defaultPipelineRoot"]
+    assert root.startswith("s3://") and urlparse(root).path.strip("/"), root
+    s3 = providers(target)["s3"]["default"]
+    assert s3["endpoint"] and s3["region"]
+    creds = s3["credentials"]
+    assert creds["fromEnv"] is False
+    ref = creds["secretRef"]
+    assert SECRET_NAMES[ref["secretName"]] == {ref["accessKeyKey"], ref["secretKeyKey"]}
+    # The runner's Role must let the launcher read exactly that Secret.
+    rules = one(target, "Role", "uft-pipeline-runner")["rules"]
+    assert any("secrets" in r["resources"] and ref["secretName"] in r.get("resourceNames", []) for r in rules)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_s3_client_uses_one_endpoint_and_bucket(target):
+    s3 = providers(target)["s3"]["default"]
+    cfg = config(target)
+    boto, mlflow_s3 = urlparse(cfg["AWS_ENDPOINT_URL"]), urlparse(cfg["MLFLOW_S3_ENDPOINT_URL"])
+    assert boto.netloc == mlflow_s3.netloc == s3["endpoint"]
+    assert s3["disableSSL"] is (boto.scheme == "http")
+    assert cfg["AWS_DEFAULT_REGION"] == s3["region"]
+
+    pipeline_bucket = urlparse(one(target, "ConfigMap", "kfp-launcher")["data"]["defaultPipelineRoot"]).netloc
+    args = one(target, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
+    dest = next(a.split("=", 1)[1] for a in args if a.startswith("--artifacts-destination="))
+    assert dest.startswith("s3://") and urlparse(dest).netloc == pipeline_bucket
+    if target in WITH_OBJECT_STORE:
+        host, _, port = s3["endpoint"].partition(":")
+        assert int(port) in service_port(target, host), f"no Service behind {s3['endpoint']}"
+        server = one(target, "StatefulSet", "seaweedfs")["spec"]["template"]["spec"]["containers"][0]
+        assert env_of(server)["UFT_BUCKET"]["value"] == pipeline_bucket
+        assert f"-s3.port={port}" in server["args"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_mlflow_uses_postgres_with_password_from_secret(target):
+    mlflow = one(target, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    names = [e["name"] for e in mlflow["env"]]
+    env = env_of(mlflow)
+    uri = env["MLFLOW_BACKEND_STORE_URI"]["value"]
+    m = re.fullmatch(r"postgresql(\+\w+)?://(\w+):\$\((\w+)\)@([\w.-]+):(\d+)/(\w+)", uri)
+    assert m, f"backend URI must be postgresql://user:$(VAR)@host:port/db, got {uri}"
+    _, user, var, host, port, db = m.groups()
+    # Kubernetes expands $(VAR) only from variables declared earlier in the list.
+    assert names.index(var) < names.index("MLFLOW_BACKEND_STORE_URI")
+    assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "uft-postgres", "key": "POSTGRES_PASSWORD"}
+    assert int(port) in service_port(target, host)
+    pg = one(target, "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(pg)["POSTGRES_USER"]["value"] == user and env_of(pg)["POSTGRES_DB"]["value"] == db
+    assert env_of(pg)["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == env[var]["valueFrom"]["secretKeyRef"]
+    tracking = urlparse(config(target)["MLFLOW_TRACKING_URI"])
+    assert tracking.port in service_port(target, tracking.hostname)
+
+
+def _persistent_mount(target: str, name: str) -> str:
+    """Mount path of the StatefulSet's claim-template volume (there must be exactly one)."""
+    sts = one(target, "StatefulSet", name)
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    (mount,) = [m for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+                if m["name"] == claim["metadata"]["name"]]
+    return mount["mountPath"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_state_lives_on_persistent_volumes(target):
+    pg = one(target, "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(pg)["PGDATA"]["value"].startswith(_persistent_mount(target, "postgres") + "/")
+    if target in WITH_OBJECT_STORE:
+        args = one(target, "StatefulSet", "seaweedfs")["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert f"-dir={_persistent_mount(target, 'seaweedfs')}" in args
+    else:
+        assert not [s for s in objects(target, "StatefulSet") if s["metadata"]["name"] == "seaweedfs"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_runner_rbac_is_minimal(target):
+    one(target, "ServiceAccount", "uft-pipeline-runner")
+    binding = one(target, "RoleBinding", "uft-pipeline-runner")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "uft-pipeline-runner"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "uft-pipeline-runner", "namespace": "uft"}]
+    for rule in one(target, "Role", "uft-pipeline-runner")["rules"]:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+        assert set(rule["verbs"]) <= {"get", "create", "patch"}, rule
+        if set(rule["resources"]) & {"secrets", "configmaps"}:
+            assert rule.get("resourceNames"), f"{rule} must name the objects it may read"
+    assert not objects(target, "ClusterRole") and not objects(target, "ClusterRoleBinding")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_network_policies_select_real_pods(target):
+    labels = [d["spec"]["template"]["metadata"]["labels"] for d in render(target) if d["kind"] in WORKLOADS]
+
+    def matches(selector: dict) -> bool:
+        want = selector.get("matchLabels", {})
+        return any(want.items() <= pod.items() for pod in labels)
+
+    policies = objects(target, "NetworkPolicy")
+    assert policies
+    for p in policies:
+        assert matches(p["spec"]["podSelector"]), p["metadata"]["name"]
+        for rule in p["spec"]["ingress"]:
+            for peer in rule.get("from", []):
+                assert matches(peer["podSelector"]), p["metadata"]["name"]
+
+
+def test_gpu_overlay_caps_gpus():
+    quota = one("overlays/gpu", "ResourceQuota", "uft-gpu")
+    assert int(quota["spec"]["hard"]["requests.nvidia.com/gpu"]) >= 1
+    (limit,) = one("overlays/gpu", "LimitRange", "uft-gpu")["spec"]["limits"]
+    assert int(limit["max"]["nvidia.com/gpu"]) >= 1
+    assert one("overlays/gpu", "Namespace", "uft")["metadata"]["labels"]["uft.dev/accelerator"]
+    assert not objects("base", "ResourceQuota")

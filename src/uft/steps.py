@@ -18,7 +18,8 @@ import torch
 
 from uft import tracking
 from uft.errors import UftError
-from uft.store import Store, canonical_json, content_key, manifest_sha, open_store, publish, read_manifest, read_verified
+from uft.store import (Store, canonical_json, content_key, manifest_sha, open_store, publish, read_manifest, read_verified,
+                       verify_manifest)
 
 log = logging.getLogger("uft")
 CODE_VERSION = "1"  # bump when a step's semantics change, to invalidate cached outputs
@@ -39,13 +40,16 @@ def _cached(store: Store, step: str, key_parts: dict[str, Any], compute: Callabl
 
 
 def _outputs_intact(out: dict[str, Any]) -> bool:
-    """A cache record is trusted only if every manifest it points to still verifies by hash."""
+    """A cache record is trusted only if every manifest it points to still has the recorded hash and
+    all the files it lists are present and intact; otherwise the step recomputes and republishes
+    (so "rerun the step" really repairs a deleted or corrupt shard instead of hitting the cache)."""
     for name, value in out.items():
         if name.endswith("_uri") and isinstance(value, str) and value.endswith("manifest.json"):
             sha = out.get(name.removesuffix("_uri") + "_sha")
             try:
                 if sha and manifest_sha(value) != sha:
                     return False
+                verify_manifest(value)
             except UftError:
                 return False
     return True
@@ -63,6 +67,9 @@ def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: i
     from uft.data.ingest import ingest as ingest_raw
     from uft.data.sources import load_source
 
+    if not spec.strip():  # "" would otherwise resolve to the current directory as an ImageFolder
+        raise UftError(f"the {role} dataset is empty: pass a bundled name ({', '.join(sorted(_bundled()))}), "
+                       "an ImageFolder directory, an s3://bucket/prefix or a manifest URI")
     store = open_store(store_uri, create_bucket=True)
     if spec.endswith("manifest.json"):  # an existing uft dataset: verify and pass through
         manifest, _, _ = read_manifest(spec)
@@ -105,6 +112,7 @@ def _train(store: Store, key: str, step: str, *, encoder, method_name: str, imag
     from uft.ssl.base import build_method
     from uft.ssl.train import Checkpointer, train_ssl
 
+    torch.manual_seed(cfg.seed)  # the projector/predictor init: same config → same weights in every process
     method = build_method(method_name, encoder)
     ckpt = Checkpointer(store, f"checkpoints/{step}/{key}")
 
@@ -151,6 +159,7 @@ def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str =
         def compute(key: str) -> dict[str, Any]:
             src = load_dataset(source_uri).subset("train")
             spec = _encoder_spec(encoder, encoder_width, src.images.shape[1])
+            torch.manual_seed(seed)  # deterministic init, so a rerun in a new process reproduces the encoder
             enc = build_encoder(spec["name"], in_channels=spec["in_channels"], **spec["kwargs"])
             return _train(store, key, "pretrain", encoder=enc, method_name=method, images=src.images, cfg=cfg,
                           replay=None, plan=None, run=run, spec=spec,
@@ -307,6 +316,8 @@ def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, 
             enc, _ = load_encoder(encoder_uri)
             before = state_fingerprint(enc)
             ds = load_dataset(target_uri)
+            if not _labelled(ds):
+                return {"metrics": {}, "metrics_uri": _publish_metrics(store, f"linear_{tag}", key, {})}
             tr, te = ds.subset("train"), ds.subset("test")
             ftr, fte = extract_features(enc, tr.images, device=_device()), extract_features(enc, te.images, device=_device())
             if state_fingerprint(enc) != before:  # moco-style check: evaluation must not touch the backbone
@@ -342,6 +353,8 @@ def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, sou
                 if not uri:
                     continue
                 ds = load_dataset(uri)
+                if not _labelled(ds):
+                    continue
                 tr, te = ds.subset("train"), ds.subset("test")
                 ftr = extract_features(enc, tr.images, device=_device())
                 fte = extract_features(enc, te.images, device=_device())
@@ -371,12 +384,22 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
         def compute(key: str) -> dict[str, Any]:
             src = load_dataset(source_uri).subset("train")
             tgt = load_dataset(target_uri)
+            if not (_labelled(tgt) and bool((src.labels >= 0).any())):
+                metrics = {"results": {}, "flat": {}}
+                return {"metrics": metrics, "metrics_uri": _publish_metrics(store, "holistic", key, metrics)}
             num_classes = len(tgt.classes)
             bad = [c for c in seen_ids if c >= num_classes]
             if bad:
                 raise UftError(f"holistic_seen classes {bad} are not among the {num_classes} target classes: use ids 0..{num_classes - 1}")
+            missing = [c for c in tgt.classes if c not in src.classes]
+            if missing:
+                raise UftError(f"target classes {missing[:5]} are not among the source classes {src.classes[:10]}: "
+                               "holistic transfer needs the same label set (same class names)")
             if len(src.classes) != num_classes:
                 raise UftError(f"source has {len(src.classes)} classes but target {num_classes}: holistic transfer needs the same label set")
+            if list(src.classes) != list(tgt.classes):  # same names, different label ids: heads would be misread
+                raise UftError(f"source and target list their classes in different orders ({src.classes[:5]}… vs "
+                               f"{tgt.classes[:5]}…): ingest both with the same class order")
             cfg = HolisticConfig(steps=steps, seed=seed)
             enc, _ = load_encoder(encoder_uri)
             head = train_source_classifier(enc, src.floats(), src.labels, num_classes, cfg)
@@ -392,6 +415,14 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
         out = tracking.log_outputs(_cached(store, "holistic", params, compute))
         _log_metrics(run, out["metrics"]["flat"])
         return out
+
+
+def _labelled(ds) -> bool:
+    """Evaluation needs labels on both splits; an unlabelled target is finetuned but not scored."""
+    has = [bool((ds.labels[torch.from_numpy(ds.split == sp)] >= 0).any()) for sp in ("train", "test")]
+    if not all(has):
+        log.warning("%s has no labelled train/test rows: evaluation on it is skipped", ds.uri)
+    return all(has)
 
 
 def _log_metrics(run, metrics: dict[str, Any]) -> None:
@@ -430,6 +461,10 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
             parent = tracking.find_run(tracking.experiment_id(experiment), run_id, tracking.PARENT)
             if parent is not None:
                 client = tracking._client()
+                known = parent.data.params
+                for k, v in config.items():  # the run's config on the parent, for `uft compare`
+                    if k not in known:
+                        client.log_param(parent.info.run_id, k, tracking._param(v))
                 for k, v in summary.items():
                     if isinstance(v, (int, float)):
                         client.log_metric(parent.info.run_id, k, float(v))

@@ -94,16 +94,23 @@ class LocalStore:
 class S3Store:
     """An S3 bucket prefix. Transient failures are retried with backoff, then a one-line error."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, attempts: int = 5, create_bucket: bool = False):
+    def __init__(self, bucket: str, prefix: str = "", *, attempts: int | None = None, backoff: float | None = None,
+                 timeout: float | None = None, create_bucket: bool = False):
         import boto3
         from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.attempts = attempts
-        # botocore's own retries are kept short; the outer loop owns backoff and the final message.
-        cfg = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=30)
-        self.client = boto3.client("s3", config=cfg, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        # Bounds of the retry loop: UFT_S3_ATTEMPTS tries, sleeping UFT_S3_BACKOFF s doubling up to 8 s
+        # between them, each call waiting at most UFT_S3_TIMEOUT s for an answer.
+        self.attempts = max(1, attempts if attempts is not None else _env_number("UFT_S3_ATTEMPTS", 5, int))
+        self.backoff = backoff if backoff is not None else _env_number("UFT_S3_BACKOFF", 0.5, float)
+        timeout = timeout if timeout is not None else _env_number("UFT_S3_TIMEOUT", 30.0, float)
+        # botocore does not retry on its own: the outer loop owns the attempts, backoff and final message.
+        cfg = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=min(3.0, timeout),
+                     read_timeout=timeout)
+        # A fresh session per store: boto3's default session caches credentials, which would hide a rotated key.
+        self.client = boto3.session.Session().client("s3", config=cfg, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
         self._call(lambda: self.client.head_bucket(Bucket=bucket), "open", "", create_bucket=create_bucket)
 
     @property
@@ -117,9 +124,9 @@ class S3Store:
         return f"s3://{self.bucket}/{self._k(key)}"
 
     def _call(self, fn: Callable[[], T], op: str, key: str, create_bucket: bool = False) -> T:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-        delay = 0.5
+        delay = self.backoff
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn()
@@ -133,7 +140,7 @@ class S3Store:
                     ) from None
                 if code in {"NoSuchBucket", "404"} and op == "open":
                     if create_bucket:
-                        self.client.create_bucket(Bucket=self.bucket)
+                        self._create_bucket()
                         return None  # type: ignore[return-value]
                     raise UftError(f"bucket s3://{self.bucket} does not exist: create it or pass an existing bucket") from None
                 if code in {"NoSuchKey", "404"}:
@@ -141,17 +148,31 @@ class S3Store:
                 if status and status < 500 and code not in {"SlowDown", "RequestTimeout"}:
                     raise UftError(f"S3 {op} of {self.url(key)} failed: {code}") from None
                 err: Exception = e
+            except NoCredentialsError:
+                raise UftError(
+                    f"no S3 credentials for s3://{self.bucket}: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the "
+                    "environment (from a Kubernetes Secret on a cluster)"
+                ) from None
             except BotoCoreError as e:
                 err = e
             if attempt == self.attempts:
                 endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
                 raise UftError(
-                    f"object store at {endpoint} unreachable for {op} {self.url(key)} after {attempt} attempts "
-                    f"({type(err).__name__}): check that it is running and AWS_ENDPOINT_URL is right"
+                    f"object store at {endpoint} unreachable or too slow for {op} {self.url(key)} after {attempt} "
+                    f"attempts ({type(err).__name__}): check that it is running and AWS_ENDPOINT_URL is right, then rerun"
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
         raise AssertionError("unreachable")
+
+    def _create_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.create_bucket(Bucket=self.bucket)
+        except ClientError as e:  # parallel steps may create it at the same moment: that is fine
+            if e.response.get("Error", {}).get("Code") not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                raise
 
     def put(self, key: str, data: bytes) -> None:
         self._call(lambda: self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data), "put", key)
@@ -186,6 +207,19 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self._call(lambda: self.client.delete_object(Bucket=self.bucket, Key=self._k(key)), "delete", key)
+
+
+def _env_number(name: str, default: T, kind: Callable[[str], T]) -> T:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise UftError(f"{name}={raw!r} is not a number: unset it or give a positive {kind.__name__}") from None
+    if value < 0:  # type: ignore[operator]
+        raise UftError(f"{name}={raw!r} is negative: unset it or give a positive {kind.__name__}")
+    return value
 
 
 def open_store(uri: str, *, create_bucket: bool = False) -> Store:
@@ -252,6 +286,17 @@ def read_verified(store: Store, prefix: str, manifest: dict[str, Any], name: str
     if sha256_bytes(data) != entry["sha256"]:
         raise UftError(f"{store.url(key)} is corrupt (sha256 differs from {manifest_uri}): rerun ingest to republish it")
     return data
+
+
+def verify_manifest(uri: str) -> dict[str, Any]:
+    """Load the manifest at ``uri`` and check that every file it lists exists with its recorded sha256.
+
+    Returns the manifest; raises :class:`UftError` naming the first missing or corrupt file.
+    """
+    manifest, store, prefix = read_manifest(uri)
+    for name in sorted(manifest["files"]):
+        read_verified(store, prefix, manifest, name, uri)
+    return manifest
 
 
 def manifest_sha(uri: str) -> str:

@@ -84,8 +84,10 @@ def step_run(experiment: str, pipeline_run_id: str, step: str, params: dict[str,
     parent = get_or_create_run(exp, pipeline_run_id, PARENT, run_name=f"uft-{pipeline_run_id}")
     run_id = injected or get_or_create_run(exp, pipeline_run_id, step, parent_id=parent)
     client = _client()
+    if params:
+        _check_params(client, run_id, step, pipeline_run_id, params)
     client.update_run(run_id, status="RUNNING")
-    with mlflow.start_run(run_id=run_id, experiment_id=exp, log_system_metrics=False) as run:
+    with mlflow.start_run(run_id=run_id, experiment_id=exp, log_system_metrics=False) as run, _sigterm_raises():
         try:
             if params:
                 # Params are immutable in MLflow; a retried step logs the same values again (allowed).
@@ -96,15 +98,61 @@ def step_run(experiment: str, pipeline_run_id: str, step: str, params: dict[str,
             raise
 
 
+def _check_params(client, run_id: str, step: str, pipeline_run_id: str, params: dict[str, Any]) -> None:
+    """A rerun under the same pipeline run id must have the same params (MLflow params are immutable);
+    refuse before touching the run, so an earlier finished run is not marked FAILED by the clash."""
+    logged = client.get_run(run_id).data.params
+    clash = sorted(k for k, v in params.items() if k in logged and logged[k] != _param(v))
+    if clash:
+        raise UftError(
+            f"run_id {pipeline_run_id!r} was already used with different {', '.join(clash)} for step {step}: "
+            "pass a new run_id (or leave it empty to derive one from the config)"
+        )
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM (Kubernetes stopping a pod, a timeout) into SystemExit inside a step, so the
+    ``except`` above ends the run FAILED; Python's default would die without unwinding. SIGKILL
+    cannot be caught: :func:`finish_parent` ends such orphaned step runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def finish_parent(experiment: str, pipeline_run_id: str, status: str = "FINISHED") -> str | None:
-    """End the parent run of a pipeline run (called when the whole DAG is done)."""
+    """End the parent run of a pipeline run (called when the whole DAG is done).
+
+    A step run still RUNNING at this point belongs to a process that died without unwinding
+    (SIGKILL, OOM, node loss) and was not retried to success: it is ended FAILED.
+    """
     if not enabled():
         return None
     exp = experiment_id(experiment)
     run = find_run(exp, pipeline_run_id, PARENT)
     if run is None:
         return None
-    _client().set_terminated(run.info.run_id, status=status)
+    client = _client()
+    orphans = client.search_runs(
+        [exp], filter_string=f"tags.`{TAG_RUN}` = '{pipeline_run_id}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    for child in orphans:
+        if child.info.run_id != run.info.run_id:
+            client.set_terminated(child.info.run_id, status="FAILED")
+    client.set_terminated(run.info.run_id, status=status)
     return run.info.run_id
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from uft.data.augment import AugmentConfig, augment
 from uft.errors import UftError
+from uft.ssl import ddp
 from uft.ssl.base import SSLMethod
 from uft.store import Store
 
@@ -96,10 +97,17 @@ def train_ssl(
     checkpointer: Checkpointer | None = None,
     device: str | torch.device = "cpu",
     on_log: Callable[[int, float], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``method`` in place. ``target``/``replay``: uint8 ``(N, C, H, W)`` images.
 
-    Stops after ``cfg.steps`` optimiser steps, resuming from ``checkpointer`` if it holds a state.
+    Stops after ``cfg.steps`` optimiser steps, resuming from ``checkpointer`` if it holds a state
+    (else from ``resume``, a checkpoint's state dict).
+
+    Under torchrun (``torch.distributed`` initialised with world size > 1, see ``uft.ssl.ddp``) the
+    caller is rank 0: it resumes from its checkpoint and hands the other ranks the same job; every
+    rank draws the same global batch, trains its slice with its own augmentations in
+    DistributedDataParallel, and only rank 0 checkpoints and calls ``on_log``.
     """
     from uft.ssl.radreg import radreg_penalty
     from uft.transfer.mixing import MixPlan, make_mixed_batch
@@ -109,6 +117,16 @@ def train_ssl(
     if cfg.replay_ratio > 0 and (replay is None or len(replay) == 0):
         raise UftError(f"replay_ratio={cfg.replay_ratio} but the replay set is empty: set replay_size > 0 or replay_ratio 0")
     plan = mix_plan or MixPlan()
+    rank, world = ddp.rank_world()
+    state = checkpointer.load() if checkpointer is not None and rank == 0 else resume
+    if world > 1:
+        if min(cfg.batch_size, len(target)) < 2 * world:
+            raise UftError(f"batch_size {min(cfg.batch_size, len(target))} is too small for {world} processes: "
+                           f"use at least {2 * world} (each process trains on batch_size/processes images)")
+        if rank == 0:  # the other ranks wait in ddp.serve for this job and its resume point
+            ddp.send_job({"method": method, "target": target, "cfg": cfg, "replay": replay, "mix_plan": mix_plan,
+                          "resume": state})
+        device = ddp.local_device(device)
     device = torch.device(device)
     method.to(device).train()
     params = [p for p in method.parameters() if p.requires_grad]
@@ -117,7 +135,7 @@ def train_ssl(
     g = torch.Generator().manual_seed(cfg.seed)
     result = TrainResult()
     start = 0
-    if checkpointer is not None and (state := checkpointer.load()) is not None:
+    if state is not None:
         method.load_state_dict(state["method"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -135,6 +153,7 @@ def train_ssl(
     b = min(cfg.batch_size, len(target))
     k = math.ceil(cfg.replay_ratio * b) if replay_f is not None else 0
     running = torch.full((), float(resumed_running), device=device)
+    model = ddp.wrap(method, device) if world > 1 else None
     for step in range(start, cfg.steps):
         t_idx = torch.randperm(len(target_f), generator=g)[:b].to(device)
         xt = target_f[t_idx].float().div_(255)
@@ -146,11 +165,15 @@ def train_ssl(
             parts.append(xs)
         if plan.op != "none":
             parts.append(make_mixed_batch(xt, mix_source, plan, g))
-        x = torch.cat(parts)
-        v1, v2 = augment(x, cfg.augment, g), augment(x, cfg.augment, g)
-        loss, feats = method.loss(v1, v2)
+        if world > 1:  # g drew the same global batch on every rank: train this rank's slice, own views
+            x, nb = ddp.local_slice(parts, rank, world)
+            ga = ddp.view_generator(g, rank)
+        else:
+            x, nb, ga = torch.cat(parts), b, g
+        v1, v2 = augment(x, cfg.augment, ga), augment(x, cfg.augment, ga)
+        loss, feats = model(v1, v2) if model is not None else method.loss(v1, v2)
         if cfg.radreg_weight > 0:
-            loss = loss + cfg.radreg_weight * radreg_penalty(feats[:b], generator=g)
+            loss = loss + cfg.radreg_weight * radreg_penalty(feats[:nb], generator=ga)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -160,21 +183,26 @@ def train_ssl(
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             n_since = cfg.log_every if done % cfg.log_every == 0 else done % cfg.log_every
-            value = float(running) / n_since  # one host sync per log interval, not per step
+            # one host sync per log interval, not per step; under DDP the mean over ranks
+            value = float(ddp.mean(running) if world > 1 else running) / n_since
             if not math.isfinite(value):
                 raise UftError(f"SSL loss became {value} at step {done}: lower lr (now {cfg.lr}) or check the data")
             result.losses.append((done, value))
-            if on_log:
+            if on_log and rank == 0:
                 on_log(done, value)
             running.zero_()
-        if checkpointer is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+        if world > 1 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            partial = float(ddp.mean(running))  # the ranks' mean, so a resumed run logs what an uninterrupted one would
+        if checkpointer is not None and rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             checkpointer.save(done, {
                 "method": method.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "rng": g.get_state(), "step": done, "losses": result.losses,
                 # Without it, a checkpoint between log points would make the next logged mean differ
                 # from an uninterrupted run's.
-                "running": float(running),
+                "running": float(running) if world == 1 else partial,
             })
+    if world > 1:
+        ddp.sync_buffers(method)
     result.images_seen = (cfg.steps - start) * (b + k)
     method.eval()
     return result

@@ -1,0 +1,219 @@
+"""Start the pipeline on a Kubeflow Pipelines cluster: one run now, or a recurring run on a cron.
+
+The package is compiled here (image names from ``UFT_IMAGE``/``UFT_GPU_IMAGE`` at this moment),
+parameters are checked against :class:`uft.config.RunConfig` and the compiled pipeline's inputs
+before anything reaches the cluster, and runs start under the ServiceAccount that
+``infra/base`` creates. ``client`` is anything with ``kfp.Client``'s methods (tests pass a fake).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from uft.errors import UftError
+
+NAMESPACE = "uft"
+SERVICE_ACCOUNT = "uft-pipeline-runner"
+DEFAULT_STORE = "s3://uft-artifacts/uft"
+
+
+# --- the compiled package and its parameters ------------------------------------------------------
+
+@contextlib.contextmanager
+def compiled_package() -> Iterator[Path]:
+    """Compile :func:`pipelines.uft_pipeline.uft_pipeline` into a temporary YAML; yields its path."""
+    from uft.orchestrate.compile import compile_pipeline
+
+    with tempfile.TemporaryDirectory(prefix="uft-kfp-") as d:
+        yield compile_pipeline(Path(d) / "uft_pipeline.yaml")
+
+
+def package_parameters(path: str | Path) -> dict[str, str]:
+    """Pipeline input name → KFP parameter type (``STRING``, ``NUMBER_INTEGER``, ...) of a package."""
+    spec = next(yaml.safe_load_all(Path(path).read_text()))
+    return {k: v["parameterType"] for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+
+
+def pipeline_arguments(params: dict[str, Any], spec_params: dict[str, str], experiment: str = "") -> dict[str, Any]:
+    """Validate user parameters (strings from ``--param`` or typed values) → typed KFP arguments.
+
+    RunConfig fields go through :func:`uft.config.validate_config` (ranges, method names, ...);
+    the pipeline's other inputs (``store_uri``, ``experiment``, ``run_id``, ...) are converted to
+    their declared type. Only the given parameters are returned (the package's defaults, which
+    come from RunConfig, apply to the rest); ``experiment`` defaults to the KFP experiment name.
+    """
+    from uft.config import RunConfig, validate_config
+
+    unknown = sorted(set(params) - set(spec_params))
+    if unknown:
+        raise UftError(f"unknown pipeline parameter(s) {', '.join(unknown)}: valid ones are {', '.join(sorted(spec_params))}")
+    fields = {k: v for k, v in params.items() if k in RunConfig.model_fields}
+    cfg = validate_config(fields).model_dump()
+    args: dict[str, Any] = {k: cfg[k] for k in fields}
+    for k, v in params.items():
+        if k not in fields:
+            args[k] = _convert(k, v, spec_params[k])
+    if experiment and "experiment" in spec_params:
+        args.setdefault("experiment", experiment)
+    return args
+
+
+def _convert(name: str, value: Any, kind: str) -> Any:
+    try:
+        if kind == "NUMBER_INTEGER":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "NUMBER_DOUBLE":
+            return float(value)
+        if kind == "BOOLEAN":
+            if isinstance(value, str):
+                if value.lower() not in {"true", "false", "1", "0"}:
+                    raise ValueError
+                return value.lower() in {"true", "1"}
+            return bool(value)
+    except ValueError:
+        raise UftError(f"parameter {name}={value!r} is not a {kind.lower().replace('number_', '')}: pass e.g. {name}=1") from None
+    return str(value)
+
+
+def kfp_client(host: str, namespace: str = NAMESPACE):
+    """A real ``kfp.Client`` for ``host`` (the KFP API, e.g. http://localhost:8080)."""
+    if not host or "://" not in host:
+        raise UftError(f"--host {host!r} is not a URL: pass the KFP API address, e.g. http://localhost:8080")
+    import warnings
+
+    from kfp import Client
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP >= 2.0.0-beta.2": we target 2.x
+        return Client(host=host, namespace=namespace)
+
+
+def _cluster_error(host: str, what: str, e: Exception) -> UftError:
+    first = (str(e).strip().splitlines() or [""])[0][:120]
+    return UftError(f"{what} on KFP at {host} failed ({type(e).__name__}: {first}): check --host, that the KFP API "
+                    "is reachable from here, and the namespace/experiment")
+
+
+# --- one run --------------------------------------------------------------------------------------
+
+def submit(host: str, params: dict[str, Any], experiment: str = "uft", namespace: str = NAMESPACE,
+           service_account: str = SERVICE_ACCOUNT, run_name: str | None = None, client: Any = None) -> str:
+    """Compile and start one pipeline run in ``experiment`` (created if missing); returns the KFP run id."""
+    if not experiment:
+        raise UftError("--experiment is empty: name the KFP experiment, e.g. --experiment uft")
+    with compiled_package() as path:
+        args = pipeline_arguments(params, package_parameters(path), experiment)
+        client = client or kfp_client(host, namespace)
+        try:
+            res = client.create_run_from_pipeline_package(
+                str(path), arguments=args, run_name=run_name or f"uft {experiment}", experiment_name=experiment,
+                namespace=namespace, service_account=service_account)
+        except UftError:
+            raise
+        except Exception as e:  # the cluster's errors (HTTP, connection) become one line naming the host
+            raise _cluster_error(host, "starting a run", e) from None
+    return str(res.run_id)
+
+
+# --- recurring runs -------------------------------------------------------------------------------
+
+_MONTHS = {m: i + 1 for i, m in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split())}
+_DAYS = {d: i for i, d in enumerate("SUN MON TUE WED THU FRI SAT".split())}
+#: (name, lowest, highest, names) of KFP's six cron fields, seconds first (robfig/cron's format).
+_CRON_FIELDS = [("second", 0, 59, {}), ("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}),
+                ("month", 1, 12, _MONTHS), ("day of week", 0, 6, _DAYS)]
+_DESCRIPTORS = {"@yearly": "0 0 0 1 1 *", "@annually": "0 0 0 1 1 *", "@monthly": "0 0 0 1 * *",
+                "@weekly": "0 0 0 * * 0", "@daily": "0 0 0 * * *", "@midnight": "0 0 0 * * *", "@hourly": "0 0 * * * *"}
+_ITEM = re.compile(r"^(?:(\*|\?)|([A-Za-z0-9]+)(?:-([A-Za-z0-9]+))?)(?:/(\d+))?$")
+
+
+def kfp_cron(expr: str) -> str:
+    """A standard 5-field cron (``"0 3 * * *"``) → KFP's 6-field form, seconds first (``"0 0 3 * * *"``).
+
+    A 6-field expression is checked and passed through; ``@daily``-style shorthands are expanded.
+    Raises :class:`UftError` naming the bad field.
+    """
+    text = " ".join(str(expr).split())
+    fields = _DESCRIPTORS.get(text.lower(), text).split(" ") if text else []
+    if len(fields) == 5:
+        fields = ["0", *fields]
+    if len(fields) != 6:
+        raise UftError(f"--cron {expr!r} has {len(fields)} fields: use 5 (minute hour day-of-month month day-of-week), "
+                       "e.g. \"0 3 * * *\" for 03:00 every day")
+    for value, (name, lo, hi, names) in zip(fields, _CRON_FIELDS):
+        for item in value.split(","):
+            problem = _cron_item(item, name, lo, hi, names)
+            if problem:
+                raise UftError(f"--cron {expr!r}: {name} field {value!r} {problem}; e.g. \"0 3 * * *\" runs at 03:00 daily")
+    return " ".join(fields)
+
+
+def _cron_item(item: str, name: str, lo: int, hi: int, names: dict[str, int]) -> str:
+    m = _ITEM.match(item)
+    if not m:
+        return "is not a number, range (a-b), list (a,b) or step (*/n)"
+    wild, a, b, step = m.groups()
+    if wild == "?" and name not in {"day of month", "day of week"}:
+        return "may not be '?' (only the day fields may)"
+    if step is not None and int(step) < 1:
+        return "has a step of 0"
+    vals = []
+    for v in (a, b):
+        if v is None:
+            continue
+        n = names.get(v.upper()) if not v.isdigit() else int(v)
+        if n is None or not lo <= n <= hi:
+            return f"has {v!r} outside {lo}-{hi}" + (f" (or {', '.join(names)})" if names else "")
+        vals.append(n)
+    if len(vals) == 2 and vals[0] > vals[1]:
+        return f"has a backwards range {a}-{b}"
+    return ""
+
+
+def schedule(host: str, cron: str, params: dict[str, Any], experiment: str = "uft", namespace: str = NAMESPACE,
+             service_account: str = SERVICE_ACCOUNT, name: str = "uft-schedule", replace: bool = False,
+             client: Any = None) -> str:
+    """Create a KFP recurring run ``name`` on ``cron`` (5-field): one run at a time, no catch-up of
+    runs missed while paused. A recurring run of that name in the experiment is an error unless
+    ``replace`` (then it is deleted after the new one exists). Returns the recurring run id."""
+    kcron = kfp_cron(cron)
+    if not name:
+        raise UftError("--name is empty: name the recurring run, e.g. --name uft-nightly")
+    with compiled_package() as path:
+        args = pipeline_arguments(params, package_parameters(path), experiment)
+        client = client or kfp_client(host, namespace)
+        try:
+            exp = client.create_experiment(name=experiment, namespace=namespace)  # gets it when it exists
+            existing = _recurring_runs_named(client, exp.experiment_id, name, namespace)
+            if existing and not replace:
+                raise UftError(f"a recurring run named {name!r} already exists in experiment {experiment!r} "
+                               f"(id {existing[0]}): pass --replace to swap it, or another --name")
+            rr = client.create_recurring_run(
+                experiment_id=exp.experiment_id, job_name=name, description=f"uft on cron {cron!r}",
+                cron_expression=kcron, max_concurrency=1, no_catchup=True, params=args,
+                pipeline_package_path=str(path), enabled=True, service_account=service_account)
+            for old in existing:
+                client.delete_recurring_run(old)
+        except UftError:
+            raise
+        except Exception as e:
+            raise _cluster_error(host, "creating a recurring run", e) from None
+    return str(rr.recurring_run_id)
+
+
+def _recurring_runs_named(client: Any, experiment_id: str, name: str, namespace: str) -> list[str]:
+    ids, token = [], ""
+    while True:
+        page = client.list_recurring_runs(experiment_id=experiment_id, namespace=namespace, page_size=100, page_token=token)
+        ids += [r.recurring_run_id for r in (getattr(page, "recurring_runs", None) or []) if r.display_name == name]
+        token = getattr(page, "next_page_token", "") or ""
+        if not token:
+            return ids

@@ -1,0 +1,102 @@
+"""Submit a run when the target data changed: cheap enough to call every few minutes.
+
+The content hash of a target prefix is sha256 over the sorted list of its objects:
+
+* ``s3://bucket/prefix``: ``(key, size, ETag)`` per object, from the listing alone (one LIST call
+  per 1000 objects, no object is read). S3 ETags change whenever the bytes change (for multipart
+  uploads the ETag is a hash of part hashes, so re-uploading identical bytes with another part
+  size also counts as a change: at worst one extra run, never a missed one).
+* a local directory: ``(key, size, sha256(bytes))`` per file (dotfiles skipped, as the store does).
+
+Keys are relative to the prefix, so the same data under another prefix hashes the same.
+The last submitted hash lives in ``<state>/<sha256(target_uri)[:20]>.json`` (default state:
+``<store_uri>/triggers``), written only *after* KFP accepted the run: a failed submit leaves the
+old record, so the next call retries. Two triggers racing could both submit (the GitHub workflow
+serialises them with a concurrency group); a crash between submit and record resubmits once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from uft.config import RunConfig, validate_config
+from uft.errors import UftError
+from uft.orchestrate.submit import DEFAULT_STORE, NAMESPACE, SERVICE_ACCOUNT, submit
+from uft.store import LocalStore, S3Store, canonical_json, open_store, sha256_bytes, split_uri
+
+
+def _s3_entries(store: S3Store) -> list[tuple[str, int, str]]:
+    """(key relative to the store prefix, size, ETag) of every object under it, via the store's retries."""
+    def run() -> list[tuple[str, int, str]]:
+        out = []
+        full = f"{store.prefix}/" if store.prefix else ""
+        for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=full):
+            out += [(o["Key"][len(full):], int(o["Size"]), str(o.get("ETag", "")).strip('"')) for o in page.get("Contents", [])]
+        return out
+
+    return store._call(run, "list", "")
+
+
+def _local_entries(store: LocalStore) -> list[tuple[str, int, str]]:
+    return [(k, len(b := store.get(k)), sha256_bytes(b)) for k in store.list()]
+
+
+def target_hash(target_uri: str, *, exclude: frozenset[str] = frozenset()) -> tuple[str, int]:
+    """Content hash of the objects under ``target_uri`` (see the module doc) → (hex sha256, object count).
+
+    ``exclude``: full object URLs to leave out (the trigger's own state file, should it live inside
+    the target). Raises :class:`UftError` when the prefix holds no objects.
+    """
+    store = open_store(target_uri)
+    if isinstance(store, LocalStore) and not store.root.is_dir():
+        raise UftError(f"--target {target_uri} is not a directory: pass s3://bucket/prefix or a local data directory")
+    entries = _s3_entries(store) if isinstance(store, S3Store) else _local_entries(store)
+    entries = sorted(e for e in entries if store.url(e[0]) not in exclude)
+    if not entries:
+        raise UftError(f"--target {target_uri} holds no objects: check the URI (a prefix such as s3://bucket/data/target)")
+    return sha256_bytes(canonical_json(entries)), len(entries)
+
+
+def _state_location(target_uri: str, state_uri: str) -> tuple[Any, str]:
+    """(store, key) of the record for ``target_uri``: ``state_uri`` is a prefix, or an object ending in .json."""
+    if state_uri.endswith(".json"):
+        return split_uri(state_uri)
+    return open_store(state_uri, create_bucket=True), f"{sha256_bytes(target_uri.encode())[:20]}.json"
+
+
+def trigger(host: str, target_uri: str, params: dict[str, Any] | None = None, experiment: str = "uft",
+            namespace: str = NAMESPACE, service_account: str = SERVICE_ACCOUNT, state_uri: str | None = None,
+            client: Any = None) -> dict[str, Any]:
+    """Submit one run with ``target=target_uri`` if the target's content hash differs from the last
+    submitted one; idempotent otherwise.
+
+    Returns ``{"changed", "hash", "previous", "objects", "run_id" (None when unchanged), "state"}``.
+    """
+    target_uri = target_uri.rstrip("/")
+    if not target_uri:
+        raise UftError("--target is empty: pass the target data prefix, e.g. s3://uft-artifacts/data/target")
+    if "://" not in target_uri:
+        target_uri = str(Path(target_uri).resolve())
+    params = dict(params or {})
+    if params.setdefault("target", target_uri) != target_uri:
+        raise UftError(f"--param target={params['target']} contradicts --target {target_uri}: pass the target once")
+    # Bad values fail now, not on the first data change (unknown names are caught when compiling).
+    validate_config({k: v for k, v in params.items() if k in RunConfig.model_fields})
+    state_store, key = _state_location(target_uri, state_uri or f"{str(params.get('store_uri') or DEFAULT_STORE).rstrip('/')}/triggers")
+    digest, count = target_hash(target_uri, exclude=frozenset({state_store.url(key)}))
+    previous = json.loads(state_store.get(key)).get("hash") if state_store.exists(key) else None
+    result = {"changed": digest != previous, "hash": digest, "previous": previous, "objects": count, "run_id": None,
+              "state": state_store.url(key)}
+    if not result["changed"]:
+        return result
+    run_id = submit(host, params, experiment=experiment, namespace=namespace, service_account=service_account,
+                    run_name=f"uft trigger {digest[:12]}", client=client)
+    # Recorded only now: had the submit failed, the next call would see the old hash and retry.
+    state_store.put(key, canonical_json({"target": target_uri, "hash": digest, "objects": count, "run_id": run_id,
+                                         "experiment": experiment, "host": host,
+                                         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}))
+    result["run_id"] = run_id
+    return result

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import html
 import io
-from typing import Any
+from typing import Any, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from uft.errors import UftError  # noqa: E402
 
 PALETTE = {"base": "#8c8c8c", "finetuned": "#1f77b4"}
 
@@ -90,6 +93,77 @@ def _holistic_plot(results: dict[str, dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+def _as_float(v: Any) -> float:
+    """A per-class entry from JSON (float, int, or None for a class without test samples) → float."""
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
+def per_class_heatmap(panels: dict[str, dict[str, Sequence[Any]]], seen: Sequence[int] | None = None,
+                      class_names: Sequence[str] | None = None,
+                      title: str = "Per-class target accuracy (all-class argmax)") -> bytes:
+    """PNG heatmap(s): one panel per entry of ``panels`` ({panel title: {method: per-class accuracies
+    (C,)}}), methods × classes, each cell annotated. With ``seen``, the columns are ordered seen
+    classes first, then unseen, split by a line and labelled, so forgetting of the unseen classes
+    reads left to right. nan/None cells (no test sample) are grey.
+    """
+    panels = {t: m for t, m in panels.items() if m}
+    if not panels:
+        raise UftError("per_class_heatmap got no methods: pass {panel: {method: per-class accuracies}}")
+    c = max(len(v) for m in panels.values() for v in m.values())
+    names = list(class_names) if class_names is not None else [str(k) for k in range(c)]
+    seen_set = {int(s) for s in seen} if seen else set()
+    cols = [k for k in range(c) if k in seen_set] + [k for k in range(c) if k not in seen_set]
+    n_rows = max(len(m) for m in panels.values())
+    fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                             figsize=(len(panels) * (2.2 + 0.62 * c), 1.2 + 0.36 * n_rows + (0.3 if seen_set else 0)))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
+    im = None
+    for ax, (ptitle, methods) in zip(axes[0], panels.items()):
+        grid = np.array([[(_as_float(v[k]) if k < len(v) else np.nan) for k in cols] for v in methods.values()])
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                v = grid[i, j]
+                ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7.5,
+                        color="black" if np.isnan(v) or v > 0.6 else "white")
+        ax.set_yticks(range(len(methods)), list(methods), fontsize=8)
+        ax.set_xticks(range(len(cols)), [names[k] for k in cols], fontsize=8)
+        ax.set_xlabel("true class", fontsize=8)
+        if ptitle:
+            ax.set_title(ptitle, fontsize=9, pad=20 if seen_set else 6)
+        if seen_set and len(seen_set) < c:
+            n_s = sum(k in seen_set for k in cols)
+            ax.axvline(n_s - 0.5, color="white", lw=3)
+            ax.axvline(n_s - 0.5, color="#c44e52", lw=1.2)
+            for x0, x1, label, colour in ((0, n_s, "seen", "#2f7d32"), (n_s, len(cols), "unseen", "#c44e52")):
+                ax.text((x0 + x1 - 1) / 2, -0.75, label, ha="center", va="bottom", fontsize=8.5,
+                        fontweight="bold", color=colour, clip_on=False)
+            for tick, k in zip(ax.get_xticklabels(), cols):
+                tick.set_color("#2f7d32" if k in seen_set else "#c44e52")
+        ax.tick_params(length=0)
+        for s in ax.spines.values():
+            s.set_visible(False)
+    h = fig.get_figheight()  # inches above the axes: seen/unseen labels, panel titles, the figure title
+    fig.subplots_adjust(top=1 - (0.4 + 0.3 * bool(seen_set) + 0.25 * any(panels)) / h, bottom=0.5 / h)
+    cbar = fig.colorbar(im, ax=axes[0].tolist(), fraction=0.025, pad=0.015)
+    cbar.ax.tick_params(labelsize=7)
+    cbar.set_label("accuracy", fontsize=8)
+    fig.suptitle(title + ("" if seen_set else " (seen classes not recorded)"), fontsize=10, y=1 - 0.08 / h, va="top")
+    return _png(fig)
+
+
+def _holistic_seen(holistic: dict[str, Any], config: dict[str, Any]) -> list[int] | None:
+    """The seen classes, from the holistic metrics (``seen``) or the run config (``holistic_seen``)."""
+    raw = holistic.get("seen", config.get("holistic_seen"))
+    if raw is None:
+        return None
+    items = raw.split(",") if isinstance(raw, str) else raw
+    try:
+        return [int(s) for s in items if str(s).strip()]
+    except (TypeError, ValueError):
+        return None
+
+
 def _loss_plot(curves: dict[str, list[tuple[int, float]]]) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for name, pts in curves.items():
@@ -123,13 +197,17 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
         for tag, m in tags.items():
             summary.update({f"{tag}_{k}": v for k, v in m.items() if isinstance(v, (int, float))})
     holistic = next((c["metrics"] for c in collected if c["step"] == "holistic"), None)
-    if holistic:
+    if holistic and holistic.get("results"):
         res = holistic["results"]
         cols = ["overall", "seen", "unseen", "ausuc", "ncm"]
         rows = [[m] + [f"{r[c]:.3f}" if isinstance(r.get(c), (int, float)) else "–" for c in cols] for m, r in res.items()]
         md += ["## Holistic transfer (target labels for seen classes only)", "", _md_table(["method", *cols], rows), "",
                "![holistic](holistic.png)", ""]
         files["holistic.png"] = _holistic_plot(res)
+        per_class = {m: r["per_class"] for m, r in res.items() if isinstance(r.get("per_class"), list) and r["per_class"]}
+        if per_class:
+            md += ["### Per-class accuracy", "", "![per-class accuracy](holistic_per_class.png)", ""]
+            files["holistic_per_class.png"] = per_class_heatmap({"": per_class}, _holistic_seen(holistic, config))
         summary.update({f"holistic_{m}_{k}": v for m, r in res.items() for k, v in r.items() if k in cols and isinstance(v, (int, float))})
     if loss_curves:
         files["loss.png"] = _loss_plot(loss_curves)

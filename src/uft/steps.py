@@ -409,7 +409,7 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
                 results[m] = run_holistic(HolisticConfig(steps=steps, seed=seed, method=m), enc, head,
                                           (tr.floats(), tr.labels), (te.floats(), te.labels), seen_ids, num_classes)
             flat = {f"{m}_{k}": v for m, r in results.items() for k, v in r.items() if isinstance(v, (int, float))}
-            metrics = {"results": results, "flat": flat}
+            metrics = {"results": results, "flat": flat, "seen": seen_ids}
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, "holistic", key, metrics)}
 
         out = tracking.log_outputs(_cached(store, "holistic", params, compute))

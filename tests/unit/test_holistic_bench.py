@@ -1,0 +1,133 @@
+"""The holistic benchmark (bench/holistic_table.py) on a micro config, and the report's per-class plot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.holistic_table import (
+    VARIANTS,
+    BenchData,
+    main,
+    markdown_tables,
+    per_class_png,
+    run_bench,
+    summarise,
+)
+from uft.models.encoders import TinyConvNet
+from uft.report import build_report
+
+SEEN = [0, 1, 2, 3, 4]
+PNG = b"\x89PNG\r\n\x1a\n"
+MICRO = {"steps": 3, "source_steps": 8, "batch_size": 16, "lolsgd_rounds": 1, "lolsgd_local_models": 2,
+         "lolsgd_local_steps": 2, "pcv_splits": 1, "eval_batch_size": 128}
+
+
+@pytest.fixture(scope="module")
+def micro_data() -> BenchData:
+    """sklearn digits at 16 px: 240 source images; target = the next 240 with a contrast shift,
+    half train / half test (every class present in both)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = F.interpolate(torch.tensor(d.images[:480], dtype=torch.float32)[:, None] / 16.0, size=16, mode="bilinear",
+                      align_corners=False).clamp(0, 1)
+    y = torch.tensor(d.target[:480], dtype=torch.long)
+    xt = (0.7 * x[240:] + 0.2).clamp(0, 1)
+    return BenchData((x[:240], y[:240]), (xt[::2], y[240::2]), (xt[1::2], y[241::2]), [str(c) for c in range(10)])
+
+
+@pytest.fixture(scope="module")
+def micro_runs(micro_data):
+    torch.manual_seed(0)
+    enc = TinyConvNet(width=8).eval()
+    return run_bench(micro_data, enc, seen=SEEN, seeds=[0], inits=("source", "adabn"), base=MICRO)
+
+
+def test_rows_and_value_ranges(micro_runs):
+    assert list(micro_runs) == ["source", "adabn"]
+    assert list(micro_runs["source"]) == list(VARIANTS)
+    assert list(micro_runs["adabn"]) == [v for v in VARIANTS if v != "adabn"]  # adabn row = the AdaBN start
+    for init, rows in micro_runs.items():
+        for name, results in rows.items():
+            (r,) = results
+            assert r["seed"] == 0 and r["seconds"] >= 0
+            for m in ("overall", "seen", "unseen", "seen_seen", "unseen_unseen", "ausuc", "ncm"):
+                assert 0.0 <= r[m] <= 1.0, (init, name, m, r[m])
+            assert len(r["per_class"]) == 10 and all(0.0 <= v <= 1.0 for v in r["per_class"])
+            assert ("gamma" in r) == name.startswith("naive+"), (init, name)
+            if "gamma" in r:
+                assert math.isfinite(r["gamma"])
+
+
+def test_adabn_init_starts_from_the_adabn_model(micro_runs):
+    """The AdaBN-init 'source' row must be exactly the source-init 'adabn' row (same seed)."""
+    a, b = micro_runs["adabn"]["source"][0], micro_runs["source"]["adabn"][0]
+    for m in ("overall", "seen", "unseen", "ausuc", "ncm"):
+        assert a[m] == pytest.approx(b[m], abs=1e-12)
+    assert a["per_class"] == pytest.approx(b["per_class"], abs=1e-12)
+
+
+def test_summary_table_and_plot(micro_runs, micro_data):
+    summary = summarise(micro_runs)
+    s = summary["source"]["naive+ALG"]
+    assert s["overall"]["n"] == 1 and s["overall"]["std"] == 0.0
+    assert s["overall"]["mean"] == pytest.approx(micro_runs["source"]["naive+ALG"][0]["overall"])
+    d = summary["source"]["frozen_head"]["d_unseen_vs_naive"]["mean"]
+    assert d == pytest.approx(micro_runs["source"]["frozen_head"][0]["unseen"] - micro_runs["source"]["naive"][0]["unseen"])
+    assert "d_unseen_vs_naive" not in summary["source"]["naive"]
+    md = markdown_tables(summary)
+    for name in VARIANTS:
+        assert f"| {name} |" in md
+    assert "| source (AdaBN) |" in md
+    png = per_class_png(summary, SEEN, micro_data.classes, 1)
+    assert png.startswith(PNG) and len(png) > 10_000
+
+
+def test_cli_writes_results(tmp_path):
+    from uft.data.sources import vendor_dir
+
+    if not (vendor_dir() / "mnist").is_dir():
+        pytest.skip("bundled MNIST not installed (make install)")
+    out = tmp_path / "out"
+    rc = main(["--seeds", "0", "--init", "adabn", "--variants", "source,naive,naive+ALG", "--steps", "2",
+               "--source-steps", "4", "--pretrain-steps", "0", "--width", "8", "--source-limit", "200",
+               "--target-limit", "200", "--store", str(tmp_path / "store"), "--out", str(out)])
+    assert rc == 0
+    data = json.loads((out / "holistic.json").read_text())  # strict JSON (no NaN)
+    assert list(data["summary"]["adabn"]) == ["source", "naive", "naive+ALG"]
+    assert data["meta"]["data"]["n_source_train"] == 180  # 200 minus the 10 % held-out source test split
+    assert "| naive+ALG |" in (out / "holistic.md").read_text()
+    assert (out / "holistic_per_class.png").read_bytes().startswith(PNG)
+
+
+def _holistic_collected(seen_key: bool) -> list[dict]:
+    res = {m: {"overall": 0.5, "seen": 0.7, "unseen": 0.3, "ausuc": 0.4, "ncm": 0.6,
+               "per_class": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, None]} for m in ("source", "naive", "adabn")}
+    metrics = {"results": res, "flat": {}}
+    if seen_key:
+        metrics["seen"] = SEEN
+    return [{"step": "holistic", "metrics": metrics}]
+
+
+@pytest.mark.parametrize("where", ["metrics", "config", "nowhere"])
+def test_report_has_per_class_plot(where):
+    config = {"seed": 0, **({"holistic_seen": "0,1,2,3,4"} if where == "config" else {})}
+    files, summary = build_report(_holistic_collected(where == "metrics"), config)
+    assert files["holistic_per_class.png"].startswith(PNG)
+    md = files["report.md"].decode()
+    assert "](holistic_per_class.png)" in md
+    assert "data:image/png;base64," in files["report.html"].decode()
+    assert summary["holistic_naive_overall"] == 0.5
+
+
+def test_report_without_per_class_has_no_plot():
+    collected = _holistic_collected(True)
+    for r in collected[0]["metrics"]["results"].values():
+        del r["per_class"]
+    files, _ = build_report(collected, {})
+    assert "holistic.png" in files and "holistic_per_class.png" not in files

@@ -261,8 +261,10 @@ def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: s
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, replay_ratio=replay_ratio if replay_uri else 0.0,
                       radreg_weight=radreg_weight, checkpoint_every=checkpoint_every)
     plan = MixPlan(**read_manifest(plan_uri)[0]["plan"]) if plan_uri else MixPlan()
+    # Mixing target×source draws its partners from the replay set, so it is an input then too.
+    uses_replay = cfg.replay_ratio > 0 or (plan.op != "none" and plan.pairing == "target_source")
     params = {"encoder_sha": manifest_sha(encoder_uri), "target_sha": manifest_sha(target_uri), "method": method,
-              "replay_sha": manifest_sha(replay_uri) if replay_uri and cfg.replay_ratio > 0 else "",
+              "replay_sha": manifest_sha(replay_uri) if replay_uri and uses_replay else "",
               "plan": plan.model_dump(mode="json"), "from_scratch": from_scratch, **cfg.model_dump(mode="json")}
     with tracking.step_run(experiment, run_id, "ssl_finetune", params) as run:
         def compute(key: str) -> dict[str, Any]:

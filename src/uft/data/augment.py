@@ -26,8 +26,24 @@ class AugmentConfig(BaseModel):
     noise_std: float = Field(0.05, ge=0, le=1)
 
 
-def _rand(n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device="cpu").to(device)
+def _uniforms(k: int, n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """``(k, n)`` uniforms from ``g`` in one draw (the same stream as ``k`` calls of ``rand(n)``) and
+    one host→device copy; pinned + non-blocking on CUDA so the host never waits for the GPU."""
+    u = torch.rand(k * n, generator=g, device="cpu").view(k, n)
+    if device.type == "cuda":
+        return u.pin_memory().to(device, non_blocking=True)
+    return u.to(device)
+
+
+def _device_normal(shape: torch.Size, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Gaussian noise: from ``g`` on CPU; on an accelerator from a device generator seeded by one
+    draw of ``g`` (still deterministic and resumable, and no image-sized host→device copy)."""
+    if device.type == "cpu":
+        return torch.randn(shape, generator=g)
+    seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    dg = torch.Generator(device=device)
+    dg.manual_seed(seed)
+    return torch.randn(shape, generator=dg, device=device)
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
@@ -38,14 +54,16 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
     """
     n, _, h, w = x.shape
     dev = x.device
-    scale = torch.sqrt(cfg.crop_scale_min + (1 - cfg.crop_scale_min) * _rand(n, g, dev))  # side fraction
-    ratio = torch.exp((_rand(n, g, dev) - 0.5) * math.log(4 / 3) * 2)  # aspect ratio in [3/4, 4/3]
+    # Every per-image draw at once (order: scale, ratio, tx, ty, angle, flip, brightness, contrast, blur).
+    u = _uniforms(9 if cfg.blur_prob > 0 else 8, n, g, dev)
+    scale = torch.sqrt(cfg.crop_scale_min + (1 - cfg.crop_scale_min) * u[0])  # side fraction
+    ratio = torch.exp((u[1] - 0.5) * math.log(4 / 3) * 2)  # aspect ratio in [3/4, 4/3]
     sx, sy = scale * torch.sqrt(ratio), scale / torch.sqrt(ratio)
     sx, sy = sx.clamp(max=1.0), sy.clamp(max=1.0)
-    tx = (2 * _rand(n, g, dev) - 1) * (1 - sx)
-    ty = (2 * _rand(n, g, dev) - 1) * (1 - sy)
-    ang = (2 * _rand(n, g, dev) - 1) * math.radians(cfg.max_rotation_deg)
-    flip = torch.where(_rand(n, g, dev) < cfg.hflip, -1.0, 1.0)
+    tx = (2 * u[2] - 1) * (1 - sx)
+    ty = (2 * u[3] - 1) * (1 - sy)
+    ang = (2 * u[4] - 1) * math.radians(cfg.max_rotation_deg)
+    flip = torch.where(u[5] < cfg.hflip, -1.0, 1.0)
     cos, sin = torch.cos(ang), torch.sin(ang)
     theta = torch.stack([
         torch.stack([sx * cos * flip, -sy * sin, tx], 1),
@@ -54,18 +72,22 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
-    b = 1 + (2 * _rand(n, g, dev) - 1) * cfg.brightness
-    c = 1 + (2 * _rand(n, g, dev) - 1) * cfg.contrast
+    # ((out - mean)·c + mean)·b as one fused multiply-add: out·(b·c) + mean·b·(1 − c).
+    b = 1 + (2 * u[6] - 1) * cfg.brightness
+    c = 1 + (2 * u[7] - 1) * cfg.contrast
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = ((out - mean) * c.view(n, 1, 1, 1) + mean) * b.view(n, 1, 1, 1)
+    out = torch.addcmul(mean * (b * (1 - c)).view(n, 1, 1, 1), out, (b * c).view(n, 1, 1, 1))
 
     if cfg.blur_prob > 0:
-        blurred = _gaussian_blur(out, sigma=0.8)
-        do = (_rand(n, g, dev) < cfg.blur_prob).view(n, 1, 1, 1)
-        out = torch.where(do, blurred, out)
+        do = u[8] < cfg.blur_prob
+        if dev.type == "cpu":  # blur only the chosen images (the mask is already on the host: no sync)
+            idx = do.nonzero().squeeze(1)
+            if len(idx):
+                out[idx] = _gaussian_blur(out[idx], sigma=0.8)
+        else:  # on a GPU, blurring all is cheaper than a host sync to find the chosen ones
+            out = torch.where(do.view(n, 1, 1, 1), _gaussian_blur(out, sigma=0.8), out)
     if cfg.noise_std > 0:
-        noise = torch.randn(out.shape, generator=g, device="cpu").to(dev)
-        out = out + cfg.noise_std * noise
+        out = out.add_(_device_normal(out.shape, g, dev), alpha=cfg.noise_std)
     return out.clamp_(0, 1)
 
 

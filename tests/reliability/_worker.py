@@ -1,0 +1,82 @@
+"""Subprocess helper for the reliability tests (run as ``python _worker.py MODE ...``).
+
+Modes:
+- ``pretrain STORE_URI OUT [SLEEP]``: ingest a tiny optdigits slice into STORE_URI and run the real
+  ``uft.steps.pretrain`` step (TinyConvNet width 8, 16 px, 40 steps, a checkpoint every 5), sleeping
+  SLEEP s after each optimiser step so a test can SIGKILL it mid-training; prints the step's output
+  as JSON and saves the published encoder's state dict to OUT.
+- ``hang EXPERIMENT RUN_ID``: open a tracked step run, print ``ready`` and wait to be killed.
+- ``pipeline STATE_DIR``: what `uft run` does with the tiniest config: start the local services
+  (SeaweedFS with generated keys, MLflow on sqlite) under STATE_DIR, run the whole DAG with
+  kfp.local streaming every step's log, print the result as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+torch.set_num_threads(1)  # same arithmetic in every process → bit-identical weights
+
+PRETRAIN = dict(encoder="tiny", encoder_width=8, method="simclr", steps=40, batch_size=32, lr=2e-3, seed=0,
+                checkpoint_every=5)
+
+
+def pretrain(store_uri: str, out: str, sleep: float = 0.0) -> None:
+    from uft import steps
+    from uft.models.artifact import load_encoder
+    from uft.ssl.base import SSLMethod
+
+    if sleep > 0:
+        original = SSLMethod.after_step
+
+        def slow_after_step(self) -> None:  # no randomness: only slows the loop down
+            original(self)
+            time.sleep(sleep)
+
+        SSLMethod.after_step = slow_after_step  # type: ignore[method-assign]
+    src = steps.ingest("optdigits", store_uri, role="source", image_size=16, channels=1, limit=160,
+                       test_fraction=0.2, seed=0)
+    res = steps.pretrain(src["dataset_uri"], src["dataset_sha"], store_uri, **PRETRAIN)
+    enc, manifest = load_encoder(res["encoder_uri"])
+    torch.save(enc.state_dict(), out)
+    print(json.dumps({**res, "info": manifest["info"]}), flush=True)
+
+
+def hang(experiment: str, run_id: str) -> None:
+    from uft import tracking
+
+    with tracking.step_run(experiment, run_id, "pretrain", {"steps": 40}):
+        print("ready", flush=True)
+        time.sleep(600)
+
+
+TINIEST = dict(source_limit=200, target_limit=200, pretrain_steps=2, finetune_steps=2, batch_size=32, encoder_width=8,
+               holistic_steps=2, probe_draws=1, label_shots="1", replay_size=50, checkpoint_every=1)
+
+
+def pipeline(state: str) -> None:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from uft.config import validate_config
+    from uft.orchestrate.local import local_services, run_local
+
+    with local_services(Path(state)):
+        res = run_local(validate_config(TINIEST), experiment="scan", quiet=False)
+    print(json.dumps(asdict(res)), flush=True)
+
+
+if __name__ == "__main__":
+    mode, *args = sys.argv[1:]
+    if mode == "pretrain":
+        pretrain(args[0], args[1], float(args[2]) if len(args) > 2 else 0.0)
+    elif mode == "hang":
+        hang(*args)
+    elif mode == "pipeline":
+        pipeline(args[0])
+    else:
+        raise SystemExit(f"unknown mode {mode}")

@@ -1,0 +1,62 @@
+"""The issue-4 sweep's core on a micro config: the grid of rows it reports and that its numbers are accuracies."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.uft_sweep import (METRICS, VARIANTS, Pair, PAIRS, SweepConfig, aggregate, markdown_table, paired_vs_naive, run_sweep,
+                             target_subset)
+
+
+@pytest.fixture
+def micro_pair(monkeypatch):
+    # optdigits → optdigits keeps the micro run to the small bundled set (no 10k MNIST parse).
+    monkeypatch.setitem(PAIRS, "micro", Pair("micro", "optdigits", "optdigits", source_limit=300, target_limit=400,
+                                             target_test_fraction=0.4, source_test_fraction=0.2))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return "micro"
+
+
+def test_micro_sweep_rows_and_ranges(tmp_path, micro_pair):
+    cfg = SweepConfig(pairs=[micro_pair], sizes=[40], seeds=[0], objectives=["simclr"], pretrain_steps=2,
+                      pretrain_batch=32, finetune_steps=2, batch_size=32, replay_mult=2, draws=2, threads=1,
+                      image_size=8)
+    result = run_sweep(cfg, str(tmp_path / "store"), log=lambda s: None)
+    cells = result["cells"]
+    assert [(c["variant"], c["size"], c["seed"]) for c in cells] == [(v, 40, 0) for v in VARIANTS]
+    for c in cells:
+        assert set(METRICS) <= set(c["metrics"])
+        for m in METRICS:
+            assert 0.0 <= c["metrics"][m] <= 1.0, (c["variant"], m, c["metrics"][m])
+    # Finetuned variants produce different encoders than the base (so the comparison is not vacuous).
+    by_variant = {c["variant"]: c["metrics"] for c in cells}
+    assert any(by_variant[v] != by_variant["none"] for v in VARIANTS[1:])
+
+    rows = aggregate(cells, shared_base=True)
+    assert [(r["objective"], r["variant"]) for r in rows] == [("—", "none")] + [("simclr", v) for v in VARIANTS[1:]]
+    for r in rows:
+        for m in METRICS:
+            mean, std, n = r["stats"][m]
+            assert 0.0 <= mean <= 1.0 and std == 0.0 and n == 1
+    table = markdown_table(rows)
+    assert len(table.splitlines()) == 2 + len(VARIANTS)
+    assert result["timing"]["total"] > 0
+    paired = paired_vs_naive(cells).splitlines()[2:]  # one row per non-naive variant, naive − naive left out
+    assert [line.split(" | ")[1] for line in paired] == [v for v in VARIANTS if v != "naive"]
+
+
+def test_target_subset_is_nested_unlabelled_and_checks_size(tmp_path, micro_pair):
+    from uft import steps
+    from uft.data.dataset import load_dataset
+    from uft.errors import UftError
+
+    store = str(tmp_path / "store")
+    tgt = steps.ingest("optdigits", store, role="target", image_size=8, channels=1, limit=200, test_fraction=0.5)
+    small = load_dataset(target_subset(tgt["dataset_uri"], store, 20, image_size=8))
+    big = load_dataset(target_subset(tgt["dataset_uri"], store, 50, image_size=8))
+    assert len(small) == 20 and len(big) == 50
+    assert (small.labels == -1).all() and set(small.split) == {"train"}
+    big_rows = {bytes(x.numpy().tobytes()) for x in big.images}
+    assert all(bytes(x.numpy().tobytes()) in big_rows for x in small.images)  # 20 ⊂ 50
+    with pytest.raises(UftError, match="exceeds the target train split"):
+        target_subset(tgt["dataset_uri"], store, 150, image_size=8)

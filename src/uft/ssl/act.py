@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from uft.ssl.base import SSLMethod, mlp, register
+from uft.ssl.base import ProjectedPairMethod, register
 from uft.ssl.losses import act_loss
 
 
 @register
-class ACT(SSLMethod):
+class ACT(ProjectedPairMethod):
     """Encoder → projector → :func:`act_loss` on the two views.
 
     Knobs:
@@ -26,9 +26,6 @@ class ACT(SSLMethod):
     def __init__(self, encoder: nn.Module, proj_dim: int = 64, hidden_dim: int = 256, lam: float = 0.1):
         super().__init__(encoder, proj_dim, hidden_dim, lam=lam)
         self.lam = lam
-        self.projector = mlp(encoder.feature_dim, hidden_dim, proj_dim)
 
-    def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(torch.cat([x1, x2]))
-        z1, z2 = self.projector(h).chunk(2)
-        return act_loss(z1, z2, self.lam), h[: x1.shape[0]]
+    def pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return act_loss(z1, z2, self.lam)

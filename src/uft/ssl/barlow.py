@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from uft.ssl.base import SSLMethod, mlp, register
+from uft.ssl.base import ProjectedPairMethod, register
 from uft.ssl.losses import barlow_twins_loss
 
 
 @register
-class BarlowTwins(SSLMethod):
+class BarlowTwins(ProjectedPairMethod):
     """Encoder → projector (Linear-BN-ReLU-Linear; the paper uses three 8192-wide layers, far too
     large for small target sets) → :func:`barlow_twins_loss`.
 
@@ -24,9 +24,6 @@ class BarlowTwins(SSLMethod):
     def __init__(self, encoder: nn.Module, proj_dim: int = 64, hidden_dim: int = 256, lambd: float = 5e-3):
         super().__init__(encoder, proj_dim, hidden_dim, lambd=lambd)
         self.lambd = lambd
-        self.projector = mlp(encoder.feature_dim, hidden_dim, proj_dim)
 
-    def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(torch.cat([x1, x2]))
-        z1, z2 = self.projector(h).chunk(2)
-        return barlow_twins_loss(z1, z2, self.lambd), h[: x1.shape[0]]
+    def pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return barlow_twins_loss(z1, z2, self.lambd)

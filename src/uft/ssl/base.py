@@ -55,6 +55,27 @@ class SSLMethod(nn.Module):
         """Hook after each optimiser step (EMA / momentum updates). Default: nothing."""
 
 
+class ProjectedPairMethod(SSLMethod):
+    """Encoder → MLP projector → a loss on the two views' projections (SimCLR, Barlow, ACT).
+
+    Subclasses implement :meth:`pair_loss`; methods with extra branches (MoCo, BYOL) override
+    :meth:`loss` instead.
+    """
+
+    def __init__(self, encoder: nn.Module, proj_dim: int = 64, hidden_dim: int = 256, **params: float):
+        super().__init__(encoder, proj_dim, hidden_dim, **params)
+        self.projector = mlp(encoder.feature_dim, hidden_dim, proj_dim)
+
+    def pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """Projections ``(N, proj_dim)`` of view 1 and view 2 → scalar loss."""
+        raise NotImplementedError
+
+    def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(torch.cat([x1, x2]))  # one forward for both views: BN sees the whole batch
+        z1, z2 = self.projector(h).chunk(2)
+        return self.pair_loss(z1, z2), h[: x1.shape[0]]
+
+
 REGISTRY: dict[str, type[SSLMethod]] = {}
 
 

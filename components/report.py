@@ -4,7 +4,7 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def report(linear_base: str, knn_base: str, linear_finetuned: str, knn_finetuned: str, holistic: str, store_uri: str, base_encoder_uri: str, finetuned_encoder_uri: str, ssl_method: str,
+def report(linear_base: str, knn_base: str, linear_finetuned: str, knn_finetuned: str, holistic: str, store_uri: str, source_uri: str, target_uri: str, base_encoder_uri: str, finetuned_encoder_uri: str, ssl_method: str,
            replay_rule: str, replay_size: int, replay_ratio: float, mix_op: str, finetune_steps: int, seed: int,
            run_id: str, job_id: str, experiment: str, markdown: dsl.Output[dsl.Markdown],
            html: dsl.Output[dsl.HTML]) -> str:
@@ -16,6 +16,7 @@ def report(linear_base: str, knn_base: str, linear_finetuned: str, knn_finetuned
     out = step([u for u in uris if u], store_uri, config=dict(ssl_method=ssl_method, replay_rule=replay_rule,
                replay_size=replay_size, replay_ratio=replay_ratio, mix_op=mix_op, finetune_steps=finetune_steps, seed=seed),
                encoder_uris={"pretrain": base_encoder_uri, "finetune": finetuned_encoder_uri},
+               dataset_uris={"source": source_uri, "target": target_uri},
                run_id=run_key(run_id, job_id), experiment=experiment)
     with open(markdown.path, "w") as f:
         f.write(out["markdown"])

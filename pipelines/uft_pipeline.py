@@ -132,6 +132,7 @@ def uft_pipeline(
                                  target_uri=tgt.outputs["dataset_uri"], store_uri=store_uri, seen=holistic_seen,
                                  methods=holistic_methods, steps=holistic_steps, seed=seed, **run), gpu=True)
         _platform(report(**metric_tasks, holistic=hol.outputs["Output"], store_uri=store_uri,
+                               source_uri=src.outputs["dataset_uri"], target_uri=tgt.outputs["dataset_uri"],
                                base_encoder_uri=base.outputs["encoder_uri"], finetuned_encoder_uri=ft.outputs["encoder_uri"],
                                ssl_method=ssl_method, replay_rule=replay_rule, replay_size=replay_size,
                                replay_ratio=replay_ratio, mix_op=mix_op, finetune_steps=finetune_steps, seed=seed, **run))

@@ -183,12 +183,39 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _projection_plot(panels: dict[str, tuple[Any, Any]]) -> bytes:
+    """One scatter per encoder: 2-D projection ``(N, 2)`` of target test features, coloured by class."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+    for ax, (name, (xy, labels)) in zip(axes[0], panels.items()):
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8, vmin=0, vmax=9)
+        ax.set_title(f"{name} encoder", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(sc, ax=axes[0].tolist(), label="class", ticks=range(10), shrink=0.8)
+    fig.suptitle("Target test features, PCA to 2-D (fit per encoder)", fontsize=11)
+    return _png(fig)
+
+
+def _data_table(datasets: dict[str, dict[str, Any]]) -> str:
+    rows = [[role, str(m.get("name", "")), str(m.get("num_rows", "")),
+             ", ".join(f"{k} {v}" for k, v in sorted(m.get("splits", {}).items())),
+             str(len(m.get("classes", []))), "×".join(str(v) for v in m.get("image_shape", [])),
+             str(len(m.get("origin", {}).get("skipped", []) or []))]
+            for role, m in datasets.items()]
+    return _md_table(["data", "name", "images", "splits", "classes", "H×W×C", "skipped files"], rows)
+
+
 def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
-                 loss_curves: dict[str, list[tuple[int, float]]] | None = None) -> tuple[dict[str, bytes], dict[str, float]]:
-    """→ ({filename: bytes}, flat summary metrics). ``collected``: [{"step", "metrics"}]."""
+                 loss_curves: dict[str, list[tuple[int, float]]] | None = None,
+                 datasets: dict[str, dict[str, Any]] | None = None,
+                 projections: dict[str, tuple[Any, Any]] | None = None) -> tuple[dict[str, bytes], dict[str, float]]:
+    """→ ({filename: bytes}, flat summary metrics). ``collected``: [{"step", "metrics"}];
+    ``datasets``: {role: dataset manifest}; ``projections``: {encoder name: (xy (N, 2), labels (N,))}."""
     files: dict[str, bytes] = {}
     summary: dict[str, float] = {}
     md = ["# uft run report", ""]
+    if datasets:
+        md += ["## Data", "", _data_table(datasets), ""]
     tags = _by_tag(collected)
     if tags:
         header, rows = accuracy_table(tags)
@@ -209,6 +236,9 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
             md += ["### Per-class accuracy", "", "![per-class accuracy](holistic_per_class.png)", ""]
             files["holistic_per_class.png"] = per_class_heatmap({"": per_class}, _holistic_seen(holistic, config))
         summary.update({f"holistic_{m}_{k}": v for m, r in res.items() for k, v in r.items() if k in cols and isinstance(v, (int, float))})
+    if projections:
+        files["projection.png"] = _projection_plot(projections)
+        md += ["## Target features before and after finetuning", "", "![projection](projection.png)", ""]
     if loss_curves:
         files["loss.png"] = _loss_plot(loss_curves)
         md += ["## Training loss", "", "![loss](loss.png)", ""]

@@ -437,7 +437,8 @@ def _log_metrics(run, metrics: dict[str, Any]) -> None:
 # --- report ----------------------------------------------------------------------------------------
 
 def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], encoder_uris: dict[str, str] | None = None,
-           run_id: str = "local", experiment: str = "uft", out_dir: str | None = None) -> dict[str, Any]:
+           dataset_uris: dict[str, str] | None = None, run_id: str = "local", experiment: str = "uft",
+           out_dir: str | None = None) -> dict[str, Any]:
     """Collect every step's metrics into a markdown + HTML report with plots; log it to MLflow."""
     from uft.report import build_report
 
@@ -452,7 +453,9 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
             info = read_manifest(uri)[0].get("info", {})
             if info.get("losses"):
                 curves[name] = [tuple(p) for p in info["losses"]]
-        files, summary = build_report(collected, config, curves)
+        datasets = {role: read_manifest(uri)[0] for role, uri in (dataset_uris or {}).items() if uri}
+        projections = _projections(encoder_uris or {}, (dataset_uris or {}).get("target", ""))
+        files, summary = build_report(collected, config, curves, datasets, projections)
         key = content_key("report", run_id, sorted(metrics_uris))
         uri = publish(store, f"reports/{run_id}/{key}", files, {"kind": "report", "summary": summary})
         if run is not None:
@@ -480,6 +483,28 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
         tracking.log_outputs({"report_uri": uri})
         return {"report_uri": uri, "summary": summary, "markdown": files["report.md"].decode(),
                 "html": files["report.html"].decode()}
+
+
+def _projections(encoder_uris: dict[str, str], target_uri: str, max_points: int = 2000) -> dict[str, tuple]:
+    """PCA of each encoder's features on (up to ``max_points``) labelled target test images."""
+    from sklearn.decomposition import PCA
+
+    from uft.data.dataset import load_dataset
+    from uft.evaluate.features import extract_features
+    from uft.models.artifact import load_encoder
+
+    if not target_uri or not encoder_uris:
+        return {}
+    ds = load_dataset(target_uri)
+    test = ds.where((ds.split == "test") & (ds.labels.numpy() >= 0))
+    if len(test) < 3:
+        return {}
+    test = test.where(np.arange(len(test)) < max_points)
+    out = {}
+    for name, uri in encoder_uris.items():
+        feats = extract_features(load_encoder(uri)[0], test.images, device=_device()).numpy()
+        out[name] = (PCA(n_components=2, random_state=0).fit_transform(feats), test.labels.numpy())
+    return out
 
 
 def _log_bytes(name: str, data: bytes) -> None:

@@ -67,7 +67,8 @@ def chain(tmp_path_factory):
     ht = dsl.HTML(name="html", uri=str(tmp / "report.html"))
     out["report"] = report.python_func(
         linear_base=metrics["linear_base"], knn_base=metrics["knn_base"], linear_finetuned=metrics["linear_finetuned"],
-        knn_finetuned=metrics["knn_finetuned"], holistic=out["holistic"], store_uri=store,
+        knn_finetuned=metrics["knn_finetuned"], holistic=out["holistic"], store_uri=store, source_uri=src_uri,
+        target_uri=tgt_uri,
         base_encoder_uri=out["base"][0], finetuned_encoder_uri=out["ft"][0], ssl_method="simclr", replay_rule="uniform",
         replay_size=50, replay_ratio=0.5, mix_op="mixup", finetune_steps=4, seed=0, markdown=md, html=ht, **RUN)
     out["md_path"], out["html_path"] = md.path, ht.path
@@ -117,6 +118,7 @@ def test_eval_components_log_kfp_metrics(chain):
 def test_report_written_with_plot(chain):
     md = open(chain["md_path"]).read()
     assert "Target accuracy" in md and "Holistic transfer" in md and "accuracy.png" in md
+    assert "## Data" in md and "projection.png" in md and "loss.png" in md
     assert "data:image/png;base64" in open(chain["html_path"]).read()
 
 

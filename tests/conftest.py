@@ -12,6 +12,16 @@ import torch
 torch.set_num_threads(1)  # two shared cores: keep tests predictable
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_ambient_tracking():
+    """Tests never write to the developer's MLflow/S3 (e.g. after `make ui` exported the URI):
+    tracking is off unless a fixture switches it on for its own scope."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("MLFLOW_TRACKING_URI", "UFT_MLFLOW_ARTIFACTS", "MLFLOW_S3_ENDPOINT_URL"):
+            mp.delenv(k, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     from uft.services import Credentials, SeaweedServer

@@ -24,12 +24,16 @@ RUN = dict(run_id="ctest", job_id="job-1", experiment="components")
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    """Run the DAG's components in order once; tests inspect the outputs."""
-    import os
-
+    """Run the DAG's components in order once; tests inspect the outputs. The MLflow env is set for
+    this module only: a leak would switch tracking on for later tests that expect it off."""
     tmp = tmp_path_factory.mktemp("chain")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    os.environ["UFT_MLFLOW_ARTIFACTS"] = str(tmp / "mlartifacts")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+        mp.setenv("UFT_MLFLOW_ARTIFACTS", str(tmp / "mlartifacts"))
+        yield _run_chain(tmp)
+
+
+def _run_chain(tmp) -> dict:
     store = str(tmp / "store")
     out: dict = {"store": store, "tmp": tmp}
     out["src"] = ingest.python_func(spec="mnist", store_uri=store, role="source", image_size=16, channels=1, limit=400,

@@ -1,5 +1,7 @@
-"""The whole DAG through kfp.local (SubprocessRunner) on a tiny slice of the bundled data, against the
-real SeaweedFS S3 server and MLflow on sqlite; plus the compiled YAML loaded back and run."""
+"""The whole DAG through kfp.local (SubprocessRunner) on tiny data, against the real SeaweedFS S3
+server and MLflow on sqlite; plus the compiled YAML loaded back and run. The source is the bundled
+MNIST; the target is a user ImageFolder tree (train/ and test/, PNG/JPEG/BMP, modes L/RGB/P,
+mixed sizes) — the bring-your-own-data path end to end."""
 
 from __future__ import annotations
 
@@ -12,6 +14,27 @@ TINY = dict(source_limit=300, target_limit=200, pretrain_steps=3, finetune_steps
             holistic_steps=2, holistic_methods="naive", probe_draws=1, label_shots="1", replay_size=40, checkpoint_every=2)
 
 
+def _write_imagefolder(root) -> str:
+    """UCI digits as an ImageFolder tree: 12 train + 8 test images per class, varied formats."""
+    import numpy as np
+    from PIL import Image
+
+    from uft.data.sources import load_optdigits
+
+    raw = load_optdigits()
+    formats = [("png", "L"), ("jpg", "RGB"), ("bmp", "P"), ("png", "RGB")]
+    for c in range(10):
+        idx = np.flatnonzero(raw.labels == c)[:20]
+        for j, i in enumerate(idx):
+            split = "train" if j < 12 else "test"
+            ext, mode = formats[j % len(formats)]
+            img = Image.fromarray(raw.images[i, :, :, 0]).resize((8 + 4 * (j % 3),) * 2)
+            d = root / split / str(c)
+            d.mkdir(parents=True, exist_ok=True)
+            img.convert(mode).save(d / f"{j}.{ext}")
+    return str(root)
+
+
 @pytest.fixture(scope="module")
 def local_run(s3_server, tmp_path_factory):
     import os
@@ -19,6 +42,7 @@ def local_run(s3_server, tmp_path_factory):
     from uft.orchestrate.local import run_local
 
     tmp = tmp_path_factory.mktemp("pipe")
+    TINY["target"] = _write_imagefolder(tmp / "target_images")
     env = {**s3_server.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
            "UFT_MLFLOW_ARTIFACTS": "s3://pipe-artifacts/mlflow", "UFT_STATE_DIR": str(tmp / "state")}
     old = {k: os.environ.get(k) for k in env}

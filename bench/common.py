@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+# Benchmarks train hundreds of short runs: per-run progress lines would bury the tables.
+os.environ.setdefault("UFT_PROGRESS", "off")
 
 
 def make_dataset(root: str | Path, n: int, size: int, channels: int, seed: int = 0) -> str:

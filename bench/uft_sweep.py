@@ -314,6 +314,37 @@ def render(result: dict[str, Any], cfg: SweepConfig, command: str) -> str:
     return "\n".join(parts)
 
 
+def metric_key(row: dict[str, Any], metric: str) -> str:
+    """An MLflow metric name for one table cell (MLflow allows no "+" or "—" in names)."""
+    variant = row["variant"].replace("+", "_")
+    objective = "shared" if row["objective"] == "—" else row["objective"]
+    return f"{row['pair']}/{row['size']}/{objective}/{variant}/{metric}"
+
+
+def log_to_mlflow(result: dict[str, Any], cfg: SweepConfig, command: str, *, experiment: str) -> str:
+    """One MLflow run for the whole sweep: the config as params, every cell's mean and std as
+    metrics (``pair/size/objective/variant/metric_mean``), and the table (md) and raw per-seed
+    numbers (json) as artifacts, so sweeps can be compared in the MLflow UI. → the run id."""
+    import mlflow
+
+    from uft import tracking
+
+    rows = aggregate(result["cells"], cfg.pretrain_method != "same")
+    metrics = {}
+    for r in rows:
+        for m, (mean, std, n) in r["stats"].items():
+            metrics[f"{metric_key(r, m)}_mean"], metrics[f"{metric_key(r, m)}_std"] = mean, std
+    mlflow.set_experiment(experiment_id=tracking.experiment_id(experiment))
+    with mlflow.start_run(run_name="uft-sweep") as run:
+        mlflow.set_tags({"uft.kind": "sweep", "uft.command": command})
+        mlflow.log_params({k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in asdict(cfg).items()})
+        mlflow.log_metrics(metrics)
+        mlflow.log_metric("wall_seconds", float(result["timing"].get("total", float("nan"))))
+        mlflow.log_text(render(result, cfg, command), "uft_sweep.md")
+        mlflow.log_text(json.dumps({"command": command, "config": asdict(cfg), **result}, indent=1), "uft_sweep.json")
+        return run.info.run_id
+
+
 # --- CLI ---------------------------------------------------------------------------------------------
 
 def _ints(s: str) -> list[int]:
@@ -350,6 +381,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[SweepConfig, argparse.Nam
     p.add_argument("--fresh", action="store_true", help="delete the store first (for honest wall times)")
     p.add_argument("--out", default=str(RESULTS / "uft_sweep"), help="output path without extension (.md, .json)")
     p.add_argument("--render-only", action="store_true", help="rewrite OUT.md from OUT.json without running anything")
+    p.add_argument("--mlflow", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///.uft/mlflow.db"),
+                   help="MLflow tracking URI for the sweep's summary run ('' = none; default: $MLFLOW_TRACKING_URI "
+                        "or the local runs' sqlite, so `make ui` shows it)")
+    p.add_argument("--experiment", default="uft-sweep", help="MLflow experiment of the summary run")
     a = p.parse_args(argv)
     cfg = SweepConfig(pairs=a.pairs, sizes=a.sizes, seeds=a.seeds, objectives=a.objectives, variants=a.variants,
                       pretrain_method=a.pretrain_method, pretrain_steps=a.pretrain_steps, pretrain_lr=a.pretrain_lr, finetune_steps=a.finetune_steps,
@@ -372,8 +407,11 @@ def main(argv: list[str] | None = None) -> None:
         cfg = SweepConfig(**saved["config"])
         Path(f"{a.out}.md").write_text(render(saved, cfg, saved["command"]))
         print(Path(f"{a.out}.md").read_text())
+        _log(a, saved, cfg, saved["command"])
         return
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # hundreds of tiny runs: keep tracking off, the store is enough
+    # Hundreds of tiny step runs: keep per-step tracking off (the store is enough); the sweep as a
+    # whole is logged as one MLflow run at the end.
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     logging.basicConfig(level=logging.WARNING)
     if a.fresh and Path(a.store).exists():
         shutil.rmtree(a.store)
@@ -391,6 +429,18 @@ def main(argv: list[str] | None = None) -> None:
     result = run_sweep(cfg, a.store, log=lambda s: print(s, flush=True), on_cell=save)
     save(result)
     print(render(result, cfg, command), flush=True)
+    _log(a, result, cfg, command)
+
+
+def _log(a: argparse.Namespace, result: dict[str, Any], cfg: SweepConfig, command: str) -> None:
+    if not a.mlflow:
+        return
+    os.environ["MLFLOW_TRACKING_URI"] = a.mlflow
+    # Without an artifact root, MLflow would drop ./mlruns into the working directory.
+    os.environ.setdefault("UFT_MLFLOW_ARTIFACTS", str(Path(".uft/mlartifacts").resolve()))
+    Path(".uft").mkdir(exist_ok=True)
+    run_id = log_to_mlflow(result, cfg, command, experiment=a.experiment)
+    print(f"MLflow: run {run_id} in experiment {a.experiment!r} at {a.mlflow}", flush=True)
 
 
 if __name__ == "__main__":

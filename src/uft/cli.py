@@ -61,19 +61,40 @@ def run(
         with local_services(state) as env:
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
                           f"  ·  MLflow: {os.environ['MLFLOW_TRACKING_URI']}[/]")
-            with console.status("running the pipeline (kfp.local) …", spinner="dots") if not verbose else _null():
-                res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=not verbose)
+            if verbose:
+                res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=False)
+            else:
+                # Bound to the real stdout now: run_local redirects sys.stdout while the tasks run.
+                live = Console(file=sys.stdout)
+                with live.status("running the pipeline (kfp.local) …", spinner="dots") as status:
+                    res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=True,
+                                    on_event=_TaskLog(status))
     except UftError as e:
         _fail(e)
     _print_result(res, state)
 
 
-class _null:
-    def __enter__(self):
-        return self
+class _TaskLog:
+    """One line per finished task (with its wall time) above a status line showing the running
+    task and its progress (pretrain 120/300 · loss 4.1 · eta_s 20)."""
 
-    def __exit__(self, *a):
-        return False
+    def __init__(self, status, quiet_tasks: bool = False):
+        self.status, self.started, self.done, self.quiet_tasks = status, {}, 0, quiet_tasks
+
+    def __call__(self, task: str, text: str) -> None:
+        import time
+
+        if text == "started":
+            self.started[task] = time.perf_counter()
+            text = "…"
+        elif text in ("success", "failure"):
+            took = time.perf_counter() - self.started.pop(task, time.perf_counter())
+            self.done += text == "success"
+            if not self.quiet_tasks or text != "success":
+                mark = "[green]✓[/]" if text == "success" else "[red]✗[/]"
+                self.status.console.print(f"  {mark} {task:<22} {took:6.1f} s")
+            return
+        self.status.update(f"running the pipeline (kfp.local) · {self.done} tasks done · {task}: {text}")
 
 
 def _print_result(res, state: Path) -> None:
@@ -218,6 +239,63 @@ _HOST = typer.Option(..., "--host", envvar="KFP_HOST", help="KFP API URL, e.g. h
 _PARAM = typer.Option([], "--param", "-p", help="pipeline parameter KEY=VALUE (repeatable)")
 _NAMESPACE = typer.Option("uft", help="namespace the run's pods start in (the KFP client's namespace)")
 _SA = typer.Option("uft-pipeline-runner", "--service-account", help="ServiceAccount the run's pods use")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    grid: list[str] = typer.Option([], "--grid", "-g", help="axis KEY=V1,V2,… (repeatable; runs = product of axes × seeds)"),
+    seeds: str = typer.Option("0,1,2", help="comma-separated seeds; each grid point runs once per seed"),
+    param: list[str] = typer.Option([], "--param", "-p", help="fixed pipeline parameter KEY=VALUE (repeatable)"),
+    experiment: str = typer.Option("uft-sweep", help="MLflow (and KFP) experiment of the runs"),
+    host: str = typer.Option("", "--host", envvar="KFP_HOST", help="submit to this KFP API instead of running locally"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and stop"),
+) -> None:
+    """Run the pipeline for every point of a grid × seeds, then compare them (mean ± std over seeds)."""
+    from uft.orchestrate.sweep import describe, expand, parse_axes, run_sweep, submit_all
+
+    try:
+        axes = parse_axes(grid)
+        fixed = _params(param)
+        for k in ("source", "target"):
+            if k in fixed:
+                fixed[k] = _absolute(fixed[k])
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UftError(f"--seeds {seeds!r} is not a comma-separated list of integers: pass e.g. --seeds 0,1,2") from None
+        configs = expand(axes, seed_list, fixed)
+        console.print(f"{len(configs)} runs in experiment {experiment!r}:")
+        for i, c in enumerate(configs, 1):
+            console.print(f"  {i:3d}. {describe(c, axes)}", highlight=False)
+        if dry_run:
+            return
+        if host:
+            ids = submit_all(configs, axes, host, experiment)
+            console.print(f"submitted {len(ids)} runs to {host}; when they finish: uft compare --experiment {experiment}")
+            return
+        _sweep_local(configs, axes, experiment, run_sweep, describe)
+    except UftError as e:
+        _fail(e)
+
+
+def _sweep_local(configs, axes, experiment: str, run_sweep, describe) -> None:
+    from uft.compare import compare, render
+    from uft.orchestrate.local import local_services, run_local, state_dir
+
+    with local_services(state_dir()):
+        live = Console(file=sys.stdout)  # bound before run_local redirects sys.stdout
+
+        def one(cfg):
+            with live.status(f"{describe(cfg, axes)} …", spinner="dots") as status:
+                return run_local(cfg, experiment=experiment, on_event=_TaskLog(status, quiet_tasks=True))
+
+        def done(i, cfg, res) -> None:
+            live.print(f"[green]✓[/] {i + 1}/{len(configs)} {describe(cfg, axes)}  ({res.seconds:.0f} s, run {res.run_id})",
+                       highlight=False)
+
+        run_sweep(configs, one, done)
+        cmp = compare((), experiment, group_by=list(axes) or None)
+        sys.stdout.write(render(cmp, "markdown"))
 
 
 @app.command("submit")

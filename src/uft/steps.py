@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from uft import tracking
+from uft.progress import Progress
 from uft.errors import UftError
 from uft.store import (Store, canonical_json, content_key, manifest_sha, open_store, publish, read_manifest, read_verified,
                        verify_manifest)
@@ -117,13 +118,16 @@ def _train(store: Store, key: str, step: str, *, encoder, method_name: str, imag
     ckpt = Checkpointer(store, f"checkpoints/{step}/{key}")
 
     def on_log(s: int, loss: float) -> None:
+        bar.update(s, loss=loss)
         if run is not None:
             import mlflow
 
             mlflow.log_metric("ssl_loss", loss, step=s)
 
     t0 = time.perf_counter()
-    result = train_ssl(method, images, cfg, replay=replay, mix_plan=plan, checkpointer=ckpt, device=_device(), on_log=on_log)
+    with Progress(step, cfg.steps) as bar:
+        result = train_ssl(method, images, cfg, replay=replay, mix_plan=plan, checkpointer=ckpt, device=_device(),
+                           on_log=on_log)
     seconds = time.perf_counter() - t0
     enc = method.encoder.cpu().eval()
     info = {**info, "losses": result.losses, "resumed_from": result.resumed_from,

@@ -251,3 +251,57 @@ def test_cli_commands_report_errors_in_one_line():
     assert r.exit_code == 2 and "is not KEY=VALUE" in r.output
     r = CliRunner().invoke(app, ["submit", "--host", "localhost:8080"])
     assert r.exit_code == 2 and "is not a URL" in r.output
+
+
+# --- sweep ----------------------------------------------------------------------------------------
+
+def test_sweep_grid_is_the_product_of_axes_times_seeds_and_submits_each_point():
+    from uft.orchestrate.sweep import describe, expand, parse_axes, submit_all
+
+    axes = parse_axes(["ssl_method=simclr,act", "replay_ratio=0,0.5"])
+    configs = expand(axes, [0, 1], {"finetune_steps": "100"})
+    assert [describe(c, axes) for c in configs[:3]] == [
+        "ssl_method=simclr replay_ratio=0.0 seed=0", "ssl_method=simclr replay_ratio=0.0 seed=1",
+        "ssl_method=simclr replay_ratio=0.5 seed=0"]
+    assert len(configs) == 8 and len({c.model_dump_json() for c in configs}) == 8
+    assert all(c.finetune_steps == 100 for c in configs)
+
+    c = FakeClient()
+    ids = submit_all(configs, axes, HOST, "uft-sweep", client=c)
+    assert ids == [f"run-{i}" for i in range(1, 9)]
+    got = {(r["arguments"]["ssl_method"], r["arguments"]["replay_ratio"], r["arguments"]["seed"]) for r in c.runs}
+    assert got == {(m, rr, s) for m in ("simclr", "act") for rr in (0.0, 0.5) for s in (0, 1)}
+    assert all(r["experiment_name"] == "uft-sweep" and r["run_name"].startswith("uft sweep ssl_method=") for r in c.runs)
+
+
+@pytest.mark.parametrize("grid, seeds, fixed, message", [
+    (["ssl_method"], [0], {}, "is not KEY=V1,V2"),
+    (["ssl_method="], [0], {}, "is not KEY=V1,V2"),
+    (["nope=1,2"], [0], {}, "nope: not a pipeline parameter"),
+    (["seed=1,2"], [0], {}, "is what --seeds is for"),
+    (["lr=0.1", "lr=0.2"], [0], {}, "names lr twice"),
+    (["ssl_method=simclr,bogus"], [0], {}, "grid point ssl_method=bogus: .*unknown ssl_method"),
+    (["replay_ratio=0.5,1.5"], [0], {}, "grid point replay_ratio=1.5"),
+    (["lr=0.1"], [], {}, "--seeds is empty"),
+    (["lr=0.1"], [1, 1], {}, "repeats a seed"),
+    (["lr=0.1"], [0], {"lr": "0.2"}, "both a --grid axis and a --param"),
+])
+def test_sweep_rejects_bad_grids_before_running_anything(grid, seeds, fixed, message):
+    from uft.orchestrate.sweep import expand, parse_axes
+
+    c = FakeClient()
+    with pytest.raises(UftError, match=message):
+        expand(parse_axes(grid), seeds, fixed)
+    assert c.runs == []
+
+
+def test_cli_sweep_dry_run_lists_the_runs():
+    from typer.testing import CliRunner
+
+    from uft.cli import app
+
+    r = CliRunner().invoke(app, ["sweep", "-g", "mix_op=none,mixup", "--seeds", "0,1,2", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "6 runs in experiment 'uft-sweep'" in r.output and "mix_op=mixup seed=2" in r.output
+    r = CliRunner().invoke(app, ["sweep", "-g", "mix_op=none", "--seeds", "a,b", "--dry-run"])
+    assert r.exit_code == 2 and "not a comma-separated list of integers" in r.output

@@ -17,7 +17,7 @@ def micro_pair(monkeypatch):
     return "micro"
 
 
-def test_micro_sweep_rows_and_ranges(tmp_path, micro_pair):
+def test_micro_sweep_rows_and_ranges(tmp_path, micro_pair, monkeypatch):
     cfg = SweepConfig(pairs=[micro_pair], sizes=[40], seeds=[0], objectives=["simclr"], pretrain_steps=2,
                       pretrain_batch=32, finetune_steps=2, batch_size=32, replay_mult=2, draws=2, threads=1,
                       image_size=8)
@@ -43,6 +43,21 @@ def test_micro_sweep_rows_and_ranges(tmp_path, micro_pair):
     assert result["timing"]["total"] > 0
     paired = paired_vs_naive(cells).splitlines()[2:]  # one row per non-naive variant, naive − naive left out
     assert [line.split(" | ")[1] for line in paired] == [v for v in VARIANTS if v != "naive"]
+
+    # The table lands in MLflow as one run: a metric per cell (the same numbers) and the md/json.
+    from mlflow.tracking import MlflowClient
+
+    from bench.uft_sweep import log_to_mlflow, metric_key
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("UFT_MLFLOW_ARTIFACTS", str(tmp_path / "mlartifacts"))
+    run_id = log_to_mlflow(result, cfg, "cmd", experiment="sweep-test")
+    run = MlflowClient().get_run(run_id)
+    for r in rows:
+        assert run.data.metrics[f"{metric_key(r, 'knn')}_mean"] == pytest.approx(r["stats"]["knn"][0])
+    assert "micro/40/simclr/replay_mixing/linear_1shot_mean" in run.data.metrics
+    assert run.data.params["sizes"] == "40" and run.data.tags["uft.kind"] == "sweep"
+    assert {"uft_sweep.md", "uft_sweep.json"} <= {f.path for f in MlflowClient().list_artifacts(run_id)}
 
 
 def test_target_subset_is_nested_unlabelled_and_checks_size(tmp_path, micro_pair):

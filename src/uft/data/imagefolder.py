@@ -39,6 +39,7 @@ import numpy as np
 
 from uft.data.sources import RawImages
 from uft.errors import UftError
+from uft.progress import Progress
 from uft.store import sha256_bytes
 
 IMAGE_EXTS = frozenset({
@@ -297,8 +298,9 @@ def load_imagefolder(spec: str, *, image_size: int, channels: int, strict: bool 
                      unlabelled: bool = False, progress: bool | None = None, workers: int = 8) -> RawImages:
     """An ImageFolder tree (directory or ``s3://`` prefix, see the module doc) → :class:`RawImages`.
 
-    ``spec`` may end in ``#unlabelled`` and/or ``#strict`` (comma-separated). ``progress``: a rich
-    progress bar on stderr (``None`` = only when stderr is a terminal). Returns images
+    ``spec`` may end in ``#unlabelled`` and/or ``#strict`` (comma-separated). ``progress``: True a
+    rich bar on stderr, False none, ``None`` a bar on a terminal and plain progress lines
+    elsewhere (see :mod:`uft.progress`). Returns images
     ``(N, image_size, image_size, channels)`` uint8, labels ``(N,)`` (-1 = unlabelled), sorted
     class names, splits ``(N,)`` when the tree has ``train/`` and ``test/`` (else ``None``), and
     ``info`` = {dataset, layout, found, loaded, classes: {name: count}, splits, modes, formats,
@@ -343,9 +345,10 @@ def load_imagefolder(spec: str, *, image_size: int, channels: int, strict: bool 
 
     # Fetching is threaded (S3 round trips); decoding stays on this thread, because the
     # decompression-bomb check relies on warnings filters, which are process-global.
-    with _progress(progress, f"reading {path}", len(entries)) as advance:
-        for entry, res in zip(entries, _map(fetch, entries, workers)):
-            advance()
+    mode = None if progress is None else ("bar" if progress else "off")
+    with Progress(f"reading:{path}", len(entries), mode=mode) as bar:
+        for n, (entry, res) in enumerate(zip(entries, _map(fetch, entries, workers)), 1):
+            bar.update(n)
             if isinstance(res, str):
                 skip(entry, res)
                 continue
@@ -419,33 +422,6 @@ def _map(fn: Callable[[_Entry], object], entries: list[_Entry], workers: int) ->
             futures[i] = None  # type: ignore[call-overload]  # drop the bytes once consumed
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _progress:
-    """A rich progress bar on stderr; yields ``advance()``."""
-
-    def __init__(self, enabled: bool | None, label: str, total: int):
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        self.enabled = console.is_terminal if enabled is None else enabled
-        self.label, self.total, self.console, self.bar = label, total, console, None
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=self.console, transient=True)
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda: self.bar.advance(task)  # type: ignore[union-attr]
-
-    def __exit__(self, *exc) -> bool:
-        if self.bar is not None:
-            self.bar.stop()
-        return False
 
 
 # --- summary -----------------------------------------------------------------------------------------

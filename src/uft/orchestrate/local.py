@@ -12,8 +12,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from uft import progress
 from uft.config import RunConfig
 from uft.errors import UftError
 from uft.store import content_key
@@ -64,31 +65,46 @@ class LocalRun:
 
 
 class _ErrorTap(io.TextIOBase):
-    """Tees the runner's output and remembers the last uft error line a step printed."""
+    """Tees the runner's output, remembers the last uft error line a step printed, and reports
+    task starts, progress lines (:mod:`uft.progress`) and task ends to ``on_event(task, text)``."""
 
     pattern = re.compile(r"uft\.errors\.UftError: (.*)")
+    _ansi = re.compile(r"\x1b\[[0-9;]*m")
 
-    def __init__(self, inner, quiet: bool):
-        self.inner, self.quiet, self.last_error = inner, quiet, None
-        self.current_task = None
+    def __init__(self, inner, quiet: bool, on_event: Callable[[str, str], None] | None = None):
+        self.inner, self.quiet, self.on_event, self.last_error = inner, quiet, on_event, None
+        self.current_task: str | None = None
 
     def write(self, s: str) -> int:
         for line in s.splitlines():
-            if m := self.pattern.search(line):
+            plain = self._ansi.sub("", line)
+            if m := self.pattern.search(plain):
                 self.last_error = m.group(1).strip()
-            if m := re.search(r"Executing task .*?'([\w-]+)'", line):
+            if m := re.search(r"Executing task '([\w-]+)'", plain):
                 self.current_task = m.group(1)
+                self._emit(self.current_task, "started")
+            elif m := re.search(r"Task '([\w-]+)' finished with status (\w+)", plain):
+                self._emit(m.group(1), m.group(2).lower())
+            elif self.current_task and (ev := progress.parse(plain)):
+                self._emit(self.current_task, ev.describe())
         if not self.quiet:
             self.inner.write(s)
         return len(s)
+
+    def _emit(self, task: str, text: str) -> None:
+        if self.on_event is not None:
+            self.on_event(task, text)
 
     def flush(self) -> None:
         self.inner.flush()
 
 
 def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", run_id: str = "",
-              quiet: bool = True) -> LocalRun:
-    """Compile-free local run of :func:`pipelines.uft_pipeline.uft_pipeline` via kfp.local."""
+              quiet: bool = True, on_event: Callable[[str, str], None] | None = None) -> LocalRun:
+    """Compile-free local run of :func:`pipelines.uft_pipeline.uft_pipeline` via kfp.local.
+
+    ``on_event(task, text)`` hears each task's start ("started"), progress ("pretrain 40/200 ·
+    loss 4.1 · eta_s 20") and end ("success"/"failure"), e.g. to drive a status line."""
     from kfp import local
 
     from pipelines.uft_pipeline import uft_pipeline
@@ -99,7 +115,7 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     root = state_dir() / "kfp-root"
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    tap = _ErrorTap(sys.stdout, quiet)
+    tap = _ErrorTap(sys.stdout, quiet, on_event)
     t0 = time.perf_counter()
     try:
         with contextlib.redirect_stdout(tap), contextlib.redirect_stderr(tap):

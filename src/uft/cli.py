@@ -78,8 +78,8 @@ class _TaskLog:
     """One line per finished task (with its wall time) above a status line showing the running
     task and its progress (pretrain 120/300 · loss 4.1 · eta_s 20)."""
 
-    def __init__(self, status, quiet_tasks: bool = False):
-        self.status, self.started, self.done, self.quiet_tasks = status, {}, 0, quiet_tasks
+    def __init__(self, status, quiet_tasks: bool = False, label: str = "running the pipeline (kfp.local)"):
+        self.status, self.started, self.done, self.quiet_tasks, self.label = status, {}, 0, quiet_tasks, label
 
     def __call__(self, task: str, text: str) -> None:
         import time
@@ -94,7 +94,7 @@ class _TaskLog:
                 mark = "[green]✓[/]" if text == "success" else "[red]✗[/]"
                 self.status.console.print(f"  {mark} {task:<22} {took:6.1f} s")
             return
-        self.status.update(f"running the pipeline (kfp.local) · {self.done} tasks done · {task}: {text}")
+        self.status.update(f"{self.label} · {self.done} tasks done · {task}: {text}")
 
 
 def _print_result(res, state: Path) -> None:
@@ -251,14 +251,15 @@ def sweep_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and stop"),
 ) -> None:
     """Run the pipeline for every point of a grid × seeds, then compare them (mean ± std over seeds)."""
-    from uft.orchestrate.sweep import describe, expand, parse_axes, run_sweep, submit_all
+    from uft.orchestrate.sweep import describe, expand, parse_axes, submit_all
 
     try:
-        axes = parse_axes(grid)
-        fixed = _params(param)
-        for k in ("source", "target"):
+        axes, fixed = parse_axes(grid), _params(param)
+        for k in ("source", "target"):  # local paths: absolute, as in `uft run`
             if k in fixed:
                 fixed[k] = _absolute(fixed[k])
+            if k in axes:
+                axes[k] = [_absolute(v) for v in axes[k]]
         try:
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
@@ -273,21 +274,23 @@ def sweep_cmd(
             ids = submit_all(configs, axes, host, experiment)
             console.print(f"submitted {len(ids)} runs to {host}; when they finish: uft compare --experiment {experiment}")
             return
-        _sweep_local(configs, axes, experiment, run_sweep, describe)
+        _sweep_local(configs, axes, experiment)
     except UftError as e:
         _fail(e)
 
 
-def _sweep_local(configs, axes, experiment: str, run_sweep, describe) -> None:
+def _sweep_local(configs, axes: dict[str, list[str]], experiment: str) -> None:
     from uft.compare import compare, render
     from uft.orchestrate.local import local_services, run_local, state_dir
+    from uft.orchestrate.sweep import describe, run_sweep
 
     with local_services(state_dir()):
         live = Console(file=sys.stdout)  # bound before run_local redirects sys.stdout
 
         def one(cfg):
             with live.status(f"{describe(cfg, axes)} …", spinner="dots") as status:
-                return run_local(cfg, experiment=experiment, on_event=_TaskLog(status, quiet_tasks=True))
+                return run_local(cfg, experiment=experiment,
+                                 on_event=_TaskLog(status, quiet_tasks=True, label=describe(cfg, axes)))
 
         def done(i, cfg, res) -> None:
             live.print(f"[green]✓[/] {i + 1}/{len(configs)} {describe(cfg, axes)}  ({res.seconds:.0f} s, run {res.run_id})",

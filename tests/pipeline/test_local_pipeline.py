@@ -82,29 +82,15 @@ def test_parent_run_finished_by_exit_handler(local_run):
     assert MlflowClient().get_run(res.parent_run_id).info.status == "FINISHED"
 
 
-def test_rerun_same_config_reuses_everything(local_run):
-    """Same inputs + config → same run key, every step a cache hit, no new MLflow runs."""
+def test_compiled_yaml_has_kubernetes_settings_and_rerun_reuses_everything(local_run, tmp_path):
+    """Compile and check the platform spec; then load the YAML back and run it with kfp.local under
+    the same run key: every step is a cache hit and no MLflow run is added. (One rerun serves both
+    checks: a fully cached run still pays ~5 s of process start per task.)"""
+    from kfp import components, local
     from mlflow.tracking import MlflowClient
 
-    from uft.orchestrate.local import run_local
-
-    res, _ = local_run
-    client = MlflowClient()
-    exp = client.get_experiment_by_name("pipe").experiment_id
-    n_before = len(client.search_runs([exp]))
-    again = run_local(validate_config(TINY), store_uri="s3://pipe-artifacts/uft", experiment="pipe")
-    assert again.run_id == res.run_id and again.parent_run_id == res.parent_run_id
-    assert len(client.search_runs([exp])) == n_before
-    cached = {r.data.tags["uft.step"]: r.data.tags.get("cached") for r in client.search_runs([exp])}
-    assert cached["ssl_finetune"] == "True" and cached["pretrain"] == "True"
-    assert again.metrics["finetuned_linear_1shot"] == res.metrics["finetuned_linear_1shot"]
-
-
-def test_compiled_yaml_has_kubernetes_settings_and_runs_locally(local_run, tmp_path):
-    """Compile, check the platform spec, then load the YAML back and run it with kfp.local."""
-    from kfp import components, local
-
     from uft.orchestrate.compile import compile_pipeline
+    from uft.orchestrate.local import collect, derive_run_id
 
     path = compile_pipeline(tmp_path / "uft.yaml")
     docs = list(yaml.safe_load_all(path.read_text()))
@@ -124,7 +110,18 @@ def test_compiled_yaml_has_kubernetes_settings_and_runs_locally(local_run, tmp_p
     assert "SECRET_ACCESS_KEY\"" not in text.replace("secretKey: AWS_SECRET_ACCESS_KEY", "")  # only references
 
     res_run, state = local_run
+    cfg = validate_config(TINY)
+    assert derive_run_id(cfg, "s3://pipe-artifacts/uft") == res_run.run_id  # `uft run` again → same key
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("pipe").experiment_id
+    n_before = len(client.search_runs([exp]))
     loaded = components.load_component_from_file(str(path))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(state / "yaml-root"))
-    loaded(store_uri="s3://pipe-artifacts/uft", experiment="pipe", run_id=res_run.run_id,
-           **validate_config(TINY).model_dump())
+    loaded(store_uri="s3://pipe-artifacts/uft", experiment="pipe", run_id=res_run.run_id, **cfg.model_dump())
+    runs = client.search_runs([exp])
+    assert len(runs) == n_before
+    cached = {r.data.tags["uft.step"]: r.data.tags.get("cached") for r in runs}
+    assert cached["ssl_finetune"] == "True" and cached["pretrain"] == "True"
+    again = collect(res_run.run_id, "pipe")
+    assert again.parent_run_id == res_run.parent_run_id
+    assert again.metrics["finetuned_linear_1shot"] == res_run.metrics["finetuned_linear_1shot"]

@@ -99,6 +99,11 @@ class _ErrorTap(io.TextIOBase):
         self.inner.flush()
 
 
+def derive_run_id(cfg: RunConfig, store_uri: str) -> str:
+    """The run key of a config on a store: the same config reruns as the same MLflow runs."""
+    return "cfg-" + content_key(store_uri, cfg.model_dump(mode="json"))[:12]
+
+
 def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", run_id: str = "",
               quiet: bool = True, on_event: Callable[[str, str], None] | None = None) -> LocalRun:
     """Compile-free local run of :func:`pipelines.uft_pipeline.uft_pipeline` via kfp.local.
@@ -111,7 +116,7 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     from uft import tracking
 
     store_uri = store_uri or f"s3://{DEFAULT_BUCKET}/uft"
-    run_id = run_id or "cfg-" + content_key(store_uri, cfg.model_dump(mode="json"))[:12]
+    run_id = run_id or derive_run_id(cfg, store_uri)
     root = state_dir() / "kfp-root"
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)

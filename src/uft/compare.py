@@ -36,12 +36,16 @@ FORMATS = ("table", "markdown", "csv", "json")
 STEP_PARAMS = {
     "ssl_finetune": {"method": "ssl_method", "replay_ratio": "replay_ratio", "radreg_weight": "radreg_weight",
                      "steps": "finetune_steps", "lr": "lr", "batch_size": "batch_size", "seed": "seed",
-                     "from_scratch": "from_scratch"},
+                     "from_scratch": "from_scratch", "checkpoint_every": "checkpoint_every"},
     "pretrain": {"method": "pretrain_method", "encoder": "encoder", "encoder_width": "encoder_width",
                  "steps": "pretrain_steps", "seed": "seed"},
     "subsample_source": {"rule": "replay_rule", "size": "replay_size", "seed": "seed"},
-    "ingest_source": {"spec": "source"},
-    "ingest_target": {"spec": "target"},
+    "ingest_source": {"spec": "source", "limit": "source_limit", "test_fraction": "source_test_fraction",
+                      "image_size": "image_size", "channels": "channels"},
+    "ingest_target": {"spec": "target", "limit": "target_limit", "test_fraction": "target_test_fraction"},
+    "holistic": {"methods": "holistic_methods", "seen": "holistic_seen", "steps": "holistic_steps"},
+    "linear_eval_base": {"shots": "label_shots", "draws": "probe_draws"},
+    "knn_eval_base": {"k": "knn_k"},
 }
 PLAN_PARAMS = {"op": "mix_op", "alpha": "mix_alpha", "fraction": "mix_fraction", "pairing": "mix_pairing"}
 

@@ -467,13 +467,10 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
 
             for name, data in files.items():
                 mlflow.log_text(data.decode(), name) if name.endswith((".md", ".html", ".json")) else _log_bytes(name, data)
+            tracking.log_parent_params(experiment, run_id, config)  # for `uft compare`
             parent = tracking.find_run(tracking.experiment_id(experiment), run_id, tracking.PARENT)
             if parent is not None:
                 client = tracking._client()
-                known = parent.data.params
-                for k, v in config.items():  # the run's config on the parent, for `uft compare`
-                    if k not in known:
-                        client.log_param(parent.info.run_id, k, tracking._param(v))
                 for k, v in summary.items():
                     if isinstance(v, (int, float)):
                         client.log_metric(parent.info.run_id, k, float(v))

@@ -62,6 +62,13 @@ def test_pipeline_runs_and_reports_metrics(local_run):
                 "holistic_naive_unseen", "holistic_source_overall"):
         assert 0.0 <= res.metrics[key] <= 1.0, key
     assert res.parent_run_id
+    from mlflow.tracking import MlflowClient
+
+    from uft.config import RunConfig
+
+    # the whole config on the parent run, so `uft compare`/`uft sweep` can group by any field
+    params = MlflowClient().get_run(res.parent_run_id).data.params
+    assert set(RunConfig.model_fields) <= set(params) and params["finetune_steps"] == str(TINY["finetune_steps"])
 
 
 def test_artifacts_land_in_s3(local_run):

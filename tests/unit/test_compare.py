@@ -158,6 +158,18 @@ def test_pure_helpers():
         group_runs([])
 
 
+def test_every_config_field_is_recoverable_from_step_params():
+    """Runs submitted to KFP carry only the report's config subset on the parent (`uft run` logs the
+    whole config): every other RunConfig field must map from some step's params, or `uft compare`
+    / `uft sweep` could not group by it. A new config field fails here until it is mapped."""
+    from uft.compare import PLAN_PARAMS, STEP_PARAMS
+    from uft.config import RunConfig
+
+    mapped = set(PLAN_PARAMS.values()) | {v for m in STEP_PARAMS.values() for v in m.values()}
+    # With pretrained_encoder the pretrain step logs no run; ssl_finetune's encoder_sha names the weights.
+    assert set(RunConfig.model_fields) - mapped == {"pretrained_encoder"}
+
+
 def test_cli_compare(runs, tmp_path):
     from typer.testing import CliRunner
 

@@ -131,6 +131,9 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
         where = f" (step {tap.current_task})" if tap.current_task else ""
         raise UftError(f"pipeline failed{where}: {msg}") from None
     seconds = time.perf_counter() - t0
+    # The whole config on the parent run (the DAG's steps each see only their part), so
+    # `uft compare`/`uft sweep` can group by any parameter.
+    tracking.log_parent_params(experiment, run_id, cfg.model_dump())
     return collect(run_id, experiment, seconds)
 
 

@@ -130,13 +130,13 @@ def _train(store: Store, key: str, step: str, *, encoder, method_name: str, imag
                            on_log=on_log)
     seconds = time.perf_counter() - t0
     enc = method.encoder.cpu().eval()
-    info = {**info, "losses": result.losses, "resumed_from": result.resumed_from,
-            "train_seconds": round(seconds, 3), "images_per_second": round(result.images_seen / max(seconds, 1e-9), 1)}
+    # Timings go to MLflow only: in the manifest they would make the same training hash differently.
+    info = {**info, "losses": result.losses, "resumed_from": result.resumed_from}
     uri = publish_encoder(store, f"models/{step}/{key}", enc, spec, info)
     if run is not None:
         import mlflow
 
-        mlflow.log_metrics({"train_seconds": seconds, "images_per_second": info["images_per_second"],
+        mlflow.log_metrics({"train_seconds": seconds, "images_per_second": result.images_seen / max(seconds, 1e-9),
                             "final_ssl_loss": result.losses[-1][1] if result.losses else float("nan")})
     return {"encoder_uri": uri, "encoder_sha": manifest_sha(uri), "final_loss": result.losses[-1][1] if result.losses else None}
 

@@ -43,7 +43,7 @@ def pretrain(store_uri: str, out: str, sleep: float = 0.0) -> None:
     res = steps.pretrain(src["dataset_uri"], src["dataset_sha"], store_uri, **PRETRAIN)
     enc, manifest = load_encoder(res["encoder_uri"])
     torch.save(enc.state_dict(), out)
-    print(json.dumps({**res, "info": manifest["info"]}), flush=True)
+    print(json.dumps({**res, "info": manifest["info"], "files": manifest["files"]}), flush=True)
 
 
 def hang(experiment: str, run_id: str) -> None:

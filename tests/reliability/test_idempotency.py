@@ -48,6 +48,18 @@ def test_rerun_reuses_result_and_mlflow_run(source, mlflow_db):
     assert len(_runs("idem", "r2", "pretrain")) == 1 and len(_runs("idem", "r1", "pretrain")) == 1
 
 
+def test_same_inputs_in_a_fresh_store_give_the_same_content_hashes(source, tmp_path):
+    """Content addressing holds across stores: the same data and config, trained again from
+    scratch in another store, publish byte-identical manifests (no timings or paths in them)."""
+    store_uri, src = source
+    first = steps.pretrain(src["dataset_uri"], src["dataset_sha"], store_uri, **TINY)
+    other_uri = str(tmp_path / "other")
+    src2 = steps.ingest("optdigits", other_uri, role="source", image_size=8, channels=1, limit=60, test_fraction=0.2)
+    second = steps.pretrain(src2["dataset_uri"], src2["dataset_sha"], other_uri, **TINY)
+    assert src2["dataset_sha"] == src["dataset_sha"] and not second["cached"]
+    assert second["encoder_sha"] == first["encoder_sha"]
+
+
 def test_changed_config_is_a_new_result(source):
     store_uri, src = source
     a = steps.pretrain(src["dataset_uri"], src["dataset_sha"], store_uri, run_id="a", experiment="new", **TINY)

@@ -120,8 +120,9 @@ def _print_result(res, state: Path) -> None:
         console.print(h)
     console.print(f"MLflow parent run: [bold]{res.parent_run_id}[/] (experiment {res.experiment!r})")
     for k, v in sorted(res.artifacts.items()):
-        console.print(f"  {k}: {v}")
-    console.print(f"Open the MLflow UI: [bold]make ui[/]  (or: UFT_STATE_DIR={shlex.quote(str(state))} .venv/bin/uft ui)")
+        console.print(f"  {k}: {v}", soft_wrap=True)  # URIs stay whole, to copy and paste
+    console.print(f"Open the MLflow UI: [bold]make ui[/]  (or: UFT_STATE_DIR={shlex.quote(str(state))} .venv/bin/uft ui)",
+                  soft_wrap=True)
 
 
 @app.command()

@@ -281,7 +281,7 @@ def sweep_cmd(
 
 
 def _sweep_local(configs, axes: dict[str, list[str]], experiment: str) -> None:
-    from uft.compare import compare, render
+    from uft.compare import compare, log_comparison, render
     from uft.orchestrate.local import local_services, run_local, state_dir
     from uft.orchestrate.sweep import describe, run_sweep
 
@@ -297,9 +297,14 @@ def _sweep_local(configs, axes: dict[str, list[str]], experiment: str) -> None:
             live.print(f"[green]✓[/] {i + 1}/{len(configs)} {describe(cfg, axes)}  ({res.seconds:.0f} s, run {res.run_id})",
                        highlight=False)
 
-        run_sweep(configs, one, done)
-        cmp = compare((), experiment, group_by=list(axes) or None)
+        results = run_sweep(configs, one, done)
+        # Only this sweep's runs: the experiment may hold earlier sweeps over other grids.
+        cmp = compare([r.run_id for r in results], experiment, group_by=list(axes) or None)
         sys.stdout.write(render(cmp, "markdown"))
+        grid = " ".join(f"{k}={','.join(v)}" for k, v in axes.items())
+        seeds = ",".join(sorted({str(c.seed) for c in configs}, key=int))
+        summary = log_comparison(cmp, experiment, params={"grid": grid, "seeds": seeds, "runs": len(configs)})
+        live.print(f"MLflow: comparison logged as run {summary} in experiment {experiment!r}", highlight=False)
 
 
 @app.command("submit")

@@ -415,3 +415,24 @@ def compare(run_ids: Sequence[str] = (), experiment: str | None = None, *, group
     runs = fetch_runs(run_ids, experiment, include_unfinished=include_unfinished)
     names = select_metrics(runs, metrics)
     return group_runs(runs, group_by, names, show_params)
+
+
+def log_comparison(cmp: Comparison, experiment: str, *, run_name: str = "uft-sweep-summary",
+                   params: dict[str, Any] | None = None) -> str:
+    """Log a comparison as one MLflow run in ``experiment``: the table as markdown, csv and json,
+    the bar chart, and ``params`` (e.g. the sweep's grid). Tagged ``uft.kind=comparison`` and not
+    ``uft.step=pipeline``, so later comparisons do not count it as a pipeline run. → run id."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    with mlflow.start_run(experiment_id=tracking.experiment_id(experiment), run_name=run_name) as run:
+        mlflow.set_tags({"uft.kind": "comparison", "uft.group_keys": ",".join(cmp.group_keys)})
+        if params:
+            mlflow.log_params({k: tracking._param(v) for k, v in params.items()})
+        for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("json", "json")):
+            mlflow.log_text(render(cmp, fmt), f"comparison.{ext}")
+        with tempfile.TemporaryDirectory() as d:
+            mlflow.log_artifact(plot(cmp, str(Path(d) / "comparison.png")))
+        return run.info.run_id

@@ -158,6 +158,24 @@ def test_pure_helpers():
         group_runs([])
 
 
+def test_comparison_is_logged_to_mlflow_and_not_counted_as_a_pipeline_run(runs):
+    from mlflow.tracking import MlflowClient
+
+    from uft.compare import log_comparison
+
+    cmp = compare(experiment="exp")
+    rid = log_comparison(cmp, "exp", params={"grid": "ssl_method=simclr,byol", "seeds": "0,1,2"})
+    run = MlflowClient().get_run(rid)
+    assert run.data.tags["uft.kind"] == "comparison" and run.data.params["grid"] == "ssl_method=simclr,byol"
+    assert {f.path for f in MlflowClient().list_artifacts(rid)} == {
+        "comparison.md", "comparison.csv", "comparison.json", "comparison.png"}
+    text = MlflowClient().download_artifacts(rid, "comparison.md")
+    assert open(text).read() == render(cmp, "markdown")
+    # the summary run is not a pipeline run: comparing again sees the same groups
+    again = compare(experiment="exp")
+    assert [len(g.runs) for g in again.groups] == [len(g.runs) for g in cmp.groups]
+
+
 def test_every_config_field_is_recoverable_from_step_params():
     """Runs submitted to KFP carry only the report's config subset on the parent (`uft run` logs the
     whole config): every other RunConfig field must map from some step's params, or `uft compare`

@@ -12,6 +12,15 @@ import torch
 torch.set_num_threads(1)  # two shared cores: keep tests predictable
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, restoring the previous count (benchmarks under test set it)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_ambient_tracking():
     """Tests never write to the developer's MLflow/S3 (e.g. after `make ui` exported the URI):

@@ -240,6 +240,7 @@ _HOST = typer.Option(..., "--host", envvar="KFP_HOST", help="KFP API URL, e.g. h
 _PARAM = typer.Option([], "--param", "-p", help="pipeline parameter KEY=VALUE (repeatable)")
 _NAMESPACE = typer.Option("uft", help="namespace the run's pods start in (the KFP client's namespace)")
 _SA = typer.Option("uft-pipeline-runner", "--service-account", help="ServiceAccount the run's pods use")
+_KFP_EXPERIMENT = typer.Option("uft", help="KFP experiment (created if missing)")
 
 
 @app.command("sweep")
@@ -333,7 +334,7 @@ def schedule_cmd(
     cron: str = typer.Option(..., help='5-field cron, e.g. "0 3 * * *" (KFP\'s seconds field is added)'),
     name: str = typer.Option("uft-schedule", help="name of the recurring run"),
     replace: bool = typer.Option(False, "--replace", help="replace a recurring run of the same name"),
-    experiment: str = typer.Option("uft", help="KFP experiment (created if missing)"),
+    experiment: str = _KFP_EXPERIMENT,
     namespace: str = _NAMESPACE,
     service_account: str = _SA,
     param: list[str] = _PARAM,
@@ -354,7 +355,7 @@ def trigger_cmd(
     host: str = _HOST,
     target: str = typer.Option(..., envvar="UFT_TARGET_URI", help="target data prefix: s3://bucket/prefix or a directory"),
     state: str = typer.Option("", help="where the last submitted hash is kept (default: STORE_URI/triggers)"),
-    experiment: str = typer.Option("uft", help="KFP experiment (created if missing)"),
+    experiment: str = _KFP_EXPERIMENT,
     namespace: str = _NAMESPACE,
     service_account: str = _SA,
     param: list[str] = _PARAM,

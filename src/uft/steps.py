@@ -467,14 +467,13 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
 
             for name, data in files.items():
                 mlflow.log_text(data.decode(), name) if name.endswith((".md", ".html", ".json")) else _log_bytes(name, data)
-            tracking.log_parent_params(experiment, run_id, config)  # for `uft compare`
-            parent = tracking.find_run(tracking.experiment_id(experiment), run_id, tracking.PARENT)
-            if parent is not None:
+            parent_id = tracking.log_parent_params(experiment, run_id, config)  # for `uft compare`
+            if parent_id is not None:
                 client = tracking._client()
                 for k, v in summary.items():
                     if isinstance(v, (int, float)):
-                        client.log_metric(parent.info.run_id, k, float(v))
-                client.log_text(parent.info.run_id, files["report.md"].decode(), "report.md")
+                        client.log_metric(parent_id, k, float(v))
+                client.log_text(parent_id, files["report.md"].decode(), "report.md")
         if out_dir:
             from pathlib import Path
 

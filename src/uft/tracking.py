@@ -156,19 +156,21 @@ def finish_parent(experiment: str, pipeline_run_id: str, status: str = "FINISHED
     return run.info.run_id
 
 
-def log_parent_params(experiment: str, pipeline_run_id: str, params: dict[str, Any]) -> None:
+def log_parent_params(experiment: str, pipeline_run_id: str, params: dict[str, Any]) -> str | None:
     """Add ``params`` (e.g. the run's whole config) to the pipeline's parent run, skipping names it
-    already has (MLflow params are immutable), so `uft compare` can group by any of them."""
+    already has (MLflow params are immutable), so `uft compare` can group by any of them.
+    → the parent's MLflow run id (None when tracking is off or there is no parent run)."""
     if not enabled():
-        return
+        return None
     parent = find_run(experiment_id(experiment), pipeline_run_id, PARENT)
     if parent is None:
-        return
+        return None
     client = _client()
     known = parent.data.params
     for k, v in params.items():
         if k not in known:
             client.log_param(parent.info.run_id, k, _param(v))
+    return parent.info.run_id
 
 
 def _param(v: Any) -> str:

@@ -13,12 +13,8 @@ from uft.models.efficientnet import EfficientNetLite0, SameConv2d, load_lite0_st
 from uft.models.encoders import build_encoder, encoder_names
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# bit-exact reference comparisons: one torch thread, even after a test elsewhere changed it
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_new_encoders_are_registered():

@@ -19,12 +19,8 @@ from uft.ssl.losses import (
 from uft.ssl.radreg import radreg_penalty
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# bit-exact reference comparisons: one torch thread, even after a test elsewhere changed it
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -15,12 +15,8 @@ from uft.ssl.radreg import radreg_penalty
 METHODS = ["simclr", "moco", "byol", "barlow", "act"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# bit-exact reference comparisons: one torch thread, even after a test elsewhere changed it
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _views(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -86,8 +86,8 @@ def run_sweep(configs: list[RunConfig], run_one: Callable[[RunConfig], Any],
 def submit_all(configs: list[RunConfig], axes: dict[str, list[str]], host: str, experiment: str, *,
                client: Any = None, **kw: Any) -> list[str]:
     """Submit every config to KFP (the cluster runs them in parallel) → KFP run ids."""
-    from uft.orchestrate.submit import kfp_client, submit
+    from uft.orchestrate.submit import NAMESPACE, kfp_client, submit
 
-    client = client or kfp_client(host, kw.get("namespace", "uft"))
+    client = client or kfp_client(host, kw.get("namespace", NAMESPACE))
     return run_sweep(configs, lambda c: submit(host, c.model_dump(), experiment=experiment, client=client,
                                                run_name=f"uft sweep {describe(c, axes)}", **kw))

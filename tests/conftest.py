@@ -31,6 +31,28 @@ def _no_ambient_tracking():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_s3_clients():
+    """Every test starts without cached S3 credentials. boto3's default session keeps the first
+    keys it resolved, and MLflow caches S3 clients per endpoint (not per key), both for the whole
+    process: a test that pointed AWS_* at one server (e.g. through ``bucket``) made a later test
+    that points them at another server send the old keys ("The access key ID you provided does not
+    exist in our records"), so results depended on the order tests ran in."""
+    _drop_s3_client_caches()
+    yield
+    _drop_s3_client_caches()
+
+
+def _drop_s3_client_caches() -> None:
+    import sys
+
+    if "boto3" in sys.modules:
+        sys.modules["boto3"].DEFAULT_SESSION = None
+    repo = sys.modules.get("mlflow.store.artifact.s3_artifact_repo")
+    if repo is not None and hasattr(repo, "_cached_get_s3_client"):
+        repo._cached_get_s3_client.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     from uft.services import Credentials, SeaweedServer
@@ -56,7 +78,10 @@ def bucket(s3_env) -> str:
     import boto3
 
     name = f"t-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3").create_bucket(Bucket=name)
+    creds = s3_env.credentials
+    boto3.session.Session().client(  # a session of its own: keys resolved now, cached nowhere
+        "s3", endpoint_url=s3_env.endpoint, region_name="us-east-1", aws_access_key_id=creds.access_key,
+        aws_secret_access_key=creds.secret_key).create_bucket(Bucket=name)
     return name
 
 

@@ -50,15 +50,22 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="stream every step's logs"),
 ) -> None:
     """Run the whole pipeline locally (kfp.local + local S3 + MLflow on sqlite) and print the results."""
-    from uft.config import validate_config
-    from uft.orchestrate.local import local_services, run_local, state_dir
+    from uft.orchestrate.local import DEFAULT_BUCKET, local_services, run_local, run_lock, signals_raise, state_dir
+    from uft.preflight import check, needs_remote, preflight
 
     try:
         # Steps run in other processes (and directories): make local data paths absolute first.
         source, target = _absolute(source), _absolute(target)
-        cfg = validate_config({"source": source, "target": target, **_params(param)})
+        store_uri = store or f"s3://{DEFAULT_BUCKET}/uft"
+        external = bool(os.environ.get("AWS_ENDPOINT_URL"))  # no local S3 server to wait for
+        # Bad input fails here, in seconds, before any service or task starts.
+        cfg, checked = check({"source": source, "target": target, **_params(param)}, store_uri=store_uri,
+                             stages=("local", "remote") if external else ("local",))
         state = state_dir()
-        with local_services(state) as env:
+        with run_lock(state), signals_raise(), local_services(state, say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)) as env:
+            if not external and needs_remote(cfg, store_uri):
+                preflight(cfg, store_uri=store_uri, stages=("remote",))  # s3:// data on the local server
+            console.print(f"[dim]{checked.summary()}[/]", highlight=False)
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
                           f"  ·  MLflow: {os.environ['MLFLOW_TRACKING_URI']}[/]")
             if verbose:
@@ -71,7 +78,18 @@ def run(
                                     on_event=_TaskLog(status))
     except UftError as e:
         _fail(e)
+    except KeyboardInterrupt as e:
+        _interrupted(e)
     _print_result(res, state)
+
+
+def _interrupted(e: KeyboardInterrupt) -> None:
+    import signal
+
+    signum = getattr(e, "signum", signal.SIGINT)
+    err.print(f"[bold red]stopped[/] by {signal.Signals(signum).name}: running tasks and the local services were "
+              "stopped; the MLflow runs are marked KILLED/FAILED", highlight=False)
+    raise typer.Exit(128 + signum)
 
 
 class _TaskLog:
@@ -127,16 +145,31 @@ def _print_result(res, state: Path) -> None:
 
 @app.command()
 def ui(port: int = typer.Option(5000, help="port for the MLflow UI on 127.0.0.1")) -> None:
-    """Start the local S3 server and the MLflow UI on the local run's state (Ctrl-C to stop)."""
+    """Start the local S3 server and the MLflow UI on the local run's state (Ctrl-C to stop).
+
+    Safe while `uft run` runs: both use the same S3 server, which stops when the last one leaves."""
+    import signal
     import subprocess
 
-    from uft.orchestrate.local import local_services, state_dir
+    from uft.orchestrate.local import local_services, signals_raise, state_dir
 
     try:
-        with local_services(state_dir()) as env:
+        with signals_raise(), local_services(state_dir(), say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)) as env:
             console.print(f"MLflow UI on http://127.0.0.1:{port}  (Ctrl-C to stop)")
-            subprocess.run([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
-                            "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]], env={**os.environ, **env})
+            # Its own session, so stopping `uft ui` (any signal) stops MLflow's workers with it.
+            proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
+                                     "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]], env={**os.environ, **env},
+                                    start_new_session=True)
+            try:
+                proc.wait()
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        proc.wait(15)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait()
     except UftError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -283,10 +316,11 @@ def sweep_cmd(
 
 def _sweep_local(configs, axes: dict[str, list[str]], experiment: str) -> None:
     from uft.compare import compare, log_comparison, render
-    from uft.orchestrate.local import local_services, run_local, state_dir
+    from uft.orchestrate.local import local_services, run_local, run_lock, signals_raise, state_dir
     from uft.orchestrate.sweep import describe, run_sweep
 
-    with local_services(state_dir()):
+    state = state_dir()
+    with run_lock(state, "uft sweep"), signals_raise(), local_services(state):
         live = Console(file=sys.stdout)  # bound before run_local redirects sys.stdout
 
         def one(cfg):

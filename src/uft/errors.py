@@ -10,3 +10,11 @@ class UftError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class TransientError(UftError):
+    """An external service (object store, MLflow) failed after this process's own retries.
+
+    Unlike plain :class:`UftError` (bad input: rerunning cannot help), running the step again
+    later may succeed, so the local runner retries steps that fail with it (see
+    :func:`uft.orchestrate.local.no_retry_on_bad_input`)."""

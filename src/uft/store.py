@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
-from uft.errors import UftError
+from uft.errors import TransientError, UftError
 
 T = TypeVar("T")
 
@@ -157,7 +157,7 @@ class S3Store:
                 err = e
             if attempt == self.attempts:
                 endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
-                raise UftError(
+                raise TransientError(
                     f"object store at {endpoint} unreachable or too slow for {op} {self.url(key)} after {attempt} "
                     f"attempts ({type(err).__name__}): check that it is running and AWS_ENDPOINT_URL is right, then rerun"
                 ) from None

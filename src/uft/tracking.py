@@ -12,7 +12,7 @@ import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from uft.errors import UftError
+from uft.errors import TransientError, UftError
 
 PARENT = "pipeline"
 TAG_RUN = "uft.pipeline_run_id"
@@ -37,7 +37,7 @@ def experiment_id(name: str) -> str:
     try:
         exp = client.get_experiment_by_name(name)
     except Exception as e:
-        raise UftError(
+        raise TransientError(
             f"MLflow at {os.environ.get('MLFLOW_TRACKING_URI')} is unreachable ({type(e).__name__}): "
             "start it or fix MLFLOW_TRACKING_URI"
         ) from None

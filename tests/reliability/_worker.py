@@ -6,6 +6,8 @@ Modes:
   SLEEP s after each optimiser step so a test can SIGKILL it mid-training; prints the step's output
   as JSON and saves the published encoder's state dict to OUT.
 - ``hang EXPERIMENT RUN_ID``: open a tracked step run, print ``ready`` and wait to be killed.
+- ``services STATE_DIR``: take the state directory's shared SeaweedFS as `uft run` does, print
+  ``{"note", "pid", "endpoint"}`` as JSON, and hold it until stdin closes or a signal arrives.
 - ``pipeline STATE_DIR``: what `uft run` does with the tiniest config: start the local services
   (SeaweedFS with generated keys, MLflow on sqlite) under STATE_DIR, run the whole DAG with
   kfp.local streaming every step's log, print the result as JSON.
@@ -70,12 +72,31 @@ def pipeline(state: str) -> None:
     print(json.dumps(asdict(res)), flush=True)
 
 
+def services(state: str) -> None:
+    from pathlib import Path
+
+    from uft.orchestrate.local import signals_raise
+    from uft.services import start_seaweedfs
+
+    with signals_raise():
+        server = start_seaweedfs(Path(state))
+        try:
+            print(json.dumps({"note": server.note, "pid": server.pid, "endpoint": server.endpoint}), flush=True)
+            sys.stdin.read()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "pretrain":
         pretrain(args[0], args[1], float(args[2]) if len(args) > 2 else 0.0)
     elif mode == "hang":
         hang(*args)
+    elif mode == "services":
+        services(args[0])
     elif mode == "pipeline":
         pipeline(args[0])
     else:

@@ -61,10 +61,7 @@ def run_env(tiny_run, monkeypatch):
     for k, v in tiny_run.server.env().items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tiny_run.state / 'mlflow.db'}")
-    yield tiny_run
-    import boto3
-
-    boto3.DEFAULT_SESSION = None  # MLflow's downloads cached this server's keys in boto3's default session
+    return tiny_run  # cached S3 keys are dropped around every test (tests/conftest.py)
 
 
 # --- scanning -------------------------------------------------------------------------------------

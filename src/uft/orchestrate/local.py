@@ -27,8 +27,10 @@ def state_dir() -> Path:
 
 
 @contextlib.contextmanager
-def local_services(state: Path, *, start_s3: bool = True) -> Iterator[dict[str, str]]:
-    """Start SeaweedFS (unless AWS_ENDPOINT_URL is set) and point MLflow at sqlite; yields the env."""
+def local_services(state: Path, *, start_s3: bool = True, say: Callable[[str], None] | None = None) -> Iterator[dict[str, str]]:
+    """Start (or share, see :func:`uft.services.start_seaweedfs`) SeaweedFS unless AWS_ENDPOINT_URL
+    is set, and point MLflow at sqlite; yields the env. ``say`` hears one line on how the S3 server
+    was obtained (started / shared with a running uft process / reused or replaced after a killed run)."""
     from uft.services import start_seaweedfs
 
     state.mkdir(parents=True, exist_ok=True)
@@ -37,11 +39,14 @@ def local_services(state: Path, *, start_s3: bool = True) -> Iterator[dict[str, 
     if start_s3 and not os.environ.get("AWS_ENDPOINT_URL"):
         server = start_seaweedfs(state)
         env.update(server.env())
+        if say is not None and server.note:
+            say(server.note)
     env.setdefault("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow.db'}"))
     env.setdefault("UFT_MLFLOW_ARTIFACTS", os.environ.get("UFT_MLFLOW_ARTIFACTS", f"s3://{DEFAULT_BUCKET}/mlflow"))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
+        _init_mlflow_db(state, env["MLFLOW_TRACKING_URI"])
         yield env
     finally:
         for k, v in saved.items():
@@ -51,6 +56,144 @@ def local_services(state: Path, *, start_s3: bool = True) -> Iterator[dict[str, 
                 os.environ[k] = v
         if server is not None:
             server.stop()
+
+
+def _init_mlflow_db(state: Path, uri: str) -> None:
+    """Create a new sqlite MLflow db under a lock: two processes creating its schema at once (a
+    run and `uft ui` started together) would collide; afterwards sqlite's own locking suffices."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if db.exists() and db.stat().st_size > 0:
+        return
+    from uft.services import _locked
+
+    with _locked(state / "mlflow.lock"):
+        if db.exists() and db.stat().st_size > 0:
+            return
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates the schema
+
+
+@contextlib.contextmanager
+def run_lock(state: Path, what: str = "uft run") -> Iterator[None]:
+    """At most one run (or local sweep) per state directory at a time: two would share MLflow run
+    keys and step outputs mid-write. The second is refused at once with a message naming the
+    first; ``flock`` releases the lock when its holder dies, so a killed run never blocks the next."""
+    import fcntl
+    import json
+
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / "run.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:
+                holder = {}
+            since = time.strftime("%H:%M:%S", time.localtime(holder["since"])) if "since" in holder else "?"
+            raise UftError(
+                f"another {holder.get('what', 'uft run')} (pid {holder.get('pid', '?')}, started {since}) is running in {state}: "
+                "wait for it to finish, or run this one with its own state, e.g. UFT_STATE_DIR=.uft-2 "
+                "(`make ui` may stay open: it shares the services)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what, "since": time.time()}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM/SIGHUP turned into an exception, so cleanup (``finally``) runs as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """In the main thread: SIGTERM and SIGHUP raise :class:`Interrupted` (once; a repeat during
+    cleanup is ignored so the cleanup can finish). Python's default would die without cleanup."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGTERM, signal.SIGHUP)
+
+    def handler(signum, frame):
+        for s in sigs:
+            signal.signal(s, signal.SIG_IGN)
+        # Tell the tasks now: kfp.local's Popen block would otherwise wait for the running one to end.
+        for p in _session_tasks():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGTERM)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Pids of every process below ``pid`` (default: this one), from /proc, children first."""
+    root = pid or os.getpid()
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], list(children.get(root, []))
+    while todo:
+        p = todo.pop(0)
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _session_tasks() -> list[int]:
+    """Live descendants in this process's session: kfp.local's tasks (services run in their own)."""
+    from uft.services import pid_alive
+
+    sid, out = os.getsid(0), []
+    for p in descendants():
+        with contextlib.suppress(OSError):
+            if os.getsid(p) == sid and pid_alive(p):
+                out.append(p)
+    return out
+
+
+def stop_tasks(grace: float = 15.0) -> list[int]:
+    """SIGTERM the running kfp.local tasks (descendants in this process's session; services run in
+    their own sessions and are stopped by their owners), SIGKILL what is left after ``grace`` s."""
+    import signal
+
+    found = _session_tasks()
+    for p in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while (left := _session_tasks()) and time.monotonic() < deadline:
+        for p in left:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p, os.WNOHANG)
+        time.sleep(0.2)
+    for p in _session_tasks():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    return found
 
 
 @dataclass
@@ -65,25 +208,33 @@ class LocalRun:
 
 
 class _ErrorTap(io.TextIOBase):
-    """Tees the runner's output, remembers the last uft error line a step printed, and reports
-    task starts, progress lines (:mod:`uft.progress`) and task ends to ``on_event(task, text)``."""
+    """Tees the runner's output, remembers the uft error line each task printed and which task
+    failed first, and reports task starts, progress lines (:mod:`uft.progress`) and task ends to
+    ``on_event(task, text)``."""
 
-    pattern = re.compile(r"uft\.errors\.UftError: (.*)")
+    pattern = re.compile(r"uft\.errors\.(UftError|TransientError): (.*)")
     _ansi = re.compile(r"\x1b\[[0-9;]*m")
 
     def __init__(self, inner, quiet: bool, on_event: Callable[[str, str], None] | None = None):
         self.inner, self.quiet, self.on_event, self.last_error = inner, quiet, on_event, None
         self.current_task: str | None = None
+        self.task_errors: dict[str, str] = {}  # task → the last uft error line it printed
+        self.kinds: dict[str, str] = {}  # task → that error's class: UftError (bad input) or TransientError
+        self.failed: list[str] = []  # tasks that finished with FAILURE, in order
 
     def write(self, s: str) -> int:
         for line in s.splitlines():
             plain = self._ansi.sub("", line)
             if m := self.pattern.search(plain):
-                self.last_error = m.group(1).strip()
+                self.last_error = m.group(2).strip()
+                if self.current_task:
+                    self.task_errors[self.current_task], self.kinds[self.current_task] = self.last_error, m.group(1)
             if m := re.search(r"Executing task '([\w-]+)'", plain):
                 self.current_task = m.group(1)
                 self._emit(self.current_task, "started")
             elif m := re.search(r"Task '([\w-]+)' finished with status (\w+)", plain):
+                if m.group(2).upper() == "FAILURE":
+                    self.failed.append(m.group(1))
                 self._emit(m.group(1), m.group(2).lower())
             elif self.current_task and (ev := progress.parse(plain)):
                 self._emit(self.current_task, ev.describe())
@@ -91,12 +242,81 @@ class _ErrorTap(io.TextIOBase):
             self.inner.write(s)
         return len(s)
 
+    def begin_attempt(self, task: str) -> None:
+        self.task_errors.pop(task, None)
+        self.kinds.pop(task, None)
+
+    def bad_input(self, task: str) -> bool:
+        """Whether ``task``'s last attempt failed on bad input (a UftError, not a TransientError)."""
+        return self.kinds.get(task) == "UftError"
+
+    def blame(self) -> tuple[str | None, str | None]:
+        """(the task that failed first, its own error line): the exit handler (finalize) runs after
+        a failure, so it is blamed only when nothing else failed."""
+        culprits = [t for t in self.failed if not t.startswith("finalize")] or self.failed
+        task = culprits[0] if culprits else self.current_task
+        return task, self.task_errors.get(task or "") or self.last_error
+
     def _emit(self, task: str, text: str) -> None:
         if self.on_event is not None:
             self.on_event(task, text)
 
     def flush(self) -> None:
         self.inner.flush()
+
+
+@contextlib.contextmanager
+def no_retry_on_bad_input(tap: _ErrorTap) -> Iterator[None]:
+    """Make kfp.local's retries (``set_retry`` on every task) skip bad input, and stop starting
+    tasks once one has failed.
+
+    kfp.local retries a failed task whatever the cause (``task_executor.execute_single_task`` loops
+    ``max_retry_count`` times, sleeping 30 s, 60 s, 120 s here), so a typo cost minutes. Here each
+    task first runs once; only when it failed with something other than a
+    :class:`~uft.errors.UftError` (a :class:`~uft.errors.TransientError` from the store or MLflow,
+    a crash) does kfp's own loop run the remaining attempts, with the backoff it would have used.
+    After a task has failed for good, the other body tasks are not started (their results could
+    not be used); the exit handler still runs and marks the MLflow run FAILED."""
+    import copy
+
+    from kfp.local import status
+    from kfp.local.orchestrator import task_executor
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    original = task_executor.execute_single_task
+    exit_strategy = pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.TriggerStrategy.ALL_UPSTREAM_TASKS_COMPLETED
+    failed: list[str] = []
+
+    def execute_single_task(*, task_name: str, task_spec, **kw):
+        is_exit_task = task_spec.trigger_policy.strategy == exit_strategy
+        if failed and not is_exit_task:
+            tap.write(f"Not starting task '{task_name}': task '{failed[0]}' failed\n")
+            return {}, status.Status.FAILURE
+        policy = task_spec.retry_policy
+        once = copy.deepcopy(task_spec)
+        once.ClearField("retry_policy")
+        tap.begin_attempt(task_name)
+        outputs, result = original(task_name=task_name, task_spec=once, **kw)
+        if result != status.Status.SUCCESS and policy.max_retry_count > 0 and not tap.bad_input(task_name):
+            first = policy.backoff_duration.seconds if policy.HasField("backoff_duration") else 0
+            factor = policy.backoff_factor if policy.backoff_factor > 0 else 2.0
+            cap = policy.backoff_max_duration.seconds if policy.HasField("backoff_max_duration") else 3600
+            tap.write(f"Task '{task_name}' failed (not on bad input): retrying in {min(first, cap)} s "
+                      f"({policy.max_retry_count} retries left)\n")
+            time.sleep(min(first, cap))
+            rest = copy.deepcopy(task_spec)
+            rest.retry_policy.max_retry_count = policy.max_retry_count - 1
+            rest.retry_policy.backoff_duration.seconds = int(min(first * factor, cap))
+            outputs, result = original(task_name=task_name, task_spec=rest, **kw)
+        if result != status.Status.SUCCESS and not is_exit_task:
+            failed.append(task_name)
+        return outputs, result
+
+    task_executor.execute_single_task = execute_single_task
+    try:
+        yield
+    finally:
+        task_executor.execute_single_task = original
 
 
 def derive_run_id(cfg: RunConfig, store_uri: str) -> str:
@@ -123,13 +343,18 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     tap = _ErrorTap(sys.stdout, quiet, on_event)
     t0 = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(tap), contextlib.redirect_stderr(tap):
+        with contextlib.redirect_stdout(tap), contextlib.redirect_stderr(tap), no_retry_on_bad_input(tap):
             _quiet_kfp_logs(quiet)
             uft_pipeline(store_uri=store_uri, experiment=experiment, run_id=run_id, **cfg.model_dump())
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP under signals_raise()
+        stop_tasks()
+        with contextlib.suppress(Exception):
+            tracking.finish_parent(experiment, run_id, "KILLED")  # step runs left RUNNING end FAILED
+        raise
     except Exception as e:
-        msg = tap.last_error or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        where = f" (step {tap.current_task})" if tap.current_task else ""
-        raise UftError(f"pipeline failed{where}: {msg}") from None
+        task, msg = tap.blame()
+        msg = msg or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise UftError(f"pipeline failed (step {task}): {msg}" if task else f"pipeline failed: {msg}") from None
     seconds = time.perf_counter() - t0
     # The whole config on the parent run (the DAG's steps each see only their part), so
     # `uft compare`/`uft sweep` can group by any parameter.

@@ -1,0 +1,126 @@
+"""Local runs clean up after themselves and coexist: the SeaweedFS of a state directory is shared
+by every uft process using it and stopped by the last one; a server left behind by a killed process
+is reused when it answers and replaced when it does not; a pid file never makes uft kill a process
+that is not its server. Real processes and a real SeaweedFS (tests/reliability/_worker.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.helpers import WORKER
+from uft.services import RECORD, is_weed_of, pid_alive
+
+pytestmark = pytest.mark.s3
+
+
+def _env(state: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "UFT_"))}
+    return {**env, "UFT_STATE_DIR": str(state)}
+
+
+class Holder:
+    """A process holding the state directory's S3 server (worker mode ``services``)."""
+
+    def __init__(self, state: Path):
+        self.proc = subprocess.Popen([sys.executable, str(WORKER), "services", str(state)], env=_env(state),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        line = self.proc.stdout.readline()
+        assert line, f"worker died: {self.proc.stderr.read()[-3000:]}"
+        self.info = json.loads(line)
+
+    def leave(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(60) == 0, self.proc.stderr.read()[-3000:]
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+
+def _wait_gone(pid: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not pid_alive(pid)
+
+
+def _healthy(state: Path, endpoint: str) -> bool:
+    from uft.services import Credentials, SeaweedServer
+
+    server = SeaweedServer(state / "s3", Credentials.load_or_create(state / "s3-credentials.json"))
+    server.ports = {"s3.port": int(endpoint.rsplit(":", 1)[1])}
+    return server.healthy(timeout=5)
+
+
+def test_two_processes_share_one_server_and_the_last_stops_it(tmp_path):
+    state = tmp_path / "state"
+    a = Holder(state)
+    try:
+        assert a.info["note"].startswith("local S3: started (pid")
+        b = Holder(state)
+        assert b.info["note"].startswith(f"local S3: sharing the server of another running uft process (pid {a.info['pid']}")
+        assert b.info["endpoint"] == a.info["endpoint"]
+        b.leave()
+        assert pid_alive(a.info["pid"]) and _healthy(state, a.info["endpoint"])  # A still uses it
+    finally:
+        a.leave()
+    assert _wait_gone(a.info["pid"]) and not (state / "s3" / RECORD).exists()
+
+
+def test_server_left_by_a_killed_run_is_reused_then_stopped(tmp_path):
+    state = tmp_path / "state"
+    a = Holder(state)
+    a.kill()  # SIGKILL: no cleanup at all
+    pid = a.info["pid"]
+    try:
+        assert is_weed_of(pid, state / "s3")  # left behind, as after `kill -9 uft run`
+        b = Holder(state)
+        assert b.info["note"] == f"local S3: reusing the server an earlier run left running (pid {pid}, {a.info['endpoint']})"
+        b.leave()
+        assert _wait_gone(pid)
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_unresponsive_leftover_server_is_replaced(tmp_path):
+    state = tmp_path / "state"
+    a = Holder(state)
+    a.kill()
+    old = a.info["pid"]
+    os.kill(old, signal.SIGSTOP)  # still there, answers nothing
+    try:
+        b = Holder(state)
+        assert b.info["note"].startswith(f"local S3: stopped an unresponsive server an earlier run left running (pid {old}); "
+                                         "started a new one (pid")
+        assert _wait_gone(old) and b.info["pid"] != old and _healthy(state, b.info["endpoint"])
+        b.leave()
+        assert _wait_gone(b.info["pid"])
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            if pid_alive(old):
+                os.kill(old, sig)
+
+
+def test_pid_file_of_another_process_is_never_acted_on(tmp_path):
+    state = tmp_path / "state"
+    (state / "s3").mkdir(parents=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (state / "s3" / RECORD).write_text(json.dumps({"pid": bystander.pid, "ports": {"s3.port": 1}}))
+        a = Holder(state)
+        assert a.info["note"].startswith("local S3: started (pid") and a.info["pid"] != bystander.pid
+        a.leave()
+        assert bystander.poll() is None  # untouched
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -10,7 +10,7 @@ IMAGE_CPU ?= uft:0.1.0-cpu
 IMAGE_CUDA ?= uft:0.1.0-cuda
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-data run test test-all compile ui bench sweep holistic-bench images clean
+.PHONY: help install install-data run test test-all test-shuffled compile ui bench sweep holistic-bench images clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test: install ## run the test suite (not the slow tests)
 
 test-all: install ## run every test, slow ones included
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-shuffled: install ## unit + reliability tests (not slow) in a random order; the header prints the seed (PYTEST_ARGS=--random-order-seed=N reruns it)
+	$(BIN)/python -m pytest tests/unit tests/reliability -m "not slow" -q --random-order-bucket=module $(PYTEST_ARGS)
 
 compile: install ## compile the pipeline to build/uft_pipeline.yaml
 	$(BIN)/uft compile --out build/uft_pipeline.yaml

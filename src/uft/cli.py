@@ -300,6 +300,13 @@ def sweep_cmd(
         except ValueError:
             raise UftError(f"--seeds {seeds!r} is not a comma-separated list of integers: pass e.g. --seeds 0,1,2") from None
         configs = expand(axes, seed_list, fixed)
+        from uft.preflight import for_cluster, preflight
+
+        for c in configs:  # every point's data and class layouts, before the first run starts
+            if host:
+                for_cluster(c.model_dump())
+            else:
+                preflight(c, stages=("local",))
         console.print(f"{len(configs)} runs in experiment {experiment!r}:")
         for i, c in enumerate(configs, 1):
             console.print(f"  {i:3d}. {describe(c, axes)}", highlight=False)
@@ -353,8 +360,10 @@ def submit_cmd(
 ) -> None:
     """Compile the pipeline and start one run on a Kubeflow Pipelines cluster."""
     from uft.orchestrate.submit import submit
+    from uft.preflight import for_cluster
 
     try:
+        for_cluster(_params(param))
         run_id = submit(host, _params(param), experiment=experiment, namespace=namespace,
                         service_account=service_account, run_name=run_name or None)
     except UftError as e:
@@ -375,8 +384,10 @@ def schedule_cmd(
 ) -> None:
     """Create a recurring run: at most one at a time, no catch-up of missed runs."""
     from uft.orchestrate.submit import kfp_cron, schedule
+    from uft.preflight import for_cluster
 
     try:
+        for_cluster(_params(param))
         rid = schedule(host, cron, _params(param), experiment=experiment, namespace=namespace,
                        service_account=service_account, name=name, replace=replace)
         console.print(f"recurring run {name!r} ({rid}) on cron {kfp_cron(cron)!r} in experiment {experiment!r}", highlight=False)

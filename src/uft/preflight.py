@@ -302,6 +302,26 @@ def _prefixed(what: str, fn):
         raise (type(e))(msg if msg.startswith((what, f"the {what}")) else f"{what}: {msg}") from None
 
 
+def for_cluster(values: dict[str, Any]) -> None:
+    """The part of preflight that applies to `uft submit`/`uft schedule`: the cluster's pods read
+    the data, so paths and ``s3://`` prefixes are not checked from here, but the store URI and the
+    class layouts of bundled datasets are (fashion_mnist → mnist with holistic transfer would
+    otherwise fail after pretraining). The config itself is validated by the submit path."""
+    from uft.config import RunConfig
+    from uft.data import sources
+
+    if "store_uri" in values and (problem := store_problem(str(values["store_uri"]))):
+        raise UftError(problem)
+    digits = tuple(str(d) for d in range(10))
+    known = {"mnist": digits, "optdigits": digits, "fashion_mnist": tuple(sources.FASHION_CLASSES)}
+    defaults = {k: f.default for k, f in RunConfig.model_fields.items()}
+    src, tgt = (known.get(str(values.get(k, defaults[k]))) for k in ("source", "target"))
+    if src and tgt:
+        seen = [int(v) for v in str(values.get("holistic_seen", defaults["holistic_seen"])).split(",") if v.strip()]
+        if problem := holistic_class_problem(src, tgt, seen):
+            raise UftError(problem)
+
+
 def needs_remote(cfg, store_uri: str = "") -> bool:
     """Whether the remote stage has anything to check (data, encoder or store on S3, an http MLflow)."""
     return (any(is_remote(s) for s in (cfg.source, cfg.target, cfg.pretrained_encoder)) or store_uri.startswith("s3://")

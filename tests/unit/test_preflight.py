@@ -182,3 +182,22 @@ def test_remote_stage_refuses_bad_keys_and_dead_endpoints_in_seconds(s3_env, buc
     with pytest.raises(TransientError, match=r"store: object store at http://127\.0\.0\.1:\d+ unreachable .* after 2 attempts"):
         pf.preflight(cfg, store_uri=f"s3://{bucket}/x", stages=("remote",))
     assert time.perf_counter() - t0 < 5
+
+
+def test_cluster_preflight_checks_what_it_can_from_here():
+    pf.for_cluster({"source": "mnist", "target": "optdigits"})
+    pf.for_cluster({"source": "s3://b/x", "target": "/data/on/the/cluster"})  # the pods read these
+    with pytest.raises(UftError, match=r"target classes \['0', '1', '2', '3', '4'\] are not among the source classes"):
+        pf.for_cluster({"source": "fashion_mnist", "target": "mnist", "holistic_seen": "0"})
+    with pytest.raises(UftError, match=r"store URI 'gs://x' has an unsupported scheme"):
+        pf.for_cluster({"store_uri": "gs://x"})
+
+
+def test_uft_submit_runs_the_cluster_preflight(monkeypatch):
+    from typer.testing import CliRunner
+
+    from uft.cli import app
+
+    res = CliRunner().invoke(app, ["submit", "--host", "http://127.0.0.1:9", "-p", "source=fashion_mnist",
+                                   "-p", "target=mnist", "-p", "holistic_seen=0"])
+    assert res.exit_code == 2 and "are not among the source classes" in " ".join(res.output.split())

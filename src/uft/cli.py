@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -58,11 +59,14 @@ def run(
         source, target = _absolute(source), _absolute(target)
         store_uri = store or f"s3://{DEFAULT_BUCKET}/uft"
         external = bool(os.environ.get("AWS_ENDPOINT_URL"))  # no local S3 server to wait for
-        # Bad input fails here, in seconds, before any service or task starts.
-        cfg, checked = check({"source": source, "target": target, **_params(param)}, store_uri=store_uri,
-                             stages=("local", "remote") if external else ("local",))
         state = state_dir()
-        with run_lock(state), signals_raise(), local_services(state, say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)) as env:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(run_lock(state))  # first: a second run is refused in a second, not after imports
+            # Bad input fails here, in seconds, before any service or task starts.
+            cfg, checked = check({"source": source, "target": target, **_params(param)}, store_uri=store_uri,
+                                 stages=("local", "remote") if external else ("local",))
+            stack.enter_context(signals_raise())
+            env = stack.enter_context(local_services(state, say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)))
             if not external and needs_remote(cfg, store_uri):
                 preflight(cfg, store_uri=store_uri, stages=("remote",))  # s3:// data on the local server
             console.print(f"[dim]{checked.summary()}[/]", highlight=False)

@@ -111,6 +111,8 @@ class SeaweedServer:
         cmd = [
             weed_binary(), "mini", f"-dir={self.data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
             "-master.telemetry=false", f"-metricsIp={LOOPBACK}",
+            # Off: its fixed default port made a second server (a leftover, a test's) exit with code 255.
+            "-s3.port.lance=0",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
         ]
         env = {**os.environ, **self.credentials.env()}
@@ -259,12 +261,12 @@ def start_seaweedfs(state_dir: Path, timeout: float = 60.0) -> SeaweedServer:
     running (stopping it first when it does not answer). ``server.note`` says which, in one line;
     ``server.stop()`` leaves, stopping the server when no other process uses it."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    creds = Credentials.load_or_create(state_dir / "s3-credentials.json")
-    server = SeaweedServer(state_dir / "s3", creds)
-    server.data_dir.mkdir(parents=True, exist_ok=True)
     users = os.open(state_dir / "s3.users", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         with _locked(state_dir / "s3.lock"):
+            # Under the lock: two first runs would otherwise each generate (and write) their own keys.
+            server = SeaweedServer(state_dir / "s3", Credentials.load_or_create(state_dir / "s3-credentials.json"))
+            server.data_dir.mkdir(parents=True, exist_ok=True)
             try:
                 fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 alone = True
@@ -277,6 +279,10 @@ def start_seaweedfs(state_dir: Path, timeout: float = 60.0) -> SeaweedServer:
                     server.note = (f"local S3: sharing the server of another running uft process (pid {server.pid}, {server.endpoint})"
                                    if not alone else
                                    f"local S3: reusing the server an earlier run left running (pid {server.pid}, {server.endpoint})")
+                elif not alone:  # in use, so not ours to stop: it may just be busy
+                    raise UftError(f"the local S3 server (pid {server.pid}, {server.endpoint}) that another running uft "
+                                   f"process uses does not answer: wait and retry, or stop that process (see "
+                                   f"{server.data_dir / 'weed.log'})")
                 else:
                     old = server.pid
                     server._terminate()

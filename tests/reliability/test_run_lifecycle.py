@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from uft.orchestrate.local import descendants
 from uft.services import RECORD, free_port, pid_alive
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]  # each starts real runs: minutes on two busy cores
@@ -40,6 +42,13 @@ def _group(pgid: int) -> list[int]:
             except (OSError, IndexError, ValueError):
                 continue
     return out
+
+
+def _wait_gone(pids: list[int], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not any(pid_alive(p) for p in pids)
 
 
 def _statuses(state: Path) -> list[str]:
@@ -84,9 +93,15 @@ def test_second_run_refused_ui_shares_and_sigterm_cleans_up(tmp_path):
         try:
             note = ui.stderr.readline()
             assert note.startswith(f"local S3: sharing the server of another running uft process (pid {record['pid']}"), note
+            _wait(lambda: descendants(ui.pid), 120, "MLflow's UI process")
+            mlflow_ui = descendants(ui.pid)
+            ui.send_signal(signal.SIGTERM)  # to `uft ui` only: it must stop MLflow's UI (own session) itself
+            assert ui.wait(120) == 0
+            assert _wait_gone(mlflow_ui), [p for p in mlflow_ui if pid_alive(p)]
         finally:
-            os.killpg(ui.pid, signal.SIGTERM)
-            ui.wait(120)
+            if ui.poll() is None:
+                os.killpg(ui.pid, signal.SIGKILL)
+                ui.wait()
         assert pid_alive(record["pid"]) and a.poll() is None  # the UI left; the run and its server go on
 
         t0 = time.monotonic()
@@ -121,7 +136,7 @@ def test_bad_input_seen_only_by_a_step_fails_once_naming_it(tmp_path):
                          env=_env(state), cwd=tmp_path, capture_output=True, text=True,
                          timeout=900)
     took = time.monotonic() - t0
-    out = res.stdout + res.stderr
+    out = re.sub(r"\x1b\[[0-9;]*m", "", res.stdout + res.stderr)  # kfp.local colours task names
     assert res.returncode == 2, out[-3000:]
     msg = " ".join(out.split())
     assert f"pipeline failed (step ingest-2): dataset {bad} has no usable images" in msg, out[-3000:]

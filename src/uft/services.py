@@ -247,6 +247,22 @@ def _read_record(data_dir: Path) -> dict | None:
         return None
 
 
+def _find_weed(data_dir: Path) -> dict | None:
+    """A ``weed`` serving ``data_dir`` found in /proc, as a record (pid and ports from its command
+    line): a server left by a run from before ``weed.json`` existed, or whose record was deleted."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and is_weed_of(int(d.name), data_dir):
+            try:
+                args = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            ports = {a[1:].split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith("-") and "=" in a}
+            ports = {k: int(v) for k, v in ports.items() if k in _PORT_FLAGS and v.isdigit()}
+            if "s3.port" in ports:
+                return {"pid": int(d.name), "ports": ports}
+    return None
+
+
 def _write_record(server: SeaweedServer) -> None:
     tmp = server.data_dir / f".{RECORD}.{os.getpid()}"
     tmp.write_text(json.dumps({"pid": server.pid, "ports": server.ports, "endpoint": server.endpoint,
@@ -273,7 +289,9 @@ def start_seaweedfs(state_dir: Path, timeout: float = 60.0) -> SeaweedServer:
             except BlockingIOError:
                 alone = False
             rec = _read_record(server.data_dir)
-            if rec is not None and is_weed_of(rec["pid"], server.data_dir):
+            if rec is None or not is_weed_of(rec["pid"], server.data_dir):
+                rec = _find_weed(server.data_dir)
+            if rec is not None:
                 server.adopted_pid, server.ports = rec["pid"], {k: int(v) for k, v in rec["ports"].items()}
                 if server.healthy():
                     server.note = (f"local S3: sharing the server of another running uft process (pid {server.pid}, {server.endpoint})"

@@ -76,13 +76,16 @@ def test_two_processes_share_one_server_and_the_last_stops_it(tmp_path):
     assert _wait_gone(a.info["pid"]) and not (state / "s3" / RECORD).exists()
 
 
-def test_server_left_by_a_killed_run_is_reused_then_stopped(tmp_path):
+@pytest.mark.parametrize("pid_file", [True, False], ids=["pid-file", "found-in-proc"])
+def test_server_left_by_a_killed_run_is_reused_then_stopped(tmp_path, pid_file):
     state = tmp_path / "state"
     a = Holder(state)
     a.kill()  # SIGKILL: no cleanup at all
     pid = a.info["pid"]
     try:
         assert is_weed_of(pid, state / "s3")  # left behind, as after `kill -9 uft run`
+        if not pid_file:  # as a server left by a uft from before weed.json: found by its -dir
+            (state / "s3" / RECORD).unlink()
         b = Holder(state)
         assert b.info["note"] == f"local S3: reusing the server an earlier run left running (pid {pid}, {a.info['endpoint']})"
         b.leave()

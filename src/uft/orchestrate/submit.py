@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -59,10 +60,20 @@ def default_store() -> str:
 @contextlib.contextmanager
 def compiled_package() -> Iterator[Path]:
     """Compile :func:`pipelines.uft_pipeline.uft_pipeline` into a temporary YAML; yields its path."""
+    with tempfile.TemporaryDirectory(prefix="uft-kfp-") as d:
+        path = Path(d) / "uft_pipeline.yaml"
+        path.write_bytes(_compiled())
+        yield path
+
+
+@functools.cache
+def _compiled() -> bytes:
+    """The compiled package, once per process: the image names are read when the components are
+    first imported, so every later compile would give the same bytes (a sweep submits many runs)."""
     from uft.orchestrate.compile import compile_pipeline
 
     with tempfile.TemporaryDirectory(prefix="uft-kfp-") as d:
-        yield compile_pipeline(Path(d) / "uft_pipeline.yaml")
+        return compile_pipeline(Path(d) / "uft_pipeline.yaml").read_bytes()
 
 
 def package_parameters(path: str | Path) -> dict[str, str]:

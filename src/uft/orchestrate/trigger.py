@@ -71,8 +71,8 @@ def _state_location(target_uri: str, state_uri: str) -> tuple[Any, str]:
     return open_store(state_uri, create_bucket=True), f"{sha256_bytes(target_uri.encode())[:20]}.json"
 
 
-#: KFP run states: still going (wait for it) and finished without success (submit again).
-ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "PAUSED", "CANCELING", "RUNTIME_STATE_UNSPECIFIED"})
+#: KFP run states that ended without success: submit again. SUCCEEDED ends the matter; any other
+#: state (PENDING, RUNNING, PAUSED, CANCELING, ...) means the run is still going: wait for it.
 RETRY_STATES = frozenset({"FAILED", "CANCELED", "SKIPPED"})
 
 

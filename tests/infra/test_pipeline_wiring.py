@@ -219,3 +219,43 @@ def test_gpu_limit_range_gives_cpu_containers_no_gpu(compiled):
     # The simulation is not vacuous: the old LimitRange (max only) hands every container a GPU.
     old = {"spec": {"limits": [{"type": "Container", "max": {GPU: "1"}}]}}
     assert limit_range_defaults(old, {})["requests"][GPU] == "1"
+
+
+@pytest.mark.parametrize("gpus", [1, 4])
+def test_training_components_run_ddp_with_the_gpu_count(gpus, monkeypatch):
+    """Deliverable 6: `gpus` > 1 runs pretrain and ssl_finetune under torchrun with one process per
+    GPU (uft.ssl.ddp_entry.launch, tested end to end in tests/unit/test_ddp.py); 1 runs in-process.
+    The kwargs handed to launch() must be exactly what the step functions accept."""
+    import inspect
+
+    from components.pretrain import pretrain
+    from components.ssl_finetune import ssl_finetune
+    from uft import steps
+    from uft.ssl import ddp_entry
+
+    calls = []
+
+    def fake_launch(step, kwargs, nproc, **kw):
+        inspect.signature(getattr(steps, step)).bind(**kwargs)
+        calls.append((step, nproc, kwargs["store_uri"]))
+        return {"encoder_uri": f"s3://b/{step}/manifest.json", "encoder_sha": "0" * 64}
+
+    def in_process(step):
+        def run(*args, **kwargs):
+            inspect.signature(getattr(steps, step)).bind(*args, **kwargs)
+            calls.append((step, 1, kwargs.get("store_uri", args[2] if len(args) > 2 else None)))
+            return {"encoder_uri": f"s3://b/{step}/manifest.json", "encoder_sha": "0" * 64}
+        return run
+
+    monkeypatch.setattr(ddp_entry, "launch", fake_launch)
+    monkeypatch.setattr(steps, "pretrain", in_process("pretrain"))
+    monkeypatch.setattr(steps, "finetune", in_process("finetune"))
+    monkeypatch.setenv("UFT_BUCKET", "team-b")
+    common = dict(store_uri="", run_id="r", job_id="j", experiment="e", seed=0, lr=1e-3, batch_size=8, checkpoint_every=2)
+    pretrain.python_func(source_uri="s3://b/d/manifest.json", source_sha="0" * 64, encoder="tiny", encoder_width=8,
+                         method="simclr", steps=2, pretrained_encoder="", gpus_per_node=gpus, **common)
+    ssl_finetune.python_func(encoder_uri="s3://b/e/manifest.json", target_uri="s3://b/t/manifest.json", source_uri="",
+                             replay_uri="", plan_uri="", method="simclr", steps=2, replay_ratio=0.0, radreg_weight=0.0,
+                             gpus_per_node=gpus, **common)
+    # an empty store_uri resolves to the one bucket setting
+    assert calls == [("pretrain", gpus, "s3://team-b/uft"), ("finetune", gpus, "s3://team-b/uft")]

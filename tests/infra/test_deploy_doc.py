@@ -6,7 +6,7 @@ check does (the page's last table says the same): kubectl object creation runs w
 ``--dry-run=client``; ``apply -k`` renders and validates the overlay (test_manifests.py); commands
 that name uft's objects are checked against the rendered overlays; ``uft submit/schedule/trigger``
 run through the real CLI against the fake KFP client of tests/kfp_fake.py and the local S3 server;
-the image variables are compiled into the pipeline in a subprocess. KFP's own objects, ``kubectl
+the image variables are read by the components in a fresh process. KFP's own objects, ``kubectl
 create token`` and ``docker push`` cannot be checked without a cluster or a registry: they are
 listed in OFFLINE_UNCHECKABLE, by exact text, with the reason.
 """
@@ -165,20 +165,25 @@ def test_kubectl_git_and_make_commands():
 
 
 def test_exported_images_are_the_ones_the_pipeline_runs():
+    """The exported variables, in a fresh process (they are read when the components are imported):
+    every GPU step runs UFT_GPU_IMAGE, every other step UFT_IMAGE."""
     env = dict(os.environ)
     exports = [c.split(" ", 1)[1].split("=", 1) for c in commands() if c.startswith("export UFT_") and "IMAGE=" in c]
     assert {k for k, _ in exports} == {"UFT_IMAGE", "UFT_GPU_IMAGE"}
     env.update(dict(exports))
-    code = ("import sys, yaml; from uft.orchestrate.compile import compile_pipeline; "
-            "spec = next(yaml.safe_load_all(compile_pipeline(sys.argv[1]).read_text())); "
-            "print(yaml.safe_dump({k: e['container']['image'] for k, e in spec['deploymentSpec']['executors'].items()}))")
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"uft-doc-{os.getpid()}.yaml"
-    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=ROOT)
+    code = ("import importlib, pathlib, yaml; from kfp import dsl; out = {}\n"
+            "for p in sorted(pathlib.Path('components').glob('*.py')):\n"
+            "    m = importlib.import_module('components.' + p.stem)\n"
+            "    for v in vars(m).values():\n"
+            "        if hasattr(v, 'component_spec') and v.component_spec.implementation.container:\n"
+            "            out[v.component_spec.name] = v.component_spec.implementation.container.image\n"
+            "print(yaml.safe_dump(out))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     images = yaml.safe_load(proc.stdout)
-    gpu_steps = {"exec-pretrain", "exec-ssl-finetune", "exec-holistic"}
+    gpu_steps = {"pretrain", "ssl-finetune", "holistic"}
     exported = dict(exports)
+    assert gpu_steps < set(images) and len(images) >= 10
     assert {images[k] for k in gpu_steps} == {exported["UFT_GPU_IMAGE"]}
     assert {v for k, v in images.items() if k not in gpu_steps} == {exported["UFT_IMAGE"]}
 

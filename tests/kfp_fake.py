@@ -49,7 +49,7 @@ class FakeClient:
 
     def _package(self, path: str) -> dict:
         assert Path(path).is_file()
-        spec, platform = list(yaml.safe_load_all(Path(path).read_text()))
+        spec, platform = list(yaml.load_all(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
         assert spec["pipelineInfo"]["name"] == "uft" and "kubernetes" in platform["platforms"]
         return spec
 

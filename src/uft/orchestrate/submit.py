@@ -76,9 +76,15 @@ def _compiled() -> bytes:
         return compile_pipeline(Path(d) / "uft_pipeline.yaml").read_bytes()
 
 
+def _pipeline_spec(path: str | Path) -> dict:
+    """The first document of a compiled package (the pipeline spec; the second is the platform spec)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the package is ~3000 lines
+    return next(yaml.load_all(Path(path).read_text(), Loader=loader))
+
+
 def package_parameters(path: str | Path) -> dict[str, str]:
     """Pipeline input name → KFP parameter type (``STRING``, ``NUMBER_INTEGER``, ...) of a package."""
-    spec = next(yaml.safe_load_all(Path(path).read_text()))
+    spec = _pipeline_spec(path)
     return {k: v["parameterType"] for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
 
 
@@ -226,7 +232,7 @@ def upload_version(client: Any, path: str | Path) -> tuple[str, str, str]:
 
 
 def _images_of(path: str | Path) -> str:
-    spec = next(yaml.safe_load_all(Path(path).read_text()))
+    spec = _pipeline_spec(path)
     return ", ".join(sorted({e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}))
 
 

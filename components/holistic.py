@@ -7,6 +7,9 @@ from components.image import GPU_IMAGE
 def holistic(encoder_uri: str, source_uri: str, target_uri: str, store_uri: str, seen: str, methods: str, steps: int,
              seed: int, run_id: str, job_id: str, experiment: str, metrics: dsl.Output[dsl.Metrics]) -> str:
     """Holistic transfer: source classifier finetuned on seen target classes; seen/unseen accuracy."""
+    from uft.config import default_store_uri
+
+    store_uri = store_uri or default_store_uri()  # "": s3://$UFT_BUCKET/uft (ConfigMap uft-config)
     from uft.steps import holistic_eval
     from uft.tracking import run_key
 

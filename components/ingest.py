@@ -9,6 +9,9 @@ from components.image import IMAGE
 def ingest(spec: str, store_uri: str, role: str, image_size: int, channels: int, limit: int, test_fraction: float,
            seed: int, run_id: str, job_id: str, experiment: str) -> NamedTuple("Outputs", [("dataset_uri", str), ("dataset_sha", str)]):
     """Raw images → Parquet shards + manifest in the store."""
+    from uft.config import default_store_uri
+
+    store_uri = store_uri or default_store_uri()  # "": s3://$UFT_BUCKET/uft (ConfigMap uft-config)
     from uft.steps import ingest as step
     from uft.tracking import run_key
 

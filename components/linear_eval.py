@@ -7,6 +7,9 @@ from components.image import IMAGE
 def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, tag: str, shots: str, draws: int, seed: int,
                 run_id: str, job_id: str, experiment: str, metrics: dsl.Output[dsl.Metrics]) -> str:
     """Few-label and full linear probes on frozen target features → metrics URI."""
+    from uft.config import default_store_uri
+
+    store_uri = store_uri or default_store_uri()  # "": s3://$UFT_BUCKET/uft (ConfigMap uft-config)
     from uft.steps import linear_eval as step
     from uft.tracking import run_key
 

@@ -8,12 +8,26 @@ from components.image import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def pretrain(source_uri: str, source_sha: str, store_uri: str, encoder: str, encoder_width: int, method: str,
              steps: int, batch_size: int, lr: float, seed: int, pretrained_encoder: str, checkpoint_every: int,
-             run_id: str, job_id: str, experiment: str) -> NamedTuple("Outputs", [("encoder_uri", str), ("encoder_sha", str)]):
-    """SSL pretraining on the source (or pass through given pretrained weights)."""
+             run_id: str, job_id: str, experiment: str,
+             gpus_per_node: int = 1) -> NamedTuple("Outputs", [("encoder_uri", str), ("encoder_sha", str)]):
+    """SSL pretraining on the source (or pass through given pretrained weights).
+
+    ``gpus_per_node`` > 1: the step runs under ``torchrun`` with that many processes (DDP); 1: in-process.
+    """
+    from uft.config import default_store_uri
+
+    store_uri = store_uri or default_store_uri()  # "": s3://$UFT_BUCKET/uft (ConfigMap uft-config)
     from uft.steps import pretrain as step
     from uft.tracking import run_key
 
-    out = step(source_uri, source_sha, store_uri, encoder=encoder, encoder_width=encoder_width, method=method,
-               steps=steps, batch_size=batch_size, lr=lr, seed=seed, pretrained_encoder=pretrained_encoder,
-               checkpoint_every=checkpoint_every, run_id=run_key(run_id, job_id), experiment=experiment)
+    kwargs = dict(source_uri=source_uri, source_sha=source_sha, store_uri=store_uri, encoder=encoder,
+                  encoder_width=encoder_width, method=method, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                  pretrained_encoder=pretrained_encoder, checkpoint_every=checkpoint_every,
+                  run_id=run_key(run_id, job_id), experiment=experiment)
+    if gpus_per_node > 1 and not pretrained_encoder:
+        from uft.ssl.ddp_entry import launch
+
+        out = launch("pretrain", kwargs, nproc=gpus_per_node)
+    else:
+        out = step(**kwargs)
     return (out["encoder_uri"], out["encoder_sha"])

@@ -9,6 +9,9 @@ def report(linear_base: str, knn_base: str, linear_finetuned: str, knn_finetuned
            run_id: str, job_id: str, experiment: str, markdown: dsl.Output[dsl.Markdown],
            html: dsl.Output[dsl.HTML]) -> str:
     """One markdown/HTML summary with plots, logged to MLflow → report manifest URI."""
+    from uft.config import default_store_uri
+
+    store_uri = store_uri or default_store_uri()  # "": s3://$UFT_BUCKET/uft (ConfigMap uft-config)
     from uft.steps import report as step
     from uft.tracking import run_key
 

@@ -14,6 +14,9 @@ def ssl_finetune(encoder_uri: str, target_uri: str, store_uri: str, source_uri: 
 
     ``gpus_per_node`` > 1: the step runs under ``torchrun`` with that many processes (DDP); 1: in-process.
     """
+    from uft.config import default_store_uri
+
+    store_uri = store_uri or default_store_uri()  # "": s3://$UFT_BUCKET/uft (ConfigMap uft-config)
     from uft.steps import finetune
     from uft.tracking import run_key
 

@@ -10,6 +10,9 @@ def subsample_source(source_uri: str, source_sha: str, store_uri: str, rule: str
                      encoder_uri: str, target_uri: str, run_id: str, job_id: str,
                      experiment: str) -> NamedTuple("Outputs", [("replay_uri", str), ("replay_sha", str)]):
     """Select the sparse source replay set."""
+    from uft.config import default_store_uri
+
+    store_uri = store_uri or default_store_uri()  # "": s3://$UFT_BUCKET/uft (ConfigMap uft-config)
     from uft.steps import subsample_source as step
     from uft.tracking import run_key
 

@@ -3,12 +3,14 @@
     ingest(source) ─┬─ pretrain ─────────┐
                     └─ subsample_source ─┼─ mix ─ ssl_finetune ─┬─ linear/knn eval (base + finetuned)
     ingest(target) ──────────────────────┘                      └─ holistic ─── report
+    train_resources(gpus) ─ (CPU/memory of pretrain and ssl_finetune)
 
-On Kubernetes the training steps get a GPU, node selector, toleration, /dev/shm and resources;
-credentials come from Kubernetes Secrets; kfp.local ignores those platform settings.
+GPUs: ``pretrain`` and ``ssl_finetune`` take ``gpus`` GPUs each (DDP, one process per GPU) and
+``holistic`` one; the three run one after another (holistic waits for ssl_finetune), so a run never
+holds more than ``gpus`` GPUs at once. Everything else runs on CPU. On Kubernetes every step gets
+the S3 Secret and the ``uft-config`` ConfigMap as environment, GPU steps a node selector,
+toleration, resources and a memory-backed /dev/shm; kfp.local ignores those platform settings.
 """
-
-import os
 
 from kfp import dsl, kubernetes
 
@@ -20,44 +22,63 @@ from components.linear_eval import linear_eval
 from components.mix import mix
 from components.pretrain import pretrain
 from components.report import report
+from components.resources import train_resources
 from components.ssl_finetune import ssl_finetune
 from components.subsample_source import subsample_source
 from uft.config import RunConfig
+from uft.gpus import training_resources
 
 D = RunConfig()
 JOB = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 S3_SECRET = "uft-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
 ENV_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
-CONFIG_MAP = "uft-config"  # keys AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, MLFLOW_TRACKING_URI, MLFLOW_S3_ENDPOINT_URL, UFT_MLFLOW_ARTIFACTS
-CONFIG_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "UFT_MLFLOW_ARTIFACTS")
-#: GPUs of the finetuning step (env at compile time, like the images): > 1 runs it under torchrun (DDP),
-#: one process per GPU. A property of the cluster, not of a run; the GPU overlay's LimitRange must allow it.
-GPUS_PER_NODE = int(os.environ.get("UFT_GPUS_PER_NODE", "1"))
-if GPUS_PER_NODE < 1:
-    raise ValueError(f"UFT_GPUS_PER_NODE={GPUS_PER_NODE}: set it to 1 or more (the GPUs per finetuning pod)")
+CONFIG_MAP = "uft-config"  # infra/base/config.yaml
+CONFIG_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
+               "UFT_MLFLOW_ARTIFACTS", "UFT_BUCKET")
+ONE_GPU = training_resources(1)
 
 
-def _platform(task: dsl.PipelineTask, gpu: bool = False) -> dsl.PipelineTask:
-    """Kubernetes settings every task gets: secrets as env, config from a ConfigMap, retries."""
+def _cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """S3 credentials (Secret) and endpoints, MLflow URI and bucket (ConfigMap) as environment."""
     kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=ENV_SECRET_KEYS)
     for key in CONFIG_KEYS:
         kubernetes.use_config_map_as_env(task, config_map_name=CONFIG_MAP, config_map_key_to_env={key: key})
+    return task
+
+
+def _platform(task: dsl.PipelineTask, gpus=None, resources: dsl.PipelineTask | None = None) -> dsl.PipelineTask:
+    """Kubernetes settings of a step: cluster env, retries, caching, and CPU or GPU resources.
+
+    ``gpus``: the GPU count (an int or the ``gpus`` pipeline parameter); ``resources``: the
+    :func:`train_resources` task whose outputs size CPU and memory (else one GPU's worth).
+    """
+    _cluster_env(task)
     task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
     task.set_caching_options(True)
-    if gpu:
-        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-        task.set_cpu_request("4").set_cpu_limit("8").set_memory_request("16G").set_memory_limit("32G")
-        kubernetes.add_node_selector(task, label_key="nvidia.com/gpu.present", label_value="true")
-        kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="8Gi")
-    else:
+    if gpus is None:
         task.set_cpu_request("1").set_cpu_limit("2").set_memory_request("2G").set_memory_limit("8G")
+        return task
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+    if resources is not None:
+        task.after(resources)  # kfp.local orders tasks by data edges only; resources are not one
+        out = resources.outputs
+        task.set_cpu_request(out["cpu_request"]).set_cpu_limit(out["cpu_limit"])
+        task.set_memory_request(out["memory_request"]).set_memory_limit(out["memory_limit"])
+    else:
+        task.set_cpu_request(ONE_GPU["cpu_request"]).set_cpu_limit(ONE_GPU["cpu_limit"])
+        task.set_memory_request(ONE_GPU["memory_request"]).set_memory_limit(ONE_GPU["memory_limit"])
+    kubernetes.add_node_selector(task, label_key="nvidia.com/gpu.present", label_value="true")
+    kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+    # No size of its own: a memory-backed emptyDir is bounded by the pod's memory limit, which
+    # follows the GPU count (DataLoader workers and NCCL share memory through /dev/shm).
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
     return task
 
 
 @dsl.pipeline(name="uft", description="Unsupervised finetuning with source replay, data mixing and holistic evaluation")
 def uft_pipeline(
-    store_uri: str = "s3://uft-artifacts/uft",
+    store_uri: str = "",
+    gpus: int = 1,
     experiment: str = "uft",
     run_id: str = "",
     source: str = D.source,
@@ -95,8 +116,10 @@ def uft_pipeline(
     seed: int = D.seed,
 ):
     run = dict(run_id=run_id, job_id=JOB, experiment=experiment)
-    done = finalize(**run)
-    kubernetes.use_secret_as_env(done, secret_name=S3_SECRET, secret_key_to_env=ENV_SECRET_KEYS)
+    # The exit handler reaches MLflow too: without uft-config it would not know where MLflow is,
+    # and the parent run would stay RUNNING.
+    done = _cluster_env(finalize(**run))
+    done.set_caching_options(False)
     with dsl.ExitHandler(done, name="uft-run"):
         src = _platform(ingest(spec=source, store_uri=store_uri, role="source", image_size=image_size, channels=channels,
                                limit=source_limit, test_fraction=source_test_fraction, seed=seed, **run))
@@ -104,10 +127,18 @@ def uft_pipeline(
         tgt = _platform(ingest(spec=target, store_uri=store_uri, role="target", image_size=image_size, channels=channels,
                                limit=target_limit, test_fraction=target_test_fraction, seed=seed, **run))
         tgt.set_display_name("ingest-target")
+        # Never from KFP's cache: the same spec (an s3:// prefix, a directory) may hold new data,
+        # and re-reading it is what `uft trigger` asks for. Bundled data hits the step's own
+        # content cache instead, and every later step is keyed on the dataset's content hash.
+        for t in (src, tgt):
+            t.set_caching_options(False)
+        res = _platform(train_resources(gpus=gpus))
+        res.set_display_name("train-resources")
         base = _platform(pretrain(source_uri=src.outputs["dataset_uri"], source_sha=src.outputs["dataset_sha"],
                                   store_uri=store_uri, encoder=encoder, encoder_width=encoder_width, method=pretrain_method,
                                   steps=pretrain_steps, batch_size=batch_size, lr=lr, seed=seed,
-                                  pretrained_encoder=pretrained_encoder, checkpoint_every=checkpoint_every, **run), gpu=True)
+                                  pretrained_encoder=pretrained_encoder, checkpoint_every=checkpoint_every,
+                                  gpus_per_node=gpus, **run), gpus=gpus, resources=res)
         replay = _platform(subsample_source(source_uri=src.outputs["dataset_uri"], source_sha=src.outputs["dataset_sha"],
                                             store_uri=store_uri, rule=replay_rule, size=replay_size, seed=seed,
                                             encoder_uri=base.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"], **run))
@@ -117,8 +148,7 @@ def uft_pipeline(
                                     replay_uri=replay.outputs["replay_uri"], plan_uri=plan.outputs["plan_uri"],
                                     method=ssl_method, steps=finetune_steps, batch_size=batch_size, lr=lr,
                                     replay_ratio=replay_ratio, radreg_weight=radreg_weight, seed=seed,
-                                    checkpoint_every=checkpoint_every, gpus_per_node=GPUS_PER_NODE, **run), gpu=True)
-        ft.set_accelerator_limit(GPUS_PER_NODE)
+                                    checkpoint_every=checkpoint_every, gpus_per_node=gpus, **run), gpus=gpus, resources=res)
         metric_tasks = {}
         for tag, enc in (("base", base), ("finetuned", ft)):
             lin = _platform(linear_eval(encoder_uri=enc.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"],
@@ -130,7 +160,8 @@ def uft_pipeline(
             metric_tasks[f"linear_{tag}"], metric_tasks[f"knn_{tag}"] = lin.outputs["Output"], knn.outputs["Output"]
         hol = _platform(holistic(encoder_uri=base.outputs["encoder_uri"], source_uri=src.outputs["dataset_uri"],
                                  target_uri=tgt.outputs["dataset_uri"], store_uri=store_uri, seen=holistic_seen,
-                                 methods=holistic_methods, steps=holistic_steps, seed=seed, **run), gpu=True)
+                                 methods=holistic_methods, steps=holistic_steps, seed=seed, **run), gpus=1)
+        hol.after(ft)  # one GPU step at a time: a run holds at most `gpus` GPUs
         _platform(report(**metric_tasks, holistic=hol.outputs["Output"], store_uri=store_uri,
                                source_uri=src.outputs["dataset_uri"], target_uri=tgt.outputs["dataset_uri"],
                                base_encoder_uri=base.outputs["encoder_uri"], finetuned_encoder_uri=ft.outputs["encoder_uri"],

@@ -278,6 +278,8 @@ _PARAM = typer.Option([], "--param", "-p", help="pipeline parameter KEY=VALUE (r
 _NAMESPACE = typer.Option("uft", help="namespace the run's pods start in (the KFP client's namespace)")
 _SA = typer.Option("uft-pipeline-runner", "--service-account", help="ServiceAccount the run's pods use")
 _KFP_EXPERIMENT = typer.Option("uft", help="KFP experiment (created if missing)")
+_KFP_VERSION = typer.Option("", "--kfp-version", envvar="UFT_KFP_VERSION",
+                            help="the KFP backend's version, if its API does not report it (checked against the minimum)")
 
 
 @app.command("sweep")
@@ -359,17 +361,18 @@ def submit_cmd(
     experiment: str = typer.Option("uft", help="KFP experiment (created if missing); also the MLflow experiment unless --param experiment=..."),
     namespace: str = _NAMESPACE,
     service_account: str = _SA,
-    run_name: str = typer.Option("", help="name shown in the KFP UI (default: 'uft EXPERIMENT')"),
+    run_name: str = typer.Option("", help="name shown in the KFP UI (default: source→target, method, seed, GPUs, time)"),
     param: list[str] = _PARAM,
+    kfp_version: str = _KFP_VERSION,
 ) -> None:
-    """Compile the pipeline and start one run on a Kubeflow Pipelines cluster."""
+    """Compile the pipeline, upload it as a version of pipeline 'uft' and start one run (KFP >= 2.15)."""
     from uft.orchestrate.submit import submit
     from uft.preflight import for_cluster
 
     try:
         for_cluster(_params(param))
         run_id = submit(host, _params(param), experiment=experiment, namespace=namespace,
-                        service_account=service_account, run_name=run_name or None)
+                        service_account=service_account, run_name=run_name or None, kfp_version=kfp_version or None)
     except UftError as e:
         _fail(e)
     console.print(f"started run {run_id} in experiment {experiment!r}: {host.rstrip('/')}/#/runs/details/{run_id}", highlight=False)
@@ -385,6 +388,7 @@ def schedule_cmd(
     namespace: str = _NAMESPACE,
     service_account: str = _SA,
     param: list[str] = _PARAM,
+    kfp_version: str = _KFP_VERSION,
 ) -> None:
     """Create a recurring run: at most one at a time, no catch-up of missed runs."""
     from uft.orchestrate.submit import kfp_cron, schedule
@@ -393,7 +397,7 @@ def schedule_cmd(
     try:
         for_cluster(_params(param))
         rid = schedule(host, cron, _params(param), experiment=experiment, namespace=namespace,
-                       service_account=service_account, name=name, replace=replace)
+                       service_account=service_account, name=name, replace=replace, kfp_version=kfp_version or None)
         console.print(f"recurring run {name!r} ({rid}) on cron {kfp_cron(cron)!r} in experiment {experiment!r}", highlight=False)
     except UftError as e:
         _fail(e)
@@ -408,20 +412,17 @@ def trigger_cmd(
     namespace: str = _NAMESPACE,
     service_account: str = _SA,
     param: list[str] = _PARAM,
+    kfp_version: str = _KFP_VERSION,
 ) -> None:
-    """Submit a run with this target only if its content changed since the last submitted run."""
-    from uft.orchestrate.trigger import trigger
+    """Submit a run for this target unless its content already has a run that succeeded or is going."""
+    from uft.orchestrate.trigger import describe, trigger
 
     try:
         res = trigger(host, target, _params(param), experiment=experiment, namespace=namespace,
-                      service_account=service_account, state_uri=state or None)
+                      service_account=service_account, state_uri=state or None, kfp_version=kfp_version or None)
     except UftError as e:
         _fail(e)
-    if res["changed"]:
-        console.print(f"target changed ({res['objects']} objects, hash {res['hash'][:12]}, was "
-                      f"{(res['previous'] or 'none')[:12]}): started run {res['run_id']}", highlight=False)
-    else:
-        console.print(f"target unchanged ({res['objects']} objects, hash {res['hash'][:12]}): nothing submitted", highlight=False)
+    console.print(describe(res), highlight=False)
 
 
 @app.command()

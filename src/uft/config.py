@@ -6,6 +6,7 @@ is caught before anything runs, with a message naming the field and the valid ra
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,6 +16,18 @@ from uft.errors import UftError
 REPLAY_RULES = ("uniform", "class_balanced", "kmeans", "nearest_target")
 MIX_OPS = ("none", "mixup", "cutmix")
 MIX_PAIRINGS = ("target_source", "target_target")
+#: The artifact bucket when UFT_BUCKET is unset. On a cluster UFT_BUCKET comes from ConfigMap
+#: uft-config (infra/base/config.yaml), the one place the bucket is named.
+DEFAULT_BUCKET = "uft-artifacts"
+
+
+def default_bucket() -> str:
+    return os.environ.get("UFT_BUCKET", "").strip() or DEFAULT_BUCKET
+
+
+def default_store_uri() -> str:
+    """``s3://$UFT_BUCKET/uft``: where steps publish when the run names no ``store_uri``."""
+    return f"s3://{default_bucket()}/uft"
 
 
 def _csv_ints(value: str, field: str) -> list[int]:

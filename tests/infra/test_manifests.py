@@ -25,9 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 K8S_VERSION = "1.31"
 KUBECTL = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
-TARGETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/local-dev"]
+TARGETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/local-dev", "overlays/standalone-kfp"]
 WITH_OBJECT_STORE = ["overlays/object-store", "overlays/local-dev"]
-WITHOUT_SECRETS = ["base", "overlays/object-store", "overlays/gpu"]
+WITHOUT_SECRETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/standalone-kfp"]
+#: Where each target puts everything (standalone KFP runs pipelines in its own namespace).
+NAMESPACE = {"overlays/standalone-kfp": "kubeflow"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 SECRET_NAMES = {"uft-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, "uft-postgres": {"POSTGRES_PASSWORD"}}
 SECRETISH = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN", re.I)
@@ -42,10 +44,19 @@ pytestmark = pytest.mark.skipif(
 @functools.cache
 def render(target: str) -> tuple[dict, ...]:
     """All objects of ``infra/<target>`` as kustomize builds them."""
+    return render_dir(INFRA / target)
+
+
+def render_dir(path: Path) -> tuple[dict, ...]:
+    """All objects of the kustomization in ``path`` (any directory, e.g. a test's own overlay)."""
     assert KUBECTL, "kubectl is not installed (CI=true never skips this): apt install kubectl"
-    proc = subprocess.run([KUBECTL, "kustomize", str(INFRA / target)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, f"kubectl kustomize infra/{target} failed:\n{proc.stderr}"
+    proc = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
     return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
+
+
+def namespace_of(target: str) -> str:
+    return NAMESPACE.get(target, "uft")
 
 
 def objects(target: str, kind: str) -> list[dict]:
@@ -80,14 +91,15 @@ def config(target: str) -> dict[str, str]:
     return one(target, "ConfigMap", "uft-config")["data"]
 
 
-def service_port(target: str, host: str) -> set[int]:
-    """Ports of the Service that ``host`` (name, name.ns, name.ns.svc[.cluster.local]) resolves to."""
+def service_port(target: str, host: str, client_ns: str | None = None, docs: tuple[dict, ...] | None = None) -> set[int]:
+    """Ports of the Service that ``host`` (name, name.ns, name.ns.svc[.cluster.local]) resolves to
+    from a pod in ``client_ns`` (default: the target's namespace)."""
     name, *rest = host.split(".")
-    ns = rest[0] if rest else "uft"
+    ns = rest[0] if rest else (client_ns or namespace_of(target))
     return {
         p["port"]
-        for s in objects(target, "Service")
-        if s["metadata"]["name"] == name and s["metadata"].get("namespace") == ns
+        for s in (docs if docs is not None else render(target))
+        if s["kind"] == "Service" and s["metadata"]["name"] == name and s["metadata"].get("namespace") == ns
         for p in s["spec"]["ports"]
     }
 
@@ -115,7 +127,7 @@ def test_objects_are_valid_kubernetes(target):
             errors.append(f"{d['kind']}/{d['metadata']['name']}: {e.message} at {list(e.path)}")
     assert not errors, "\n".join(errors)
     namespaced = [d for d in render(target) if d["kind"] not in {"Namespace", "PriorityClass"}]
-    assert {d["metadata"].get("namespace") for d in namespaced} == {"uft"}
+    assert {d["metadata"].get("namespace") for d in namespaced} == {namespace_of(target)}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -220,16 +232,33 @@ def test_every_s3_client_uses_one_endpoint_and_bucket(target):
     assert s3["disableSSL"] is (boto.scheme == "http")
     assert cfg["AWS_DEFAULT_REGION"] == s3["region"]
 
-    pipeline_bucket = urlparse(one(target, "ConfigMap", "kfp-launcher")["data"]["defaultPipelineRoot"]).netloc
-    args = one(target, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
-    dest = next(a.split("=", 1)[1] for a in args if a.startswith("--artifacts-destination="))
-    assert dest.startswith("s3://") and urlparse(dest).netloc == pipeline_bucket
+    assert buckets(render(target)) == {cfg["UFT_BUCKET"]}
     if target in WITH_OBJECT_STORE:
         host, _, port = s3["endpoint"].partition(":")
         assert int(port) in service_port(target, host), f"no Service behind {s3['endpoint']}"
         server = one(target, "StatefulSet", "seaweedfs")["spec"]["template"]["spec"]["containers"][0]
-        assert env_of(server)["UFT_BUCKET"]["value"] == pipeline_bucket
         assert f"-s3.port={port}" in server["args"]
+
+
+BUCKET_REF = {"configMapKeyRef": {"name": "uft-config", "key": "UFT_BUCKET"}}
+
+
+def buckets(docs: tuple[dict, ...]) -> set[str]:
+    """Every bucket the rendered objects use: the launcher's pipeline root, MLflow's artifact
+    destination and SeaweedFS's bucket, each resolved the way Kubernetes would (env from uft-config,
+    $(VAR) expanded in args). A literal bucket anywhere else is an error."""
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    cfg = by_kind["ConfigMap", "uft-config"]["data"]
+    found = {urlparse(by_kind["ConfigMap", "kfp-launcher"]["data"]["defaultPipelineRoot"]).netloc}
+    mlflow = by_kind["Deployment", "mlflow"]["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(mlflow)["UFT_BUCKET"]["valueFrom"] == BUCKET_REF
+    dest = next(a.split("=", 1)[1] for a in mlflow["args"] if a.startswith("--artifacts-destination="))
+    assert dest.startswith("s3://$(UFT_BUCKET)/"), f"MLflow's bucket is not UFT_BUCKET: {dest}"
+    found.add(cfg["UFT_BUCKET"])
+    if ("StatefulSet", "seaweedfs") in by_kind:
+        server = by_kind["StatefulSet", "seaweedfs"]["spec"]["template"]["spec"]["containers"][0]
+        assert env_of(server)["UFT_BUCKET"]["valueFrom"] == BUCKET_REF
+    return found
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -278,7 +307,7 @@ def test_runner_rbac_is_minimal(target):
     one(target, "ServiceAccount", "uft-pipeline-runner")
     binding = one(target, "RoleBinding", "uft-pipeline-runner")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "uft-pipeline-runner"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "uft-pipeline-runner", "namespace": "uft"}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "uft-pipeline-runner", "namespace": namespace_of(target)}]
     for rule in one(target, "Role", "uft-pipeline-runner")["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
         assert set(rule["verbs"]) <= {"get", "create", "patch"}, rule
@@ -311,3 +340,92 @@ def test_gpu_overlay_caps_gpus():
     assert int(limit["max"]["nvidia.com/gpu"]) >= 1
     assert one("overlays/gpu", "Namespace", "uft")["metadata"]["labels"]["uft.dev/accelerator"]
     assert not objects("base", "ResourceQuota")
+
+
+# --- one bucket, any namespace, a registry Secret (issue 13, defects 4, 6 and 7) -------------------
+
+def _replacements(target: str) -> list:
+    return yaml.safe_load((INFRA / target / "kustomization.yaml").read_text()).get("replacements", [])
+
+
+def _overlay_on(tmp_path: Path, target: str, namespace: str | None = None, bucket: str | None = None) -> tuple[dict, ...]:
+    """Render an operator's overlay on ``infra/<target>`` that changes only the namespace and/or the
+    bucket (one patch of uft-config), with the replacements block copied from the target as the
+    docs say; a namespace change also drops the Namespace object, as overlays/standalone-kfp does."""
+    k: dict = {"resources": [os.path.relpath(INFRA / target, tmp_path)], "replacements": _replacements(target)}
+    if namespace:
+        k["namespace"] = namespace
+    patches = []
+    if bucket:
+        patches.append({"target": {"kind": "ConfigMap", "name": "uft-config"},
+                        "patch": yaml.safe_dump([{"op": "replace", "path": "/data/UFT_BUCKET", "value": bucket}])})
+    if patches:
+        k["patches"] = patches
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(k))
+    return render_dir(tmp_path)
+
+
+def test_every_overlay_carries_the_bucket_replacement():
+    """Defect 7's wiring: kustomize runs replacements before an overlay's own patches unless they
+    sit in the overlay, so each one repeats the base's block verbatim."""
+    block = _replacements("base")
+    assert block and block[0]["source"] == {"kind": "ConfigMap", "name": "uft-config", "fieldPath": "data.UFT_BUCKET"}
+    for target in TARGETS:
+        assert _replacements(target) == block, f"infra/{target}/kustomization.yaml lacks the bucket replacement"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_bucket_is_one_setting(tmp_path, target):
+    """Defect 7: the bucket was hard-coded in about ten places. Changing UFT_BUCKET in uft-config
+    must move every user of it (launcher, MLflow, SeaweedFS) and leave the old name nowhere."""
+    docs = _overlay_on(tmp_path, target, bucket="team-b-bucket")
+    assert buckets(docs) == {"team-b-bucket"}
+    assert "uft-artifacts" not in yaml.safe_dump_all(docs)
+
+
+def test_the_bucket_is_named_once_in_the_code():
+    """Defect 7, client side: steps, submit, trigger and the local runner all derive the bucket
+    from uft.config.default_bucket() (env UFT_BUCKET, which uft-config sets on the cluster)."""
+    hits = [str(p.relative_to(ROOT)) for d in ("src", "pipelines", "components") for p in (ROOT / d).rglob("*.py")
+            if re.search(r"[\"']s3://uft-artifacts|[\"']uft-artifacts[\"']", p.read_text())]
+    assert hits == ["src/uft/config.py"], hits
+    assert (yaml.safe_dump_all(render("base")).count("uft-artifacts")) == 2  # UFT_BUCKET and the replaced root
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_namespace_change_moves_every_hostname(tmp_path, target):
+    """Defect 4: standalone KFP runs pipelines in its own namespace, and the documented way to follow
+    it (`namespace:` in an overlay) left `uft` in the service hostnames of uft-config and
+    kfp-launcher. Every hostname the steps use must resolve to a Service in the run's namespace."""
+    docs = _overlay_on(tmp_path, target, namespace="team-ml")
+    text = yaml.safe_dump_all(docs)
+    assert ".uft." not in text and ".uft:" not in text, "a hostname still names the uft namespace"
+    cfg = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "uft-config")
+    assert cfg["metadata"]["namespace"] == "team-ml"
+    hosts = [urlparse(cfg["data"]["MLFLOW_TRACKING_URI"])]
+    launcher = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kfp-launcher")
+    endpoint = yaml.safe_load(launcher["data"]["providers"])["s3"]["default"]["endpoint"]
+    for url in (cfg["data"]["AWS_ENDPOINT_URL"], f"http://{endpoint}"):
+        if "amazonaws.com" not in url:
+            hosts.append(urlparse(url))
+    for h in hosts:
+        assert h.port in service_port(target, h.hostname, "team-ml", docs), f"{h.geturl()} resolves to no Service in team-ml"
+
+
+def test_standalone_kfp_overlay_lives_in_the_kfp_namespace():
+    """Defect 4: everything a run needs sits where standalone KFP starts the pods, and KFP's
+    existing namespace is neither recreated nor relabelled."""
+    docs = render("overlays/standalone-kfp")
+    assert not [d for d in docs if d["kind"] == "Namespace"]
+    assert {d["metadata"]["namespace"] for d in docs} == {"kubeflow"}
+    for kind, name in [("ConfigMap", "uft-config"), ("ConfigMap", "kfp-launcher"), ("ServiceAccount", "uft-pipeline-runner"),
+                       ("Role", "uft-pipeline-runner"), ("Service", "mlflow")]:
+        one("overlays/standalone-kfp", kind, name)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_runner_pulls_images_with_the_registry_secret(target):
+    """Defect 6: private images need a pull secret; step pods run as uft-pipeline-runner, so its
+    imagePullSecrets apply to every step."""
+    sa = one(target, "ServiceAccount", "uft-pipeline-runner")
+    assert sa["imagePullSecrets"] == [{"name": "uft-registry"}]

@@ -8,6 +8,7 @@ CreateContainerConfigError.
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
 import yaml
@@ -54,17 +55,207 @@ def test_config_maps_and_secrets_the_steps_load_exist(compiled, target):
     assert wanted, "the pipeline loads no settings from the cluster"
 
 
-def test_gpu_steps_fit_the_gpu_overlay(compiled):
+GPU = "nvidia.com/gpu"
+PLACEHOLDER = re.compile(r"^\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}$")
+
+
+def dag_tasks(spec: dict) -> dict[str, dict]:
+    """Every step (container task) of the compiled DAG, the exit handler's sub-DAG included, by name."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    return {n: t for n, t in tasks.items() if "executorLabel" in spec["components"][t["componentRef"]["name"]]}
+
+
+def executor_of(spec: dict, task: dict) -> str:
+    return spec["components"][task["componentRef"]["name"]]["executorLabel"]
+
+
+def resolved_resources(spec: dict, task_name: str, gpus: int) -> dict[str, str]:
+    """The container resources of ``task_name`` for a run with ``gpus``, resolved as the KFP driver
+    does: pipeline parameters and upstream outputs (train_resources run for real) replace placeholders."""
+    from components.resources import train_resources
+
+    task = dag_tasks(spec)[task_name]
+    res = spec["deploymentSpec"]["executors"][executor_of(spec, task)]["container"].get("resources", {})
+    outputs = dict(zip(("cpu_request", "cpu_limit", "memory_request", "memory_limit"), train_resources.python_func(gpus)))
+
+    def value(v: str) -> str:
+        m = PLACEHOLDER.match(str(v))
+        if not m:
+            return str(v)
+        src = task["inputs"]["parameters"][m.group(1)]
+        if "componentInputParameter" in src:
+            assert src["componentInputParameter"].endswith("gpus"), src
+            return str(gpus)
+        assert src["taskOutputParameter"]["producerTask"] == "train-resources", src
+        return outputs[src["taskOutputParameter"]["outputParameterKey"]]
+
+    out = {k: value(res[k]) for k in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest",
+                                       "resourceMemoryLimit") if k in res}
+    if res.get("accelerator", {}).get("resourceType") == GPU:
+        out[GPU] = value(res["accelerator"]["resourceCount"])
+    return out
+
+
+def upstream(tasks: dict[str, dict], name: str) -> set[str]:
+    seen, todo = set(), list(tasks[name].get("dependentTasks", []))
+    while todo:
+        t = todo.pop()
+        if t not in seen:
+            seen.add(t)
+            todo += tasks[t].get("dependentTasks", [])
+    return seen
+
+
+def test_every_step_and_the_exit_handler_get_the_cluster_settings(compiled):
+    """Defect 2: the exit handler `finalize` got the S3 Secret but not uft-config, so on a cluster
+    it had no MLFLOW_TRACKING_URI and parent runs stayed RUNNING. Every executor, the exit
+    handler's included, must load every uft-config key and the S3 keys."""
+    from pipelines.uft_pipeline import CONFIG_KEYS, CONFIG_MAP, S3_SECRET
+
     spec, executors = compiled
+    assert "exec-finalize" in spec["deploymentSpec"]["executors"]
+    for name in spec["deploymentSpec"]["executors"]:
+        ex = executors.get(name, {})
+        env = {k["envVar"] for cm in ex.get("configMapAsEnv", []) if cm["configMapName"] == CONFIG_MAP for k in cm["keyToEnv"]}
+        assert set(CONFIG_KEYS) <= env, f"{name} lacks {sorted(set(CONFIG_KEYS) - env)} from {CONFIG_MAP}"
+        assert {"MLFLOW_TRACKING_URI", "UFT_BUCKET"} <= env
+        secrets = {k["envVar"] for s in ex.get("secretAsEnv", []) if s["secretName"] == S3_SECRET for k in s["keyToEnv"]}
+        assert secrets == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, name
+    # ...and the exit handler is never answered from KFP's cache: it must run to close the MLflow run.
+    assert dag_tasks(spec)["finalize"]["cachingOptions"].get("enableCache", False) is False
+
+
+@pytest.mark.parametrize("gpus", [1, 3, 8])
+def test_gpu_count_is_a_run_parameter_that_resources_follow(compiled, gpus):
+    """Deliverable 6: `gpus` is a pipeline input (not a compile-time env var); the two DDP steps ask
+    for that many GPUs with CPU and memory scaled to it, /dev/shm is memory-backed with no size of
+    its own (so it is bounded by that memory limit), and holistic keeps one GPU."""
+    from uft.gpus import training_resources
+
+    spec, executors = compiled
+    assert spec["root"]["inputDefinitions"]["parameters"]["gpus"] == {"defaultValue": 1, "isOptional": True,
+                                                                      "parameterType": "NUMBER_INTEGER"}
+    want = training_resources(gpus)
+    for name in ("pretrain", "ssl-finetune"):
+        r = resolved_resources(spec, name, gpus)
+        assert r == {GPU: str(gpus), "resourceCpuRequest": want["cpu_request"], "resourceCpuLimit": want["cpu_limit"],
+                     "resourceMemoryRequest": want["memory_request"], "resourceMemoryLimit": want["memory_limit"]}, name
+        ex = executors[executor_of(spec, dag_tasks(spec)[name])]
+        (shm,) = ex["emptyDirMounts"]
+        assert shm["mountPath"] == "/dev/shm" and shm["medium"] == "Memory" and "sizeLimit" not in shm
+        task = dag_tasks(spec)[name]
+        assert task["inputs"]["parameters"]["gpus_per_node"]["componentInputParameter"].endswith("gpus"), name
+    assert resolved_resources(spec, "holistic", gpus)[GPU] == "1"
+
+
+def test_a_run_holds_at_most_gpus_gpus_and_fits_the_gpu_overlay(compiled):
+    """Defect 8: three GPU steps, two of them concurrent, while docs and quota said one. The GPU
+    steps must be ordered one after another (so a run's peak is its `gpus`), every CPU step asks
+    for none, and the largest run `uft submit` accepts fits the overlay's LimitRange and quota."""
+    from uft.gpus import MAX_GPUS
+
+    spec, executors = compiled
+    tasks = dag_tasks(spec)
+    gpu_tasks = sorted(n for n in tasks if GPU in resolved_resources(spec, n, MAX_GPUS))
+    assert gpu_tasks == ["holistic", "pretrain", "ssl-finetune"]
+    for i, a in enumerate(gpu_tasks):
+        for b in gpu_tasks[i + 1:]:
+            assert a in upstream(tasks, b) or b in upstream(tasks, a), f"{a} and {b} may hold GPUs at the same time"
+    peak = max(int(resolved_resources(spec, n, MAX_GPUS)[GPU]) for n in gpu_tasks)
+    assert peak == MAX_GPUS
     (limit,) = one("overlays/gpu", "LimitRange", "uft-gpu")["spec"]["limits"]
-    gpus = {
-        name: int(ex["container"]["resources"]["accelerator"]["resourceCount"])
-        for name, ex in spec["deploymentSpec"]["executors"].items()
-        if ex["container"].get("resources", {}).get("accelerator", {}).get("resourceType") == "nvidia.com/gpu"
-    }
-    assert gpus, "no step asks for a GPU"
-    assert max(gpus.values()) <= int(limit["max"]["nvidia.com/gpu"])
-    # GPU steps must tolerate the GPU taint the docs tell platform engineers to use.
-    for name in gpus:
-        keys = {t["key"] for t in executors[name].get("tolerations", [])}
-        assert "nvidia.com/gpu" in keys, f"{name} does not tolerate the nvidia.com/gpu taint"
+    assert int(limit["max"][GPU]) == MAX_GPUS
+    assert int(one("overlays/gpu", "ResourceQuota", "uft-gpu")["spec"]["hard"][f"requests.{GPU}"]) >= peak
+    for name in gpu_tasks:  # GPU steps must tolerate the taint the docs tell platform engineers to use
+        ex = executors[executor_of(spec, tasks[name])]
+        assert "nvidia.com/gpu" in {t["key"] for t in ex.get("tolerations", [])}, name
+
+
+def limit_range_defaults(limit_range: dict, resources: dict) -> dict:
+    """A container's resources after Kubernetes admits it in a namespace with ``limit_range``:
+    the API server first defaults a LimitRange item's missing ``default`` to its ``max`` and
+    ``defaultRequest`` to ``default`` (SetDefaults_LimitRangeItem), then the LimitRanger admission
+    plugin fills every limit and request the container leaves out (a request defaults to the
+    container's own limit first, as pod defaulting does)."""
+    limits, requests = dict(resources.get("limits", {})), dict(resources.get("requests", {}))
+    for k, v in limits.items():
+        requests.setdefault(k, v)
+    for item in limit_range["spec"]["limits"]:
+        if item["type"] != "Container":
+            continue
+        default = {**item.get("max", {}), **item.get("default", {})}
+        default_request = {**default, **item.get("defaultRequest", {})}
+        for k, v in default.items():
+            limits.setdefault(k, v)
+        for k, v in default_request.items():
+            requests.setdefault(k, v)
+    return {"limits": limits, "requests": requests}
+
+
+def test_gpu_limit_range_gives_cpu_containers_no_gpu(compiled):
+    """Defect 3: with only `max: nvidia.com/gpu: 1`, Kubernetes defaulted every container's GPU
+    request and limit to 1: MLflow, Postgres, KFP's driver and launcher, Argo's sidecars. Admit the
+    overlay's own containers, the pipeline's CPU steps and a bare sidecar under its LimitRange."""
+    lr = one("overlays/gpu", "LimitRange", "uft-gpu")
+    spec, _ = compiled
+    cpu_containers = {"argo-sidecar (no resources)": {}}
+    for d in objects("overlays/gpu", "Deployment") + objects("overlays/gpu", "StatefulSet"):
+        for c in d["spec"]["template"]["spec"]["containers"] + d["spec"]["template"]["spec"].get("initContainers", []):
+            cpu_containers[f"{d['metadata']['name']}/{c['name']}"] = c.get("resources", {})
+    for name in dag_tasks(spec):
+        r = resolved_resources(spec, name, 2)
+        if r and GPU not in r:
+            cpu_containers[f"step {name}"] = {"limits": {"cpu": r["resourceCpuLimit"], "memory": r["resourceMemoryLimit"]}}
+    assert len(cpu_containers) > 5
+    for where, res in cpu_containers.items():
+        admitted = limit_range_defaults(lr, res)
+        assert admitted["limits"].get(GPU, "0") == "0" and admitted["requests"].get(GPU, "0") == "0", (
+            f"{where} would be given {admitted['limits'].get(GPU)} GPU(s) by the LimitRange")
+    # A GPU step keeps what it asked for, within the max.
+    gpu = limit_range_defaults(lr, {"limits": {GPU: "4"}})
+    assert gpu["limits"][GPU] == gpu["requests"][GPU] == "4"
+    # The simulation is not vacuous: the old LimitRange (max only) hands every container a GPU.
+    old = {"spec": {"limits": [{"type": "Container", "max": {GPU: "1"}}]}}
+    assert limit_range_defaults(old, {})["requests"][GPU] == "1"
+
+
+@pytest.mark.parametrize("gpus", [1, 4])
+def test_training_components_run_ddp_with_the_gpu_count(gpus, monkeypatch):
+    """Deliverable 6: `gpus` > 1 runs pretrain and ssl_finetune under torchrun with one process per
+    GPU (uft.ssl.ddp_entry.launch, tested end to end in tests/unit/test_ddp.py); 1 runs in-process.
+    The kwargs handed to launch() must be exactly what the step functions accept."""
+    import inspect
+
+    from components.pretrain import pretrain
+    from components.ssl_finetune import ssl_finetune
+    from uft import steps
+    from uft.ssl import ddp_entry
+
+    calls = []
+
+    def fake_launch(step, kwargs, nproc, **kw):
+        inspect.signature(getattr(steps, step)).bind(**kwargs)
+        calls.append((step, nproc, kwargs["store_uri"]))
+        return {"encoder_uri": f"s3://b/{step}/manifest.json", "encoder_sha": "0" * 64}
+
+    def in_process(step):
+        def run(*args, **kwargs):
+            inspect.signature(getattr(steps, step)).bind(*args, **kwargs)
+            calls.append((step, 1, kwargs.get("store_uri", args[2] if len(args) > 2 else None)))
+            return {"encoder_uri": f"s3://b/{step}/manifest.json", "encoder_sha": "0" * 64}
+        return run
+
+    monkeypatch.setattr(ddp_entry, "launch", fake_launch)
+    monkeypatch.setattr(steps, "pretrain", in_process("pretrain"))
+    monkeypatch.setattr(steps, "finetune", in_process("finetune"))
+    monkeypatch.setenv("UFT_BUCKET", "team-b")
+    common = dict(store_uri="", run_id="r", job_id="j", experiment="e", seed=0, lr=1e-3, batch_size=8, checkpoint_every=2)
+    pretrain.python_func(source_uri="s3://b/d/manifest.json", source_sha="0" * 64, encoder="tiny", encoder_width=8,
+                         method="simclr", steps=2, pretrained_encoder="", gpus_per_node=gpus, **common)
+    ssl_finetune.python_func(encoder_uri="s3://b/e/manifest.json", target_uri="s3://b/t/manifest.json", source_uri="",
+                             replay_uri="", plan_uri="", method="simclr", steps=2, replay_ratio=0.0, radreg_weight=0.0,
+                             gpus_per_node=gpus, **common)
+    # an empty store_uri resolves to the one bucket setting
+    assert calls == [("pretrain", gpus, "s3://team-b/uft"), ("finetune", gpus, "s3://team-b/uft")]

@@ -63,3 +63,59 @@ def test_trigger_is_serialised_and_uses_secrets():
     (job,) = wf["jobs"].values()
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI", "KFP_HOST"):
         assert job["env"][name] == f"${{{{ secrets.{name} }}}}", f"{name} must come from GitHub secrets"
+
+
+def test_images_workflow_builds_both_images_and_reports_digests():
+    """Defect 6: nothing published the images. On a version tag (or by hand) both Dockerfiles are
+    built and pushed to ghcr.io, and the summary gives each as repo@sha256 for UFT_IMAGE/UFT_GPU_IMAGE."""
+    wf = load("images.yml")
+    assert wf["on"]["push"]["tags"] == ["v*"] and "workflow_dispatch" in wf["on"]
+    assert wf["permissions"] == {"contents": "read", "packages": "write"}
+    (job,) = wf["jobs"].values()
+    assert job["timeout-minutes"] <= 60
+    matrix = {m["flavour"]: m["variable"] for m in job["strategy"]["matrix"]["include"]}
+    assert matrix == {"cpu": "UFT_IMAGE", "cuda": "UFT_GPU_IMAGE"}
+    root = WORKFLOWS.parents[1]
+    for flavour in matrix:
+        assert (root / f"docker/Dockerfile.{flavour}").is_file()
+    for step in job["steps"]:
+        if "uses" in step:
+            assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", step["uses"]), f"pin {step['uses']} to a major tag"
+    build = next(s for s in job["steps"] if s.get("uses", "").startswith("docker/build-push-action@"))
+    assert build["with"]["push"] is True and build["with"]["file"] == "docker/Dockerfile.${{ matrix.flavour }}"
+    login = next(s for s in job["steps"] if s.get("uses", "").startswith("docker/login-action@"))
+    assert login["with"]["registry"] == "ghcr.io" and login["with"]["password"] == "${{ secrets.GITHUB_TOKEN }}"
+    digest = next(s for s in job["steps"] if s.get("name") == "Digest")
+    assert digest["env"]["REF"] == "${{ steps.repo.outputs.name }}@${{ steps.build.outputs.digest }}"
+    assert "GITHUB_STEP_SUMMARY" in digest["run"] and "${{ matrix.variable }}=$REF" in digest["run"]
+
+
+def _check_configuration(tmp_path, **env) -> tuple[int, str, str]:
+    """Run the trigger workflow's "Check configuration" script with bash, as the runner would."""
+    import os
+    import subprocess
+
+    wf = load("trigger.yml")
+    script = next(s["run"] for s in steps(wf) if s.get("name") == "Check configuration")
+    out = tmp_path / "github_output"
+    out.write_text("")
+    base = {"KFP_HOST": "", "UFT_TARGET_URI": "", "UFT_IMAGE": "", "UFT_GPU_IMAGE": ""}
+    proc = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, timeout=30,
+                          env={"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(out), **base, **env})
+    return proc.returncode, out.read_text(), proc.stdout + proc.stderr
+
+
+def test_trigger_runs_only_digest_pinned_images(tmp_path):
+    """Defect 6: the trigger ran with the compiled-in default tags. It now compiles with
+    vars.UFT_IMAGE/UFT_GPU_IMAGE and refuses anything but image@sha256."""
+    wf = load("trigger.yml")
+    (job,) = wf["jobs"].values()
+    assert job["env"]["UFT_IMAGE"] == "${{ vars.UFT_IMAGE }}" and job["env"]["UFT_GPU_IMAGE"] == "${{ vars.UFT_GPU_IMAGE }}"
+    assert job["env"]["KFP_TOKEN"] == "${{ secrets.KFP_TOKEN }}" and job["env"]["UFT_BUCKET"] == "${{ vars.UFT_BUCKET }}"
+    pinned = "ghcr.io/o/r@sha256:" + "0" * 64
+    ready = dict(KFP_HOST="http://kfp", UFT_TARGET_URI="s3://b/t")
+    assert _check_configuration(tmp_path)[:2] == (0, "ok=false\n")  # not configured: skip quietly
+    assert _check_configuration(tmp_path, **ready, UFT_IMAGE=pinned, UFT_GPU_IMAGE=pinned)[:2] == (0, "ok=true\n")
+    for cpu, gpu in [("ghcr.io/o/r:v1-cpu", pinned), (pinned, "ghcr.io/o/r:latest"), ("", "")]:
+        rc, out, log = _check_configuration(tmp_path, **ready, UFT_IMAGE=cpu, UFT_GPU_IMAGE=gpu)
+        assert rc == 1 and "ok=true" not in out and "@sha256" in log

@@ -109,7 +109,10 @@ def test_compiled_yaml_has_kubernetes_settings_and_rerun_reuses_everything(local
     assert ft["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
     assert {e["envVar"] for s in ft["secretAsEnv"] for e in s["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     res = spec["deploymentSpec"]["executors"]["exec-ssl-finetune"]["container"]["resources"]
-    assert res["accelerator"]["resourceCount"] == "1" and res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    # The GPU count is the run's `gpus` parameter (default 1), not a compile-time constant.
+    assert res["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
+    assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert spec["root"]["inputDefinitions"]["parameters"]["gpus"]["defaultValue"] == 1
     ft_task = spec["root"]["dag"]["tasks"]["exit-handler-1"]["componentRef"]["name"]
     inner = spec["components"][ft_task]["dag"]["tasks"]["ssl-finetune"]
     assert inner["retryPolicy"]["maxRetryCount"] == 3

@@ -3,78 +3,17 @@ the trigger's state and target data live on the real local S3 server."""
 
 from __future__ import annotations
 
-import inspect
 import json
-from pathlib import Path
-from types import SimpleNamespace
+import re
+from unittest import mock
 
 import boto3
 import pytest
-import yaml
 
+from tests.kfp_fake import HOST, FakeClient
 from uft.errors import UftError
 from uft.orchestrate.submit import kfp_cron, schedule, submit
 from uft.orchestrate.trigger import target_hash, trigger
-
-HOST = "http://kfp.example:8080"
-
-
-def _real_signature(name: str, *args, **kwargs) -> None:
-    """The call the fake received must also bind to kfp.Client's own method (names, no extras)."""
-    import kfp
-
-    inspect.signature(getattr(kfp.Client, name)).bind(None, *args, **kwargs)
-
-
-class FakeClient:
-    """Records calls the way kfp.Client receives them; the package is parsed while it exists."""
-
-    def __init__(self, fail: bool = False):
-        self.fail = fail
-        self.runs: list[dict] = []
-        self.recurring: list[dict] = []
-        self.deleted: list[str] = []
-        self.experiments: dict[str, str] = {}
-
-    def _package(self, path: str) -> dict:
-        assert Path(path).is_file()
-        spec, platform = list(yaml.safe_load_all(Path(path).read_text()))
-        assert spec["pipelineInfo"]["name"] == "uft" and "kubernetes" in platform["platforms"]
-        return spec
-
-    def create_run_from_pipeline_package(self, pipeline_file, arguments=None, run_name=None, experiment_name=None,
-                                         namespace=None, service_account=None, **kw):
-        _real_signature("create_run_from_pipeline_package", pipeline_file, arguments=arguments, run_name=run_name,
-                        experiment_name=experiment_name, namespace=namespace, service_account=service_account, **kw)
-        if self.fail:
-            raise ConnectionError("connection refused")
-        spec = self._package(pipeline_file)
-        self.runs.append(dict(arguments=arguments, run_name=run_name, experiment_name=experiment_name,
-                              namespace=namespace, service_account=service_account, spec=spec))
-        return SimpleNamespace(run_id=f"run-{len(self.runs)}")
-
-    def create_experiment(self, name, description=None, namespace=None):
-        _real_signature("create_experiment", name, description=description, namespace=namespace)
-        eid = self.experiments.setdefault(name, f"exp-{len(self.experiments) + 1}")
-        return SimpleNamespace(experiment_id=eid, display_name=name)
-
-    def list_recurring_runs(self, page_token="", page_size=10, sort_by="", experiment_id=None, namespace=None, filter=None):
-        _real_signature("list_recurring_runs", page_token=page_token, page_size=page_size, experiment_id=experiment_id,
-                        namespace=namespace)
-        rows = [SimpleNamespace(recurring_run_id=r["id"], display_name=r["job_name"]) for r in self.recurring
-                if r["experiment_id"] == experiment_id and r["id"] not in self.deleted]
-        return SimpleNamespace(recurring_runs=rows or None, next_page_token="")
-
-    def create_recurring_run(self, experiment_id, job_name, pipeline_package_path=None, **kw):
-        _real_signature("create_recurring_run", experiment_id, job_name, pipeline_package_path=pipeline_package_path, **kw)
-        self._package(pipeline_package_path)
-        self.recurring.append(dict(id=f"rr-{len(self.recurring) + 1}", experiment_id=experiment_id, job_name=job_name, **kw))
-        return SimpleNamespace(recurring_run_id=self.recurring[-1]["id"])
-
-    def delete_recurring_run(self, recurring_run_id):
-        _real_signature("delete_recurring_run", recurring_run_id)
-        self.deleted.append(recurring_run_id)
-        return {}
 
 
 # --- submit / schedule ----------------------------------------------------------------------------
@@ -88,7 +27,7 @@ def test_submit_compiles_validates_and_passes_params():
     # typed by RunConfig / the package's declared inputs; experiment also becomes the MLflow experiment
     assert r["arguments"] == {"finetune_steps": 100, "target": "s3://uft-artifacts/data/target", "lr": 0.01,
                               "store_uri": "s3://b/uft", "experiment": "uft-prod"}
-    assert (r["experiment_name"], r["namespace"], r["service_account"]) == ("uft-prod", "uft", "uft-pipeline-runner")
+    assert (r["experiment_name"], c.namespace, r["service_account"]) == ("uft-prod", "uft", "uft-pipeline-runner")
     assert set(r["arguments"]) <= set(r["spec"]["root"]["inputDefinitions"]["parameters"])
 
 
@@ -157,6 +96,97 @@ def test_bad_cron_is_a_clear_error(cron, message):
         schedule(HOST, cron, {}, client=FakeClient())
 
 
+def test_runs_start_from_a_named_versioned_pipeline_with_a_meaningful_name():
+    """Deliverable 5: the package becomes a version of pipeline `uft` named by its content hash
+    (same code and images: the same version, reused), and the run's name says what it runs."""
+    c = FakeClient()
+    submit(HOST, {"target": "s3://b/data/target", "ssl_method": "act", "seed": "2", "gpus": "4"}, experiment="prod", client=c)
+    submit(HOST, {"seed": "3"}, experiment="prod", client=c)
+    assert list(c.pipelines) == ["uft"]
+    named = {v["name"] for v in c.versions.values()}
+    (version,) = named - {"uft"}
+    assert re.fullmatch(r"uft-\d+\.\d+\.\d+-[0-9a-f]{12}", version)
+    assert c.runs[0]["version_id"] == c.runs[1]["version_id"] and c.versions[c.runs[0]["version_id"]]["name"] == version
+    assert "ghcr.io/" in c.versions[c.runs[0]["version_id"]]["description"]  # the images it pulls
+    assert re.fullmatch(r"uft mnist→target act seed=2 gpus=4 \[prod\] · \d{4}-\d\d-\d\d \d\d:\d\dZ", c.runs[0]["run_name"])
+    assert c.runs[1]["run_name"].startswith("uft mnist→optdigits simclr seed=3 gpus=1 [prod]")
+    # a change to the package (code, images) is another version of the same pipeline
+    c.pipelines["uft"], before = c.pipelines["uft"], len(c.versions)
+    with mock.patch("uft.orchestrate.submit.pipeline_version_name", return_value="uft-0.1.0-000000000000"):
+        submit(HOST, {}, experiment="prod", client=c)
+    assert len(c.versions) == before + 1 and list(c.pipelines) == ["uft"] and c.runs[2]["version_id"] != c.runs[0]["version_id"]
+
+
+@pytest.mark.parametrize("version, stated, message", [
+    ("2.3.0", None, "reports version 2.3.0, older than 2.15.0"),
+    (None, None, "does not report its version and none was given"),
+    (None, "2.14.1", "was stated as version 2.14.1, older than"),
+    (None, "latest", "is not a version"),
+])
+def test_submit_refuses_a_kfp_backend_too_old_for_the_spec(version, stated, message):
+    """Defect 5: the compiled spec needs a recent backend; an older one fails obscurely in the
+    driver. The check happens before anything is uploaded."""
+    c = FakeClient(version=version)
+    with pytest.raises(UftError, match=message):
+        submit(HOST, {}, client=c, kfp_version=stated)
+    with pytest.raises(UftError, match=message):
+        schedule(HOST, "0 3 * * *", {}, client=c, kfp_version=stated)
+    assert c.runs == [] and c.versions == {} and c.recurring == []
+
+
+def test_backend_version_reported_or_stated():
+    from uft.orchestrate.submit import MIN_KFP_VERSION, check_backend
+
+    assert check_backend(FakeClient(version="2.17.1"), HOST, "2.0.0") == "2.17.1"  # the server's word wins
+    assert check_backend(FakeClient(version=None), HOST, "v2.16.0") == "v2.16.0"
+    with mock.patch.dict("os.environ", {"UFT_KFP_VERSION": MIN_KFP_VERSION}):
+        assert check_backend(FakeClient(version=None), HOST) == MIN_KFP_VERSION
+
+
+def test_version_and_token_go_over_the_real_kfp_client(monkeypatch):
+    """The healthz call and the bearer token through a real kfp.Client against a local HTTP server
+    that answers like the KFP API (the only server stand-in: no cluster here)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from uft.orchestrate.submit import backend_version, kfp_client
+
+    seen = []
+
+    class Api(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = json.dumps({"commit_sha": "x", "tag_name": "2.16.2", "multi_user": True}).encode()
+            self.send_response(200 if self.path == "/apis/v1beta1/healthz" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("KFP_TOKEN", "s3cr3t")
+        client = kfp_client(f"http://127.0.0.1:{server.server_port}", "team")
+        assert backend_version(client) == "2.16.2"
+        assert seen[-1] == ("/apis/v1beta1/healthz", "Bearer s3cr3t")
+        monkeypatch.delenv("KFP_TOKEN")
+        backend_version(kfp_client(f"http://127.0.0.1:{server.server_port}"))
+        assert seen[-1] == ("/apis/v1beta1/healthz", None)
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("gpus", ["0", "9", "1.5", "two"])
+def test_gpu_count_is_checked_before_contacting_kfp(gpus):
+    c = FakeClient()
+    with pytest.raises(UftError, match="gpus"):
+        submit(HOST, {"gpus": gpus}, client=c)
+    assert c.runs == [] and c.versions == {}
+
+
 # --- trigger --------------------------------------------------------------------------------------
 
 def _put(bucket: str, key: str, body: bytes) -> None:
@@ -183,6 +213,40 @@ def test_trigger_submits_only_when_the_target_changes(bucket):
     third = trigger(HOST, target, {"store_uri": store}, client=c)
     assert third["changed"] and third["previous"] == first["hash"] and third["run_id"] == "run-2" and len(c.runs) == 2
     assert not trigger(HOST, target, {"store_uri": store}, client=c)["changed"] and len(c.runs) == 2
+
+
+def test_a_failed_run_is_retried_and_a_succeeded_one_is_not(bucket):
+    """Defect 9: the hash was recorded when KFP accepted the run, so a run that then failed was
+    never retried until the data changed. Same data: wait while the run goes, retry after it
+    fails or is cancelled, stop once one succeeded."""
+    _put(bucket, "data/target/a.png", b"a")
+    target, store = f"s3://{bucket}/data/target", f"s3://{bucket}/uft"
+    c = FakeClient()
+    first = trigger(HOST, target, {"store_uri": store}, client=c)
+    assert first["action"] == "submitted" and first["run_id"] == "run-1"
+    assert trigger(HOST, target, {"store_uri": store}, client=c)["action"] == "waiting"  # run-1 RUNNING
+    c.states["run-1"] = "FAILED"
+    retry = trigger(HOST, target, {"store_uri": store}, client=c)
+    assert (retry["action"], retry["run_id"], retry["previous_run"], retry["previous_state"]) == ("retried", "run-2", "run-1", "FAILED")
+    assert retry["hash"] == first["hash"] and c.runs[1]["run_name"].endswith("(retry)")
+    c.states["run-2"] = "CANCELED"
+    assert trigger(HOST, target, {"store_uri": store}, client=c)["action"] == "retried" and len(c.runs) == 3
+    c.states["run-3"] = "SUCCEEDED"
+    done = trigger(HOST, target, {"store_uri": store}, client=c)
+    assert done["action"] == "none" and done["previous_state"] == "SUCCEEDED" and len(c.runs) == 3
+    record = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key=done["state"].split("/", 3)[3])["Body"].read())
+    assert record["status"] == "succeeded" and record["run_id"] == "run-3"
+    c.states.clear()  # recorded as succeeded: KFP is not asked again (runs may be deleted later)
+    assert trigger(HOST, target, {"store_uri": store}, client=c)["action"] == "none" and len(c.runs) == 3
+
+
+def test_a_run_kfp_no_longer_knows_is_resubmitted(bucket):
+    _put(bucket, "t/a.png", b"a")
+    c = FakeClient()
+    trigger(HOST, f"s3://{bucket}/t", {"store_uri": f"s3://{bucket}/uft"}, client=c)
+    del c.states["run-1"]
+    res = trigger(HOST, f"s3://{bucket}/t", {"store_uri": f"s3://{bucket}/uft"}, client=c)
+    assert res["action"] == "retried" and res["previous_state"] == "MISSING" and len(c.runs) == 2
 
 
 def test_changing_one_object_changes_the_hash_and_siblings_do_not(bucket):

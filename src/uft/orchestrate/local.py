@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from uft import progress
-from uft.config import RunConfig
+from uft.config import RunConfig, default_bucket
 from uft.errors import UftError
 from uft.store import content_key
 
-DEFAULT_BUCKET = "uft-artifacts"
 
 
 def state_dir() -> Path:
@@ -42,7 +41,7 @@ def local_services(state: Path, *, start_s3: bool = True, say: Callable[[str], N
         if say is not None and server.note:
             say(server.note)
     env.setdefault("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow.db'}"))
-    env.setdefault("UFT_MLFLOW_ARTIFACTS", os.environ.get("UFT_MLFLOW_ARTIFACTS", f"s3://{DEFAULT_BUCKET}/mlflow"))
+    env.setdefault("UFT_MLFLOW_ARTIFACTS", os.environ.get("UFT_MLFLOW_ARTIFACTS", f"s3://{default_bucket()}/mlflow"))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -335,7 +334,7 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     from pipelines.uft_pipeline import uft_pipeline
     from uft import tracking
 
-    store_uri = store_uri or f"s3://{DEFAULT_BUCKET}/uft"
+    store_uri = store_uri or f"s3://{default_bucket()}/uft"
     run_id = run_id or derive_run_id(cfg, store_uri)
     root = state_dir() / "kfp-root"
     root.mkdir(parents=True, exist_ok=True)

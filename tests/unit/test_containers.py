@@ -1,0 +1,78 @@
+"""The container harness's pod model, without Docker: which env each task of the compiled YAML
+gets from the cluster's Secret and ConfigMap, its tmpfs/limits, and the service URL rewrite."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from uft.errors import UftError
+from uft.orchestrate.containers import ClusterObjects, cluster_objects, load_compiled, pod_env, pod_run_args
+
+MANIFESTS = [
+    {"kind": "ConfigMap", "metadata": {"name": "uft-config"},
+     "data": {"AWS_ENDPOINT_URL": "http://seaweedfs.uft.svc.cluster.local:8333", "AWS_DEFAULT_REGION": "us-east-1",
+              "MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_S3_ENDPOINT_URL": "http://seaweedfs:8333",
+              "UFT_MLFLOW_ARTIFACTS": "", "UFT_BUCKET": "uft-artifacts"}},
+    {"kind": "Secret", "metadata": {"name": "uft-s3"},
+     "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(b"ak").decode(),
+              "AWS_SECRET_ACCESS_KEY": base64.b64encode(b"sk").decode()}},
+    {"kind": "Deployment", "metadata": {"name": "mlflow"}},
+]
+SERVICES = {"seaweedfs": "http://127.0.0.1:1111", "mlflow": "http://127.0.0.1:2222"}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    from uft.orchestrate.compile import compile_pipeline
+
+    return load_compiled(compile_pipeline(tmp_path_factory.mktemp("c") / "p.yaml"))
+
+
+def test_cluster_objects_decode_the_secret_and_point_services_at_local_endpoints():
+    objs = cluster_objects(MANIFESTS, SERVICES)
+    assert objs.secrets == {"uft-s3": {"AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "sk"}}
+    cfg = objs.config_maps["uft-config"]
+    assert cfg["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1111" and cfg["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:1111"
+    assert cfg["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:2222" and cfg["UFT_BUCKET"] == "uft-artifacts"
+    # A host that is not a known service (a real S3 endpoint) is left alone.
+    other = cluster_objects([{"kind": "ConfigMap", "metadata": {"name": "c"},
+                              "data": {"U": "https://s3.us-east-1.amazonaws.com"}}], SERVICES)
+    assert other.config_maps["c"]["U"] == "https://s3.us-east-1.amazonaws.com"
+
+
+def test_every_task_of_the_compiled_pipeline_gets_credentials_and_mlflow(compiled):
+    """What a pod of each task sees: the exit handler included (a parent run left RUNNING otherwise)."""
+    spec, platform = compiled
+    objs = cluster_objects(MANIFESTS, SERVICES)
+    executors = spec["deploymentSpec"]["executors"]
+    assert "exec-finalize" in executors
+    for executor in executors:
+        env = pod_env(platform, executor, objs)
+        assert env.get("AWS_ACCESS_KEY_ID") == "ak", executor
+        assert env.get("MLFLOW_TRACKING_URI") == "http://127.0.0.1:2222", f"{executor} cannot reach MLflow"
+
+
+def test_a_missing_secret_or_key_fails_the_task_unless_optional(compiled):
+    spec, platform = compiled
+    with pytest.raises(UftError, match="secret 'uft-s3' does not exist"):
+        pod_env(platform, "exec-ingest", ClusterObjects(config_maps=cluster_objects(MANIFESTS, {}).config_maps))
+    objs = cluster_objects(MANIFESTS, {})
+    objs.config_maps["uft-config"].pop("MLFLOW_TRACKING_URI")
+    with pytest.raises(UftError, match="no key 'MLFLOW_TRACKING_URI'"):
+        pod_env(platform, "exec-ingest", objs)
+    optional = {"x": {"secretAsEnv": [{"secretName": "absent", "optional": True,
+                                       "keyToEnv": [{"secretKey": "k", "envVar": "K"}]}]}}
+    assert pod_env(optional, "x", ClusterObjects()) == {}
+
+
+def test_pod_run_args_follow_shm_and_limits():
+    platform = {"x": {"emptyDirMounts": [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "8Gi"},
+                                         {"medium": "Memory", "mountPath": "/scratch", "sizeLimit": "1Gi"},
+                                         {"mountPath": "/disk"}]}}
+    args = pod_run_args(platform, "x", {"resources": {"resourceCpuLimit": "500m", "resourceMemoryLimit": "8G"}})
+    assert args == {"shm_size": 8 * 2**30, "tmpfs": {"/scratch": f"size={2**30}"}, "nano_cpus": 500_000_000,
+                    "mem_limit": 8_000_000_000}
+    # A limit set from a pipeline parameter is only known at run time: left to the runner.
+    assert pod_run_args({}, "x", {"resources": {"resourceCpuLimit": "{{$.inputs.parameters['cpu']}}"}}) == {}

@@ -68,6 +68,7 @@ def uft_pipeline(
     target_limit: int = D.target_limit,
     source_test_fraction: float = D.source_test_fraction,
     target_test_fraction: float = D.target_test_fraction,
+    framing: str = D.framing,
     encoder: str = D.encoder,
     encoder_width: int = D.encoder_width,
     pretrained_encoder: str = D.pretrained_encoder,
@@ -99,10 +100,10 @@ def uft_pipeline(
     kubernetes.use_secret_as_env(done, secret_name=S3_SECRET, secret_key_to_env=ENV_SECRET_KEYS)
     with dsl.ExitHandler(done, name="uft-run"):
         src = _platform(ingest(spec=source, store_uri=store_uri, role="source", image_size=image_size, channels=channels,
-                               limit=source_limit, test_fraction=source_test_fraction, seed=seed, **run))
+                               limit=source_limit, test_fraction=source_test_fraction, seed=seed, framing=framing, **run))
         src.set_display_name("ingest-source")
         tgt = _platform(ingest(spec=target, store_uri=store_uri, role="target", image_size=image_size, channels=channels,
-                               limit=target_limit, test_fraction=target_test_fraction, seed=seed, **run))
+                               limit=target_limit, test_fraction=target_test_fraction, seed=seed, framing=framing, **run))
         tgt.set_display_name("ingest-target")
         base = _platform(pretrain(source_uri=src.outputs["dataset_uri"], source_sha=src.outputs["dataset_sha"],
                                   store_uri=store_uri, encoder=encoder, encoder_width=encoder_width, method=pretrain_method,

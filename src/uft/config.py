@@ -37,6 +37,7 @@ class RunConfig(BaseModel):
     target_limit: int = Field(0, ge=0, description="0 = all target images")
     target_test_fraction: float = Field(0.5, gt=0, lt=1)
     source_test_fraction: float = Field(0.1, gt=0, lt=1, description="held out for source retention")
+    framing: str = Field("auto", description="auto | content_box | keep: crop images to their content at ingest")
 
     encoder: str = "tiny"
     encoder_width: int = Field(32, ge=4, le=1024)
@@ -71,6 +72,15 @@ class RunConfig(BaseModel):
     def _replay_rule(cls, v: str) -> str:
         if v not in REPLAY_RULES:
             raise ValueError(f"unknown replay_rule {v!r}; choose one of {', '.join(REPLAY_RULES)}")
+        return v
+
+    @field_validator("framing")
+    @classmethod
+    def _framing(cls, v: str) -> str:
+        from uft.data.framing import FRAMINGS
+
+        if v not in FRAMINGS:
+            raise ValueError(f"unknown framing {v!r}; choose one of {', '.join(FRAMINGS)}")
         return v
 
     @field_validator("mix_op")

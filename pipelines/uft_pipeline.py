@@ -93,6 +93,7 @@ def uft_pipeline(
     holistic_seen: str = D.holistic_seen,
     holistic_methods: str = D.holistic_methods,
     holistic_steps: int = D.holistic_steps,
+    holistic_source_steps: int = D.holistic_source_steps,
     seed: int = D.seed,
 ):
     run = dict(run_id=run_id, job_id=JOB, experiment=experiment)
@@ -131,7 +132,8 @@ def uft_pipeline(
             metric_tasks[f"linear_{tag}"], metric_tasks[f"knn_{tag}"] = lin.outputs["Output"], knn.outputs["Output"]
         hol = _platform(holistic(encoder_uri=base.outputs["encoder_uri"], source_uri=src.outputs["dataset_uri"],
                                  target_uri=tgt.outputs["dataset_uri"], store_uri=store_uri, seen=holistic_seen,
-                                 methods=holistic_methods, steps=holistic_steps, seed=seed, **run), gpu=True)
+                                 methods=holistic_methods, steps=holistic_steps, source_steps=holistic_source_steps,
+                                 seed=seed, **run), gpu=True)
         _platform(report(**metric_tasks, holistic=hol.outputs["Output"], store_uri=store_uri,
                                source_uri=src.outputs["dataset_uri"], target_uri=tgt.outputs["dataset_uri"],
                                base_encoder_uri=base.outputs["encoder_uri"], finetuned_encoder_uri=ft.outputs["encoder_uri"],

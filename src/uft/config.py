@@ -65,6 +65,7 @@ class RunConfig(BaseModel):
     holistic_seen: str = Field("0,1,2,3,4", description="target classes with training labels")
     holistic_methods: str = Field("adabn,naive,frozen_head", description="comma-separated holistic methods")
     holistic_steps: int = Field(150, ge=1)
+    holistic_source_steps: int = Field(600, ge=1, description="steps of the source classifier's supervised training")
     seed: int = Field(0, ge=0)
 
     @field_validator("replay_rule")

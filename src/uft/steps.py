@@ -377,10 +377,13 @@ def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, sou
 
 
 def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri: str, *, seen: str = "0,1,2,3,4",
-                  methods: str = "naive", steps: int = 150, seed: int = 0, run_id: str = "local",
-                  experiment: str = "uft") -> dict[str, Any]:
+                  methods: str = "naive", steps: int = 150, seed: int = 0, source_steps: int | None = None,
+                  run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """Holistic transfer: source classifier (all classes, source labels) → finetuned on the seen
-    target classes by each method; overall / seen / unseen accuracy before and after."""
+    target classes by each method; overall / seen / unseen accuracy before and after. The source
+    classifier's accuracy on the target is checked first (``start_check`` in the metrics, MLflow tag
+    ``degenerate_start``; a warning is logged when it is near chance or collapsed).
+    ``source_steps``: its training steps (None = HolisticConfig's default)."""
     from uft.data.dataset import load_dataset
     from uft.models.artifact import load_encoder
     from uft.transfer.holistic import (SOURCE_RECIPE, HolisticConfig, check_start, run_holistic, start_warning,
@@ -391,7 +394,7 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     params = {"encoder_sha": manifest_sha(encoder_uri), "source_sha": manifest_sha(source_uri),
               "target_sha": manifest_sha(target_uri), "seen": seen, "methods": methods, "steps": steps, "seed": seed,
-              "source_recipe": SOURCE_RECIPE}
+              "source_recipe": SOURCE_RECIPE, "source_steps": source_steps or HolisticConfig().source_steps}
     with tracking.step_run(experiment, run_id, "holistic", params) as run:
         def compute(key: str) -> dict[str, Any]:
             src = load_dataset(source_uri).subset("train")
@@ -412,7 +415,7 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
             if list(src.classes) != list(tgt.classes):  # same names, different label ids: heads would be misread
                 raise UftError(f"source and target list their classes in different orders ({src.classes[:5]}… vs "
                                f"{tgt.classes[:5]}…): ingest both with the same class order")
-            cfg = HolisticConfig(steps=steps, seed=seed)
+            cfg = HolisticConfig(steps=steps, seed=seed, source_steps=params["source_steps"])
             enc, _ = load_encoder(encoder_uri)
             head = train_source_classifier(enc, src.floats(), src.labels, num_classes, cfg)
             tr, te = tgt.subset("train"), tgt.subset("test")

@@ -98,6 +98,9 @@ def test_degenerate_start_refuses_to_build_a_table(micro_data, monkeypatch, tmp_
     md = (out / "holistic.md").read_text()
     assert md.count("WARNING: degenerate start") == 1 and "| 1.00 | **yes** |" in md
     assert json.loads((out / "holistic.json").read_text())["meta"]["degenerate"] is True
+    # ... and such a run cannot be re-rendered into a table either
+    assert main(["--from-json", str(out / "holistic.json"), "--out", str(tmp_path / "again")]) == 2
+    assert not (tmp_path / "again").exists()
 
 
 def test_rows_and_value_ranges(micro_runs):
@@ -155,6 +158,13 @@ def test_cli_writes_results(tmp_path):
     assert data["meta"]["data"]["n_source_train"] == 180  # 200 minus the 10 % held-out source test split
     assert "| naive+ALG |" in (out / "holistic.md").read_text()
     assert (out / "holistic_per_class.png").read_bytes().startswith(PNG)
+    # re-rendering the saved runs reproduces the summary (with degenerate marked false to allow it)
+    data["meta"]["degenerate"] = False
+    (tmp_path / "saved.json").write_text(json.dumps(data))
+    assert main(["--from-json", str(tmp_path / "saved.json"), "--out", str(tmp_path / "re")]) == 0
+    again = json.loads((tmp_path / "re" / "holistic.json").read_text())
+    assert again["summary"]["adabn"]["naive"]["overall"] == data["summary"]["adabn"]["naive"]["overall"]
+    assert "Δoverall vs AdaBN" in (tmp_path / "re" / "holistic.md").read_text()
 
 
 def _holistic_collected(seen_key: bool) -> list[dict]:

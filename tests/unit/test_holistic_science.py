@@ -21,9 +21,11 @@ from uft.transfer.holistic import check_start, make_config, run_holistic, train_
 
 SEEN = [0, 1, 2, 3, 4]
 C = 10
-#: Methods that aim to keep the unseen classes (METHODS.md §3), as HolisticConfig overrides.
+#: Methods that aim to keep the unseen classes (METHODS.md §3), as HolisticConfig overrides; the
+#: fast version runs the two cheapest (PCV alone costs a finetune per split).
 PRESERVING = {"frozen_head": {"method": "frozen_head"}, "distill": {"method": "distill"},
-              "naive+PCV": {"method": "naive", "calibration": "pcv"}}
+              "naive+ALG": {"method": "naive", "calibration": "alg"}, "naive+PCV": {"method": "naive", "calibration": "pcv"}}
+PRESERVING_FAST = ("frozen_head", "distill")
 
 pytestmark = pytest.mark.skipif(not (vendor_dir() / "mnist").is_dir(), reason="bundled MNIST not installed (make install)")
 
@@ -53,7 +55,7 @@ def source_model(data, seed: int, width: int, **cfg):
 
 # ----------------------------------------------------------------------------- fast (make test)
 
-FAST = {"source_steps": 150, "steps": 60, "pcv_splits": 1}
+FAST = {"source_steps": 150, "steps": 60}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,8 @@ def fast():
     data = bundled_pair(source_limit=2000)
     enc, head = source_model(data, 0, 16, **FAST)
     rows = {name: run_holistic(make_config(seed=0, **FAST, **kw), enc, head, data["train"], data["test"], SEEN, C)
-            for name, kw in {"source": {"method": "source"}, "naive": {"method": "naive"}, **PRESERVING}.items()}
+            for name, kw in {"source": {"method": "source"}, "naive": {"method": "naive"},
+                             **{n: PRESERVING[n] for n in PRESERVING_FAST}}.items()}
     return data, enc, head, rows
 
 
@@ -70,8 +73,8 @@ def test_source_classifier_far_above_chance_on_target(fast):
     data, enc, head, rows = fast
     c = check_start(enc, head, *data["test"], C)
     assert not c["degenerate"], c["reasons"]
-    assert c["accuracy"] >= 0.5, c  # chance is 0.10
-    assert rows["source"]["unseen"] >= 0.4, rows["source"]  # something to preserve
+    assert c["accuracy"] >= 0.4, c  # chance is 0.10; 0.59 measured (0.097 before the recipe and framing fixes)
+    assert rows["source"]["unseen"] >= 0.3, rows["source"]  # something to preserve (0.57 measured)
 
 
 def test_naive_finetuning_forgets_unseen_classes(fast):
@@ -82,7 +85,7 @@ def test_naive_finetuning_forgets_unseen_classes(fast):
 
 def test_an_unseen_preserving_method_beats_naive_overall(fast):
     _, _, _, rows = fast
-    best = max(PRESERVING, key=lambda n: rows[n]["overall"])
+    best = max(PRESERVING_FAST, key=lambda n: rows[n]["overall"])
     assert rows[best]["overall"] > rows["naive"]["overall"] + 0.02, {n: rows[n]["overall"] for n in rows}
     assert rows[best]["unseen"] > rows["naive"]["unseen"]
 

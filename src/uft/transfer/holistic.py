@@ -85,7 +85,7 @@ class HolisticConfig(BaseModel):
     seed: int = 0
     # source model training (train_source_classifier): the standard supervised recipe
     source_lr: float = Field(0.05, gt=0, description="peak lr (SGD nesterov), linear warm-up then cosine to 0")
-    source_steps: int = Field(300, ge=1)
+    source_steps: int = Field(600, ge=1)
     source_batch_size: int = Field(128, ge=2)
     source_warmup: float = Field(0.05, ge=0, lt=1, description="fraction of source_steps of linear lr warm-up")
     source_weight_decay: float = Field(5e-4, ge=0)
@@ -120,6 +120,13 @@ class HolisticConfig(BaseModel):
         if self.method == "rank_reg" and self.rank_reg_weight == 0:
             raise ValueError("method 'rank_reg' with rank_reg_weight=0: set it > 0 or use method 'naive'")
         return self
+
+
+#: The source-classifier recipe (version + default source_* knobs + augmentation): part of the
+#: pipeline's holistic cache key, so a changed recipe is never answered from a cache of the old
+#: one. Bump the version when train_source_classifier changes in a way the knobs do not show.
+SOURCE_RECIPE = "2:" + ",".join(f"{k}={v}" for k, v in sorted(HolisticConfig().model_dump().items())
+                                if k.startswith("source_"))
 
 
 def make_config(**kwargs) -> HolisticConfig:
@@ -326,9 +333,6 @@ def _sgd(
 # ----------------------------------------------------------------------------- source model / AdaBN
 
 
-#: Version of the source-classifier recipe; part of the pipeline's holistic cache key, so a changed
-#: recipe is never answered from a cache of the old one. Bump when train_source_classifier changes.
-SOURCE_RECIPE = "2-augment-ls-warmup-cosine"
 
 #: Augmentation of the supervised source recipe: the SSL view augmentation (:mod:`uft.data.augment`)
 #: with a milder crop (a supervised label must survive the crop) and no flips (mirrored digits

@@ -89,6 +89,7 @@ def uft_pipeline(
     target_limit: int = D.target_limit,
     source_test_fraction: float = D.source_test_fraction,
     target_test_fraction: float = D.target_test_fraction,
+    framing: str = D.framing,
     encoder: str = D.encoder,
     encoder_width: int = D.encoder_width,
     pretrained_encoder: str = D.pretrained_encoder,
@@ -113,6 +114,7 @@ def uft_pipeline(
     holistic_seen: str = D.holistic_seen,
     holistic_methods: str = D.holistic_methods,
     holistic_steps: int = D.holistic_steps,
+    holistic_source_steps: int = D.holistic_source_steps,
     seed: int = D.seed,
 ):
     run = dict(run_id=run_id, job_id=JOB, experiment=experiment)
@@ -122,10 +124,10 @@ def uft_pipeline(
     done.set_caching_options(False)
     with dsl.ExitHandler(done, name="uft-run"):
         src = _platform(ingest(spec=source, store_uri=store_uri, role="source", image_size=image_size, channels=channels,
-                               limit=source_limit, test_fraction=source_test_fraction, seed=seed, **run))
+                               limit=source_limit, test_fraction=source_test_fraction, seed=seed, framing=framing, **run))
         src.set_display_name("ingest-source")
         tgt = _platform(ingest(spec=target, store_uri=store_uri, role="target", image_size=image_size, channels=channels,
-                               limit=target_limit, test_fraction=target_test_fraction, seed=seed, **run))
+                               limit=target_limit, test_fraction=target_test_fraction, seed=seed, framing=framing, **run))
         tgt.set_display_name("ingest-target")
         # Never from KFP's cache: the same spec (an s3:// prefix, a directory) may hold new data,
         # and re-reading it is what `uft trigger` asks for. Bundled data hits the step's own
@@ -160,7 +162,8 @@ def uft_pipeline(
             metric_tasks[f"linear_{tag}"], metric_tasks[f"knn_{tag}"] = lin.outputs["Output"], knn.outputs["Output"]
         hol = _platform(holistic(encoder_uri=base.outputs["encoder_uri"], source_uri=src.outputs["dataset_uri"],
                                  target_uri=tgt.outputs["dataset_uri"], store_uri=store_uri, seen=holistic_seen,
-                                 methods=holistic_methods, steps=holistic_steps, seed=seed, **run), gpus=1)
+                                 methods=holistic_methods, steps=holistic_steps, source_steps=holistic_source_steps,
+                                 seed=seed, **run), gpus=1)
         hol.after(ft)  # one GPU step at a time: a run holds at most `gpus` GPUs
         _platform(report(**metric_tasks, holistic=hol.outputs["Output"], store_uri=store_uri,
                                source_uri=src.outputs["dataset_uri"], target_uri=tgt.outputs["dataset_uri"],

@@ -131,7 +131,11 @@ def _print_result(res, state: Path) -> None:
             return "–" if v is None else f"{v:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
         t.add_row(n, cell("base"), cell("finetuned"))
     console.print(t)
-    hol = sorted({k for k in res.metrics if k.startswith("holistic_")})
+    hol = sorted({k for k in res.metrics if k.startswith("holistic_") and not k.startswith("holistic_start_")})
+    if res.metrics.get("holistic_start_degenerate"):
+        console.print(f"[bold red]WARNING: the source classifier is degenerate on the target (accuracy "
+                      f"{res.metrics.get('holistic_start_accuracy', float('nan')):.3f}): the holistic rows are not "
+                      "meaningful (see the report)[/]")
     if hol:
         h = Table(title="holistic transfer (seen = classes with target labels)")
         for c in ("method", "overall", "seen", "unseen"):
@@ -200,6 +204,8 @@ def ingest_cmd(
     name: str = typer.Option("", help="dataset name in the manifest (default: PATH)"),
     unlabelled: bool = typer.Option(False, "--unlabelled", help="ignore class directories: every image unlabelled"),
     strict: bool = typer.Option(False, "--strict", help="fail on the first unusable file instead of skipping it"),
+    framing: str = typer.Option("auto", help="auto | content_box | keep: crop each image to its content (auto: "
+                                "bundled MNIST to its 20x20 box, user data kept)"),
 ) -> None:
     """Read a dataset, print what was found and skipped, publish it; the last line is the manifest URI."""
     from uft.data.imagefolder import load_imagefolder, summary_lines
@@ -217,9 +223,10 @@ def ingest_cmd(
             console.print(path, soft_wrap=True, highlight=False)
             return
         if path in BUNDLED:
-            raw = load_source(path, image_size=image_size, channels=channels)
+            raw = load_source(path, image_size=image_size, channels=channels, framing=framing)
         else:
-            raw = load_imagefolder(path, image_size=image_size, channels=channels, strict=strict, unlabelled=unlabelled)
+            raw = load_imagefolder(path, image_size=image_size, channels=channels, strict=strict, unlabelled=unlabelled,
+                                   framing=framing)
         for line in summary_lines(raw.info):
             console.print(line, soft_wrap=True, highlight=False, markup=False)
         dest = open_store(store, create_bucket=True)

@@ -41,9 +41,10 @@ STEP_PARAMS = {
                  "steps": "pretrain_steps", "seed": "seed"},
     "subsample_source": {"rule": "replay_rule", "size": "replay_size", "seed": "seed"},
     "ingest_source": {"spec": "source", "limit": "source_limit", "test_fraction": "source_test_fraction",
-                      "image_size": "image_size", "channels": "channels"},
+                      "image_size": "image_size", "channels": "channels", "framing": "framing"},
     "ingest_target": {"spec": "target", "limit": "target_limit", "test_fraction": "target_test_fraction"},
-    "holistic": {"methods": "holistic_methods", "seen": "holistic_seen", "steps": "holistic_steps"},
+    "holistic": {"methods": "holistic_methods", "seen": "holistic_seen", "steps": "holistic_steps",
+                 "source_steps": "holistic_source_steps"},
     "linear_eval_base": {"shots": "label_shots", "draws": "probe_draws"},
     "knn_eval_base": {"k": "knn_k"},
 }

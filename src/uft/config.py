@@ -50,6 +50,7 @@ class RunConfig(BaseModel):
     target_limit: int = Field(0, ge=0, description="0 = all target images")
     target_test_fraction: float = Field(0.5, gt=0, lt=1)
     source_test_fraction: float = Field(0.1, gt=0, lt=1, description="held out for source retention")
+    framing: str = Field("auto", description="auto | content_box | keep: crop images to their content at ingest")
 
     encoder: str = "tiny"
     encoder_width: int = Field(32, ge=4, le=1024)
@@ -77,6 +78,7 @@ class RunConfig(BaseModel):
     holistic_seen: str = Field("0,1,2,3,4", description="target classes with training labels")
     holistic_methods: str = Field("adabn,naive,frozen_head", description="comma-separated holistic methods")
     holistic_steps: int = Field(150, ge=1)
+    holistic_source_steps: int = Field(600, ge=1, description="steps of the source classifier's supervised training")
     seed: int = Field(0, ge=0)
 
     @field_validator("replay_rule")
@@ -84,6 +86,15 @@ class RunConfig(BaseModel):
     def _replay_rule(cls, v: str) -> str:
         if v not in REPLAY_RULES:
             raise ValueError(f"unknown replay_rule {v!r}; choose one of {', '.join(REPLAY_RULES)}")
+        return v
+
+    @field_validator("framing")
+    @classmethod
+    def _framing(cls, v: str) -> str:
+        from uft.data.framing import FRAMINGS
+
+        if v not in FRAMINGS:
+            raise ValueError(f"unknown framing {v!r}; choose one of {', '.join(FRAMINGS)}")
         return v
 
     @field_validator("mix_op")

@@ -163,6 +163,34 @@ def per_class_heatmap(panels: dict[str, dict[str, Sequence[Any]]], seen: Sequenc
     return _png(fig)
 
 
+START_LABELS = {"source": "source classifier", "adabn": "AdaBN-adapted source classifier"}
+
+
+def _by_start(results: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Holistic rows grouped by their starting model (``start``; rows without one started from the
+    source classifier), in first-seen order: each group becomes its own table."""
+    groups: dict[str, list[str]] = {}
+    for m, r in results.items():
+        groups.setdefault(str(r.get("start", "source")), []).append(m)
+    return groups
+
+
+def start_check_lines(check: dict[str, Any]) -> list[str]:
+    """Markdown lines on the source classifier's accuracy on the target (the holistic start): a plain
+    line when it is meaningful; a warning (rendered red in HTML) when it is degenerate."""
+    line = (f"Source classifier on the target test split, before any adaptation: accuracy {check['accuracy']:.3f} "
+            f"(chance {check['chance']:.3f}); the most predicted class ({check['top_class']}) takes "
+            f"{check['top_class_share']:.0%} of the predictions.")
+    if not check.get("degenerate"):
+        return [line]
+    return [f"> {WARNING_PREFIX} {'; '.join(check.get('reasons', []))}. Every row below is measured around a broken "
+            "start, so no conclusion can be drawn from this table: fix the source model (recipe, framing) first.", "",
+            line]
+
+
+WARNING_PREFIX = "**WARNING: degenerate start.**"
+
+
 def _holistic_seen(holistic: dict[str, Any], config: dict[str, Any]) -> list[int] | None:
     """The seen classes, from the holistic metrics (``seen``) or the run config (``holistic_seen``)."""
     raw = holistic.get("seen", config.get("holistic_seen"))
@@ -238,9 +266,17 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
     if holistic and holistic.get("results"):
         res = holistic["results"]
         cols = ["overall", "seen", "unseen", "ausuc", "ncm"]
-        rows = [[m] + [f"{r[c]:.3f}" if isinstance(r.get(c), (int, float)) else "–" for c in cols] for m, r in res.items()]
-        md += ["## Holistic transfer (target labels for seen classes only)", "", _md_table(["method", *cols], rows), "",
-               "![holistic](holistic.png)", ""]
+        md += ["## Holistic transfer (target labels for seen classes only)", ""]
+        check = holistic.get("start_check")
+        if check:
+            md += [*start_check_lines(check), ""]
+            summary["holistic_start_accuracy"] = float(check["accuracy"])
+            summary["holistic_start_degenerate"] = float(bool(check["degenerate"]))
+        for start, names in _by_start(res).items():  # one table per starting point, never mixed
+            rows = [[m, START_LABELS.get(start, start)] + [f"{res[m][c]:.3f}" if isinstance(res[m].get(c), (int, float))
+                                                         else "–" for c in cols] for m in names]
+            md += [_md_table(["method", "start", *cols], rows), ""]
+        md += ["![holistic](holistic.png)", ""]
         files["holistic.png"] = _holistic_plot(res)
         per_class = {m: r["per_class"] for m, r in res.items() if isinstance(r.get("per_class"), list) and r["per_class"]}
         if per_class:
@@ -267,7 +303,8 @@ def _html(md: str, files: dict[str, bytes]) -> str:
     out = ["<!doctype html><html><head><meta charset='utf-8'><title>uft report</title>",
            "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
            "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;"
-           "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>"]
+           "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+           ".warn{color:#b00020;font-weight:bold;border-left:4px solid #b00020;padding-left:.6rem}</style></head><body>"]
     table: list[list[str]] = []
     for line in md.splitlines() + [""]:
         if line.startswith("|"):
@@ -286,6 +323,9 @@ def _html(md: str, files: dict[str, bytes]) -> str:
             name = line[line.index("(") + 1: line.index(")")]
             if name in files:
                 out.append(f"<img alt='{name}' src='data:image/png;base64,{base64.b64encode(files[name]).decode()}'>")
+        elif line.startswith("> "):  # our markdown uses blockquotes only for warnings: red
+            text = line[2:].replace(WARNING_PREFIX, WARNING_PREFIX.strip("*"))
+            out.append(f"<p class='warn'>{html.escape(text)}</p>")
         elif line.strip():
             out.append(f"<p>{html.escape(line)}</p>")
     out.append("</body></html>")

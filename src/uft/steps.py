@@ -63,11 +63,15 @@ def _device() -> str:
 # --- ingest ----------------------------------------------------------------------------------------
 
 def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: int, limit: int = 0,
-           test_fraction: float = 0.5, seed: int = 0, run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
-    """Bundled name / ImageFolder dir / s3:// prefix / manifest URI → published dataset."""
+           test_fraction: float = 0.5, seed: int = 0, framing: str = "auto", run_id: str = "local",
+           experiment: str = "uft") -> dict[str, Any]:
+    """Bundled name / ImageFolder dir / s3:// prefix / manifest URI → published dataset, framed by
+    ``framing`` (auto / content_box / keep, :mod:`uft.data.framing`; a manifest URI passes through)."""
+    from uft.data.framing import check_framing
     from uft.data.ingest import ingest as ingest_raw
     from uft.data.sources import load_source
 
+    check_framing(framing)
     if not spec.strip():  # "" would otherwise resolve to the current directory as an ImageFolder
         raise UftError(f"the {role} dataset is empty: pass a bundled name ({', '.join(sorted(_bundled()))}), "
                        "an ImageFolder directory, an s3://bucket/prefix or a manifest URI")
@@ -79,10 +83,10 @@ def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: i
         return {"dataset_uri": spec, "dataset_sha": manifest_sha(spec), "num_rows": manifest["num_rows"], "cached": True}
 
     params = {"spec": spec, "image_size": image_size, "channels": channels, "limit": limit,
-              "test_fraction": test_fraction, "seed": seed}
+              "test_fraction": test_fraction, "seed": seed, "framing": framing}
     with tracking.step_run(experiment, run_id, f"ingest_{role}", {**params, "role": role}) as run:
         def compute(_key: str) -> dict[str, Any]:
-            raw = load_source(spec, image_size=image_size, channels=channels)
+            raw = load_source(spec, image_size=image_size, channels=channels, framing=framing)
             uri = ingest_raw(raw, store, name=f"{role}:{spec}", image_size=image_size, channels=channels,
                              test_fraction=test_fraction, limit=limit, seed=seed)
             manifest, _, _ = read_manifest(uri)
@@ -373,20 +377,25 @@ def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, sou
 
 
 def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri: str, *, seen: str = "0,1,2,3,4",
-                  methods: str = "naive", steps: int = 150, seed: int = 0, run_id: str = "local",
-                  experiment: str = "uft") -> dict[str, Any]:
+                  methods: str = "naive", steps: int = 150, seed: int = 0, source_steps: int | None = None,
+                  run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """Holistic transfer: source classifier (all classes, source labels) → finetuned on the seen
-    target classes by each method; overall / seen / unseen accuracy before and after."""
+    target classes by each method; overall / seen / unseen accuracy before and after. The source
+    classifier's accuracy on the target is checked first (``start_check`` in the metrics, MLflow tag
+    ``degenerate_start``; a warning is logged when it is near chance or collapsed).
+    ``source_steps``: its training steps (None = HolisticConfig's default)."""
     from uft.data.dataset import load_dataset
     from uft.models.artifact import load_encoder
     from uft.preflight import holistic_class_problem
-    from uft.transfer.holistic import HolisticConfig, run_holistic, train_source_classifier
+    from uft.transfer.holistic import (SOURCE_RECIPE, HolisticConfig, check_start, run_holistic, start_warning,
+                                       train_source_classifier)
 
     store = open_store(store_uri, create_bucket=True)
     seen_ids = [int(s) for s in seen.split(",") if s.strip()]
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     params = {"encoder_sha": manifest_sha(encoder_uri), "source_sha": manifest_sha(source_uri),
-              "target_sha": manifest_sha(target_uri), "seen": seen, "methods": methods, "steps": steps, "seed": seed}
+              "target_sha": manifest_sha(target_uri), "seen": seen, "methods": methods, "steps": steps, "seed": seed,
+              "source_recipe": SOURCE_RECIPE, "source_steps": source_steps or HolisticConfig().source_steps}
     with tracking.step_run(experiment, run_id, "holistic", params) as run:
         def compute(key: str) -> dict[str, Any]:
             src = load_dataset(source_uri).subset("train")
@@ -397,19 +406,33 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
             num_classes = len(tgt.classes)
             if problem := holistic_class_problem(src.classes, tgt.classes, seen_ids):  # also checked by preflight
                 raise UftError(problem)
-            cfg = HolisticConfig(steps=steps, seed=seed)
+            cfg = HolisticConfig(steps=steps, seed=seed, source_steps=params["source_steps"])
             enc, _ = load_encoder(encoder_uri)
             head = train_source_classifier(enc, src.floats(), src.labels, num_classes, cfg)
             tr, te = tgt.subset("train"), tgt.subset("test")
+            # First: is the source classifier meaningful on the target? (a collapsed start makes every row moot)
+            check = check_start(enc, head, te.floats(), te.labels, num_classes)
+            if check["degenerate"]:
+                log.warning("holistic: %s", start_warning(check))
             results = {}
-            for m in ["source", *method_list]:
-                results[m] = run_holistic(HolisticConfig(steps=steps, seed=seed, method=m), enc, head,
-                                          (tr.floats(), tr.labels), (te.floats(), te.labels), seen_ids, num_classes)
+            for m in ["source", *method_list]:  # every row starts from the source classifier
+                results[m] = {**run_holistic(HolisticConfig(steps=steps, seed=seed, method=m), enc, head,
+                                             (tr.floats(), tr.labels), (te.floats(), te.labels), seen_ids, num_classes),
+                              "start": "source"}
             flat = {f"{m}_{k}": v for m, r in results.items() for k, v in r.items() if isinstance(v, (int, float))}
-            metrics = {"results": results, "flat": flat, "seen": seen_ids}
+            flat.update(start_accuracy=check["accuracy"], start_top_class_share=check["top_class_share"],
+                        start_degenerate=float(check["degenerate"]))
+            metrics = {"results": results, "flat": flat, "seen": seen_ids, "start_check": check}
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, "holistic", key, metrics)}
 
         out = tracking.log_outputs(_cached(store, "holistic", params, compute))
+        check = out["metrics"].get("start_check")
+        if check and check["degenerate"] and out.get("cached"):
+            log.warning("holistic: %s", start_warning(check))
+        if run is not None and check:
+            import mlflow
+
+            mlflow.set_tag("degenerate_start", str(bool(check["degenerate"])).lower())
         _log_metrics(run, out["metrics"]["flat"])
         return out
 

@@ -65,6 +65,7 @@ def _run_chain(tmp) -> dict:
     h = dsl.Metrics(name="metrics", uri=str(tmp / "hol"))
     out["holistic"] = holistic.python_func(encoder_uri=out["base"][0], source_uri=src_uri, target_uri=tgt_uri,
                                            store_uri=store, seen="0,1,2,3,4", methods="naive,frozen_head", steps=3, seed=0,
+                                           source_steps=10,
                                            metrics=h, **RUN)
     out["hol_metrics"] = h.metadata
     md = dsl.Markdown(name="markdown", uri=str(tmp / "report.md"))
@@ -117,6 +118,8 @@ def test_eval_components_log_kfp_metrics(chain):
         knn = chain[f"knn_metrics_{tag}"]
         assert {f"{tag}_knn", f"{tag}_source_knn"} == set(knn)
     assert {"source_overall", "naive_unseen", "frozen_head_seen"} <= set(chain["hol_metrics"])
+    hol = chain["hol_metrics"]  # the start check comes with the rows (a tiny source model here, so either verdict)
+    assert 0.0 <= hol["start_accuracy"] <= 1.0 and hol["start_degenerate"] in (0.0, 1.0)
 
 
 def test_report_written_with_plot(chain):
@@ -139,6 +142,8 @@ def test_mlflow_has_one_parent_and_nested_step_runs(chain):
     assert {"ingest_source", "ingest_target", "pretrain", "subsample_source", "ssl_finetune", "linear_eval_base",
             "knn_eval_finetuned", "holistic", "report"} <= steps
     assert all(r.info.status == "FINISHED" for r in children)
+    hol = next(r for r in children if r.data.tags["uft.step"] == "holistic")
+    assert hol.data.tags["degenerate_start"] == ("true" if hol.data.metrics["start_degenerate"] else "false")
     ft = next(r for r in children if r.data.tags["uft.step"] == "ssl_finetune")
     assert "ssl_loss" in ft.data.metrics and ft.data.params["method"] == "simclr"
     models = client.search_logged_models(experiment_ids=[exp.experiment_id])

@@ -11,7 +11,7 @@ import yaml
 from uft.config import validate_config
 
 TINY = dict(source_limit=300, target_limit=200, pretrain_steps=3, finetune_steps=3, batch_size=32, encoder_width=8,
-            holistic_steps=2, holistic_methods="naive", probe_draws=1, label_shots="1", replay_size=40, checkpoint_every=2)
+            holistic_steps=2, holistic_source_steps=10, holistic_methods="naive", probe_draws=1, label_shots="1", replay_size=40, checkpoint_every=2)
 
 
 def _write_imagefolder(root) -> str:

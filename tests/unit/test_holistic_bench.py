@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from bench.holistic_table import (
     VARIANTS,
     BenchData,
+    DegenerateStart,
     main,
     markdown_tables,
     per_class_png,
@@ -42,10 +43,64 @@ def micro_data() -> BenchData:
 
 
 @pytest.fixture(scope="module")
-def micro_runs(micro_data):
+def micro(micro_data):
     torch.manual_seed(0)
     enc = TinyConvNet(width=8).eval()
-    return run_bench(micro_data, enc, seen=SEEN, seeds=[0], inits=("source", "adabn"), base=MICRO)
+    checks: dict = {}
+    runs = run_bench(micro_data, enc, seen=SEEN, seeds=[0], inits=("source", "adabn"), base=MICRO,
+                     allow_degenerate=True, checks=checks)  # a micro source model may well be degenerate
+    return runs, checks
+
+
+@pytest.fixture(scope="module")
+def micro_runs(micro):
+    return micro[0]
+
+
+def test_start_models_are_checked_first(micro):
+    _, checks = micro
+    assert set(checks) == {"source", "adabn"} and list(checks["source"]) == [0]
+    for c in (checks["source"][0], checks["adabn"][0]):
+        assert 0.0 <= c["accuracy"] <= 1.0 and isinstance(c["degenerate"], bool)
+    # the checked AdaBN start is the model the AdaBN table starts from
+    assert checks["adabn"][0]["accuracy"] == pytest.approx(micro[0]["adabn"]["source"][0]["overall"], abs=1e-12)
+
+
+def _constant_head(encoder, images, labels, num_classes, cfg=None):
+    """A 'source classifier' that predicts class 8 for everything (the bug this guard exists for)."""
+    head = torch.nn.Linear(encoder.feature_dim, num_classes)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[8] = 1.0
+    return head.eval()
+
+
+def test_degenerate_start_refuses_to_build_a_table(micro_data, monkeypatch, tmp_path):
+    import bench.holistic_table as ht
+
+    monkeypatch.setattr(ht, "train_source_classifier", _constant_head)
+    torch.manual_seed(0)
+    enc = TinyConvNet(width=8).eval()
+    seen_rows = []
+    with pytest.raises(DegenerateStart, match="seed 0: DEGENERATE START.*class 8 takes 100%.*No table is written"):
+        run_bench(micro_data, enc, seen=SEEN, seeds=[0], base=MICRO, on_result=lambda *a: seen_rows.append(a))
+    assert seen_rows == []  # refused before any variant ran
+
+    # the CLI: a clear error, exit code 2, nothing written
+    monkeypatch.setattr(ht, "load_bench_data", lambda *a, **k: (micro_data, {}))
+    monkeypatch.setattr(ht, "pretrained_encoder", lambda *a, **k: enc)
+    out = tmp_path / "out"
+    assert main(["--seeds", "0", "--variants", "source,naive", "--out", str(out)]) == 2
+    assert not out.exists()
+    # --allow-degenerate writes the tables, marked as not for the README
+    assert main(["--seeds", "0", "--variants", "source,naive", "--steps", "2", "--out", str(out), "--allow-degenerate"]) == 0
+    md = (out / "holistic.md").read_text()
+    assert md.count("WARNING: degenerate start") == 1 and "| 1.00 | **yes** |" in md
+    assert json.loads((out / "holistic.json").read_text())["meta"]["degenerate"] is True
+    # ... and such a run cannot be re-rendered into a table either
+    assert main(["--from-json", str(out / "holistic.json"), "--out", str(tmp_path / "again")]) == 2
+    assert not (tmp_path / "again").exists()
 
 
 def test_rows_and_value_ranges(micro_runs):
@@ -96,13 +151,20 @@ def test_cli_writes_results(tmp_path):
     out = tmp_path / "out"
     rc = main(["--seeds", "0", "--init", "adabn", "--variants", "source,naive,naive+ALG", "--steps", "2",
                "--source-steps", "4", "--pretrain-steps", "0", "--width", "8", "--source-limit", "200",
-               "--target-limit", "200", "--store", str(tmp_path / "store"), "--out", str(out)])
+               "--target-limit", "200", "--store", str(tmp_path / "store"), "--out", str(out), "--allow-degenerate"])
     assert rc == 0
     data = json.loads((out / "holistic.json").read_text())  # strict JSON (no NaN)
     assert list(data["summary"]["adabn"]) == ["source", "naive", "naive+ALG"]
     assert data["meta"]["data"]["n_source_train"] == 180  # 200 minus the 10 % held-out source test split
     assert "| naive+ALG |" in (out / "holistic.md").read_text()
     assert (out / "holistic_per_class.png").read_bytes().startswith(PNG)
+    # re-rendering the saved runs reproduces the summary (with degenerate marked false to allow it)
+    data["meta"]["degenerate"] = False
+    (tmp_path / "saved.json").write_text(json.dumps(data))
+    assert main(["--from-json", str(tmp_path / "saved.json"), "--out", str(tmp_path / "re")]) == 0
+    again = json.loads((tmp_path / "re" / "holistic.json").read_text())
+    assert again["summary"]["adabn"]["naive"]["overall"] == data["summary"]["adabn"]["naive"]["overall"]
+    assert "Δoverall vs AdaBN" in (tmp_path / "re" / "holistic.md").read_text()
 
 
 def _holistic_collected(seen_key: bool) -> list[dict]:

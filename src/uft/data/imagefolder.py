@@ -211,8 +211,11 @@ def _classes(where: str, images: list[str], split: str | None, unlabelled: bool,
 
 # --- decoding ---------------------------------------------------------------------------------------
 
-def decode_image(data: bytes, *, image_size: int, channels: int) -> tuple[np.ndarray, str, str]:
+def decode_image(data: bytes, *, image_size: int, channels: int, framing: str = "keep") -> tuple[np.ndarray, str, str]:
     """Encoded image bytes → ``(image_size, image_size, channels)`` uint8, source mode, format.
+
+    ``framing`` (an applied framing of :mod:`uft.data.framing`, e.g. ``content_box``) crops the
+    decoded image before it is resized, so the crop keeps the full resolution.
 
     Raises ``_Skip`` (reason) for bytes that are not a usable image.
     """
@@ -227,7 +230,8 @@ def decode_image(data: bytes, *, image_size: int, channels: int) -> tuple[np.nda
             if limit and w * h > limit:
                 raise _Skip(_too_large(f"{w}x{h}", limit))
             fmt, mode = im.format or "?", im.mode
-            im.draft(im.mode, (image_size, image_size))  # JPEG: decode at a reduced scale when shrinking
+            if framing == "keep":  # a crop needs the full resolution; otherwise JPEGs decode at a reduced scale
+                im.draft(im.mode, (image_size, image_size))
             im.load()
             im = ImageOps.exif_transpose(im)
             arr = _to_uint8(im)
@@ -240,6 +244,10 @@ def decode_image(data: bytes, *, image_size: int, channels: int) -> tuple[np.nda
         except Exception as e:  # PIL raises many types for damaged files (OSError, SyntaxError, ValueError…)
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise _Skip(f"corrupt or truncated image ({msg})") from None
+    if framing != "keep":
+        from uft.data.framing import frame_image
+
+        arr = frame_image(arr, framing)
     return _fit(arr, image_size, channels), mode, fmt
 
 
@@ -295,7 +303,8 @@ def _fit(a: np.ndarray, size: int, channels: int) -> np.ndarray:
 # --- the loader --------------------------------------------------------------------------------------
 
 def load_imagefolder(spec: str, *, image_size: int, channels: int, strict: bool = False,
-                     unlabelled: bool = False, progress: bool | None = None, workers: int = 8) -> RawImages:
+                     unlabelled: bool = False, progress: bool | None = None, workers: int = 8,
+                     framing: str = "keep") -> RawImages:
     """An ImageFolder tree (directory or ``s3://`` prefix, see the module doc) → :class:`RawImages`.
 
     ``spec`` may end in ``#unlabelled`` and/or ``#strict`` (comma-separated). ``progress``: True a
@@ -304,8 +313,13 @@ def load_imagefolder(spec: str, *, image_size: int, channels: int, strict: bool 
     ``(N, image_size, image_size, channels)`` uint8, labels ``(N,)`` (-1 = unlabelled), sorted
     class names, splits ``(N,)`` when the tree has ``train/`` and ``test/`` (else ``None``), and
     ``info`` = {dataset, layout, found, loaded, classes: {name: count}, splits, modes, formats,
-    skipped: [{file, reason}] (first 1000), skipped_count, image_size, channels}.
+    skipped: [{file, reason}] (first 1000), skipped_count, image_size, channels}. ``framing``:
+    ``keep`` (default), ``content_box`` or ``auto`` (= keep for user data), applied per image
+    before resizing (see :mod:`uft.data.framing`) and recorded as ``framing`` on the result.
     """
+    from uft.data.framing import resolve_framing
+
+    framing = resolve_framing(framing, spec)
     if channels not in (1, 3):
         raise UftError(f"channels={channels} is invalid for {spec}: use 1 (grey) or 3 (RGB)")
     if not 4 <= image_size <= 1024:
@@ -357,7 +371,7 @@ def load_imagefolder(spec: str, *, image_size: int, channels: int, strict: bool 
                 skip(entry, f"duplicate of {seen[digest]} (same bytes)", duplicate=True)
                 continue
             try:
-                img, mode, fmt = decode_image(data, image_size=image_size, channels=channels)
+                img, mode, fmt = decode_image(data, image_size=image_size, channels=channels, framing=framing)
             except _Skip as e:
                 skip(entry, str(e))
                 continue
@@ -402,7 +416,7 @@ def load_imagefolder(spec: str, *, image_size: int, channels: int, strict: bool 
         "image_size": image_size,
         "channels": channels,
     }
-    return RawImages(images, labels, classes, splits, info=info)
+    return RawImages(images, labels, classes, splits, info=info, framing=framing)
 
 
 def _map(fn: Callable[[_Entry], object], entries: list[_Entry], workers: int) -> Iterator:

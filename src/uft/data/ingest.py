@@ -114,6 +114,7 @@ def ingest(raw: RawImages, store: Store, *, name: str, image_size: int, channels
         "splits": split_counts,
         "schema": {f.name: str(f.type) for f in SCHEMA},
         "origin": raw.info,
+        "framing": raw.framing,  # uft.data.framing: keep / content_box / box:T,L,H,W (part of the hash)
     }
     # Content address: the hash of the manifest body and the shard hashes, known before any write.
     fingerprint = sha256_bytes(canonical_json([manifest, sorted((k, sha256_bytes(v)) for k, v in files.items())]))

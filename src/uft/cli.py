@@ -71,7 +71,7 @@ def run(
                                     on_event=_TaskLog(status))
     except UftError as e:
         _fail(e)
-    _print_result(res, state)
+    _print_result(res, state, cfg.model_dump())
 
 
 class _TaskLog:
@@ -97,7 +97,9 @@ class _TaskLog:
         self.status.update(f"{self.label} · {self.done} tasks done · {task}: {text}")
 
 
-def _print_result(res, state: Path) -> None:
+def _print_result(res, state: Path, config: dict | None = None) -> None:
+    from uft.report import baseline_hint
+
     t = Table(title=f"uft run {res.run_id} — {res.seconds:.0f} s")
     t.add_column("metric")
     t.add_column("base", justify="right")
@@ -109,6 +111,8 @@ def _print_result(res, state: Path) -> None:
             return "–" if v is None else f"{v:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
         t.add_row(n, cell("base"), cell("finetuned"))
     console.print(t)
+    if config and (hint := baseline_hint(config)):  # replay/mixing vs plain target-only finetuning
+        console.print(f"[dim]{hint}[/]", soft_wrap=True)
     hol = sorted({k for k in res.metrics if k.startswith("holistic_")})
     if hol:
         h = Table(title="holistic transfer (seen = classes with target labels)")

@@ -424,6 +424,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SweepConfig, argparse.Nam
     p.add_argument("--pretrain-method", default=d.pretrain_method,
                    help="'same' (each objective's own base, default) or one SSL method for every objective's base")
     p.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps)
+    p.add_argument("--pretrain-batch", type=int, default=d.pretrain_batch)
+    p.add_argument("--shots", default=d.shots, help="few-label probe sizes, labels per class")
+    p.add_argument("--draws", type=int, default=d.draws, help="label draws per few-label probe")
     p.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="finetune learning rate")
@@ -447,7 +450,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SweepConfig, argparse.Nam
     p.add_argument("--experiment", default="uft-sweep", help="MLflow experiment of the summary run")
     a = p.parse_args(argv)
     cfg = SweepConfig(pairs=a.pairs, sizes=a.sizes, seeds=a.seeds, objectives=a.objectives, variants=a.variants,
-                      pretrain_method=a.pretrain_method, pretrain_steps=a.pretrain_steps, pretrain_lr=a.pretrain_lr, finetune_steps=a.finetune_steps,
+                      pretrain_method=a.pretrain_method, pretrain_steps=a.pretrain_steps, pretrain_batch=a.pretrain_batch,
+                      shots=a.shots, draws=a.draws, pretrain_lr=a.pretrain_lr, finetune_steps=a.finetune_steps,
                       batch_size=a.batch_size, lr=a.lr, replay_ratio=a.replay_ratio, replay_mult=a.replay_mult,
                       mix_op=a.mix_op, mix_fraction=a.mix_fraction, radreg_weight=a.radreg_weight,
                       source_limit=a.source_limit,

@@ -270,7 +270,8 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
     if loss_curves:
         files["loss.png"] = _loss_plot(loss_curves)
         md += ["## Training loss", "", "![loss](loss.png)", ""]
-    md += ["## Configuration", "", _md_table(["parameter", "value"], [[k, f"`{v}`"] for k, v in sorted(config.items()) if k != "ssl_head_note"]), ""]
+    params = [[k, f"`{v}`"] for k, v in sorted(config.items()) if k != "ssl_head_note"]  # a note, not a parameter
+    md += ["## Configuration", "", _md_table(["parameter", "value"], params), ""]
     text = "\n".join(md)
     files["report.md"] = text.encode()
     files["report.html"] = _html(text, files).encode()

@@ -289,12 +289,18 @@ def aggregate(cells: list[dict[str, Any]], shared_base: bool) -> list[dict[str, 
     return rows
 
 
+def _present(metric_dicts: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(metric, header) for the metrics any row has (e.g. no 5-shot column with ``--shots 1,10``)."""
+    return [(m, h) for m, h in zip(METRICS, HEADERS) if any(m in d for d in metric_dicts)]
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| pair | size | objective | variant | " + " | ".join(HEADERS) + " |",
-             "|---|---:|---|---|" + "---:|" * len(HEADERS)]
+    cols = _present([r["stats"] for r in rows])
+    lines = ["| pair | size | objective | variant | " + " | ".join(h for _, h in cols) + " |",
+             "|---|---:|---|---|" + "---:|" * len(cols)]
     for r in rows:
         vals = []
-        for m in METRICS:
+        for m, _ in cols:
             if m in r["stats"]:
                 mean, std, _ = r["stats"][m]
                 vals.append(f"{mean:.3f} ± {std:.3f}")
@@ -309,15 +315,16 @@ def paired_vs_naive(cells: list[dict[str, Any]]) -> str:
     target sizes, then mean ± sample std over the independent seeds, and in how many seeds it is > 0.
     Paired (same seed: same base, replay set and label draws), so noise shared by both cancels."""
     idx = {(c["pair"], c["size"], _label(c), c["variant"], c["seed"]): c["metrics"] for c in cells}
-    lines = ["| pair | objective | variant − naive | " + " | ".join(HEADERS) + " |",
-             "|---|---|---|" + "---:|" * len(HEADERS)]
+    cols = _present([c["metrics"] for c in cells])
+    lines = ["| pair | objective | variant − naive | " + " | ".join(h for _, h in cols) + " |",
+             "|---|---|---|" + "---:|" * len(cols)]
     pairs = list(dict.fromkeys(c["pair"] for c in cells))
     labels = list(dict.fromkeys(_label(c) for c in cells))
     for pair in pairs:
         for obj in labels:
             for v in [x for x in VARIANTS if x != "naive"]:
                 row = []
-                for m in METRICS:
+                for m, _ in cols:
                     per_seed: dict[int, list[float]] = {}
                     for k, ms in idx.items():
                         ref = idx.get((k[0], k[1], k[2], "naive", k[4]))

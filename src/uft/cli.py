@@ -84,7 +84,7 @@ def run(
         _fail(e)
     except KeyboardInterrupt as e:
         _interrupted(e)
-    _print_result(res, state)
+    _print_result(res, state, cfg.model_dump())
 
 
 def _interrupted(e: KeyboardInterrupt) -> None:
@@ -119,7 +119,9 @@ class _TaskLog:
         self.status.update(f"{self.label} · {self.done} tasks done · {task}: {text}")
 
 
-def _print_result(res, state: Path) -> None:
+def _print_result(res, state: Path, config: dict | None = None) -> None:
+    from uft.report import baseline_hint
+
     t = Table(title=f"uft run {res.run_id} — {res.seconds:.0f} s")
     t.add_column("metric")
     t.add_column("base", justify="right")
@@ -131,6 +133,8 @@ def _print_result(res, state: Path) -> None:
             return "–" if v is None else f"{v:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
         t.add_row(n, cell("base"), cell("finetuned"))
     console.print(t)
+    if config and (hint := baseline_hint(config)):  # replay/mixing vs plain target-only finetuning
+        console.print(f"[dim]{hint}[/]", soft_wrap=True)
     hol = sorted({k for k in res.metrics if k.startswith("holistic_") and not k.startswith("holistic_start_")})
     if res.metrics.get("holistic_start_degenerate"):
         console.print(f"[bold red]WARNING: the source classifier is degenerate on the target (accuracy "

@@ -122,11 +122,16 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _names(self) -> "RunConfig":
         from uft.models.encoders import encoder_names
-        from uft.ssl.base import method_names
+        from uft.ssl.base import method_names, parse_method_spec
 
-        for field in ("pretrain_method", "ssl_method"):
-            if getattr(self, field) not in method_names():
-                raise ValueError(f"unknown {field} {getattr(self, field)!r}; choose one of {', '.join(method_names())}")
+        for field in ("pretrain_method", "ssl_method"):  # a name, or name:knob=value,... (e.g. act:views=4)
+            spec = getattr(self, field)
+            if spec.partition(":")[0] not in method_names():
+                raise ValueError(f"unknown {field} {spec!r}; choose one of {', '.join(method_names())}")
+            try:
+                parse_method_spec(spec)
+            except UftError as e:
+                raise ValueError(f"{field}: {e}") from None
         if self.encoder not in encoder_names():
             raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(encoder_names())}")
         if self.channels == 2:

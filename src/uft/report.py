@@ -244,6 +244,21 @@ def _data_table(datasets: dict[str, dict[str, Any]]) -> str:
     return _md_table(["data", "name", "images", "splits", "classes", "H×W×C", "skipped files"], rows)
 
 
+def baseline_hint(config: dict[str, Any]) -> str:
+    """One line: how this run's finetune relates to plain target-only finetuning (no replay, no
+    mixing), and the command that gives the latter, so a reader can tell whether they helped."""
+    replay = float(config.get("replay_ratio", 0) or 0) > 0 and int(config.get("replay_size", 0) or 0) > 0
+    mixing = str(config.get("mix_op", "none")) != "none"
+    if "replay_ratio" not in config and "mix_op" not in config:
+        return ""
+    if not (replay or mixing):
+        return "This finetune is plain target-only SSL (no replay, no mixing)."
+    used = " and ".join(x for x, on in (("source replay", replay), ("data mixing", mixing)) if on)
+    return (f"This finetune uses {used}. For plain target-only finetuning (same everything else), run "
+            "`uft run -p replay_ratio=0 -p mix_op=none` with this run's other parameters and compare "
+            "(`uft compare`); `bench/uft_sweep.py` measures both over seeds (README, Method comparison).")
+
+
 def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
                  loss_curves: dict[str, list[tuple[int, float]]] | None = None,
                  datasets: dict[str, dict[str, Any]] | None = None,
@@ -258,7 +273,9 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
     tags = _by_tag(collected)
     if tags:
         header, rows = accuracy_table(tags)
-        md += ["## Target accuracy (frozen encoder)", "", _md_table(header, rows), "", "![accuracy](accuracy.png)", ""]
+        md += ["## Target accuracy (frozen encoder)", "", _md_table(header, rows), ""]
+        md += [line for line in (baseline_hint(config), config.get("ssl_head_note", "")) if line]
+        md += ["", "![accuracy](accuracy.png)", ""]
         files["accuracy.png"] = _accuracy_plot(tags)
         for tag, m in tags.items():
             summary.update({f"{tag}_{k}": v for k, v in m.items() if isinstance(v, (int, float))})
@@ -289,7 +306,8 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
     if loss_curves:
         files["loss.png"] = _loss_plot(loss_curves)
         md += ["## Training loss", "", "![loss](loss.png)", ""]
-    md += ["## Configuration", "", _md_table(["parameter", "value"], [[k, f"`{v}`"] for k, v in sorted(config.items())]), ""]
+    params = [[k, f"`{v}`"] for k, v in sorted(config.items()) if k != "ssl_head_note"]  # a note, not a parameter
+    md += ["## Configuration", "", _md_table(["parameter", "value"], params), ""]
     text = "\n".join(md)
     files["report.md"] = text.encode()
     files["report.html"] = _html(text, files).encode()

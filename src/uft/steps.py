@@ -23,7 +23,7 @@ from uft.store import (Store, canonical_json, content_key, manifest_sha, open_st
                        verify_manifest)
 
 log = logging.getLogger("uft")
-CODE_VERSION = "1"  # bump when a step's semantics change, to invalidate cached outputs
+CODE_VERSION = "2"  # bump when a step's semantics change, to invalidate cached outputs (2: SSL head published/continued)
 
 
 def _cached(store: Store, step: str, key_parts: dict[str, Any], compute: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
@@ -112,13 +112,26 @@ def _bundled() -> set[str]:
 # --- pretrain / finetune ---------------------------------------------------------------------------
 
 def _train(store: Store, key: str, step: str, *, encoder, method_name: str, images: torch.Tensor,
-           cfg, replay: torch.Tensor | None, plan, run, spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    from uft.models.artifact import publish_encoder
+           cfg, replay: torch.Tensor | None, plan, run, spec: dict[str, Any], info: dict[str, Any],
+           head: tuple[str, dict[str, torch.Tensor]] | None = None, head_note: str = "") -> dict[str, Any]:
+    """Build the method (continuing from ``head`` = (method, SSL head state) when it fits), train,
+    publish the encoder with the method's SSL head. ``head_note`` says why a finetune has no head."""
+    from uft.models.artifact import publish_encoder, ssl_head_state
     from uft.ssl.base import build_method
     from uft.ssl.train import Checkpointer, train_ssl
 
     torch.manual_seed(cfg.seed)  # the projector/predictor init: same config → same weights in every process
     method = build_method(method_name, encoder)
+    if head is not None:
+        misfit = _head_misfit(method, head[1])
+        if misfit:
+            head_note = f"fresh head: the base's {head[0]} head does not fit {method_name} ({misfit})"
+        else:  # projector/predictor/momentum branch/queue as pretraining left them
+            method.load_state_dict({**method.state_dict(), **head[1]})
+            head_note = f"continued the base's {head[0]} head"
+    if step == "finetune":
+        (log.info if head_note.startswith("continued") else log.warning)("ssl_finetune: %s", head_note)
+        info = {**info, "ssl_head": head_note}
     ckpt = Checkpointer(store, f"checkpoints/{step}/{key}")
 
     def on_log(s: int, loss: float) -> None:
@@ -136,13 +149,30 @@ def _train(store: Store, key: str, step: str, *, encoder, method_name: str, imag
     enc = method.encoder.cpu().eval()
     # Timings go to MLflow only: in the manifest they would make the same training hash differently.
     info = {**info, "losses": result.losses, "resumed_from": result.resumed_from}
-    uri = publish_encoder(store, f"models/{step}/{key}", enc, spec, info)
+    uri = publish_encoder(store, f"models/{step}/{key}", enc, spec, info, ssl_head=(method_name, ssl_head_state(method)))
     if run is not None:
         import mlflow
 
         mlflow.log_metrics({"train_seconds": seconds, "images_per_second": result.images_seen / max(seconds, 1e-9),
                             "final_ssl_loss": result.losses[-1][1] if result.losses else float("nan")})
     return {"encoder_uri": uri, "encoder_sha": manifest_sha(uri), "final_loss": result.losses[-1][1] if result.losses else None}
+
+
+def _head_misfit(method, state: dict[str, torch.Tensor]) -> str:
+    """Why a published SSL head cannot be loaded into ``method`` ("" when it can)."""
+    from uft.models.artifact import ssl_head_state
+
+    own = ssl_head_state(method)
+    if own.keys() != state.keys():
+        return f"different parts: {sorted(set(own) ^ set(state))[:3]}"
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    return f"shape of {bad[0]} differs" if bad else ""
+
+
+def _same_method(a: str, b: str) -> bool:
+    from uft.ssl.base import parse_method_spec
+
+    return parse_method_spec(a)[0] == parse_method_spec(b)[0]
 
 
 def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str = "tiny", encoder_width: int = 32,
@@ -257,23 +287,33 @@ def _load_replay(replay_uri: str, source_uri: str) -> torch.Tensor | None:
 def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: str = "", replay_uri: str = "",
              plan_uri: str = "", method: str = "simclr", steps: int = 200, batch_size: int = 256, lr: float = 2e-3,
              replay_ratio: float = 0.0, radreg_weight: float = 0.0, seed: int = 0, checkpoint_every: int = 50,
-             from_scratch: bool = False, run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
-    """Continue SSL on the unlabelled target train split (+ replay, + mixing) → finetuned encoder."""
+             from_scratch: bool = False, ssl_head: str = "continue", radreg_features: str = "standardized",
+             run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
+    """Continue SSL on the unlabelled target train split (+ replay, + mixing) → finetuned encoder.
+
+    ``ssl_head="continue"``: when the base was pretrained with the same method, its SSL head
+    (projector, predictor, momentum branch, queue) is loaded too; otherwise, or with ``"fresh"``,
+    the head starts fresh (logged, MLflow tag ``uft.ssl_head``, manifest ``info.ssl_head``)."""
     from uft.data.dataset import load_dataset
-    from uft.models.artifact import load_encoder
+    from uft.models.artifact import load_encoder, load_ssl_head
     from uft.models.encoders import build_encoder
     from uft.ssl.train import TrainConfig
     from uft.transfer.mixing import MixPlan
 
     store = open_store(store_uri, create_bucket=True)
+    if ssl_head not in ("continue", "fresh"):
+        raise UftError(f"ssl_head={ssl_head!r}: use 'continue' (the base's head when the method matches) or 'fresh'")
+    if radreg_features not in ("standardized", "raw"):
+        raise UftError(f"radreg_features={radreg_features!r}: use 'standardized' (what a linear probe sees) or 'raw'")
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, replay_ratio=replay_ratio if replay_uri else 0.0,
-                      radreg_weight=radreg_weight, checkpoint_every=checkpoint_every)
+                      radreg_weight=radreg_weight, radreg_features=radreg_features, checkpoint_every=checkpoint_every)
     plan = MixPlan(**read_manifest(plan_uri)[0]["plan"]) if plan_uri else MixPlan()
     # Mixing target×source draws its partners from the replay set, so it is an input then too.
     uses_replay = cfg.replay_ratio > 0 or (plan.op != "none" and plan.pairing == "target_source")
     params = {"encoder_sha": manifest_sha(encoder_uri), "target_sha": manifest_sha(target_uri), "method": method,
               "replay_sha": manifest_sha(replay_uri) if replay_uri and uses_replay else "",
-              "plan": plan.model_dump(mode="json"), "from_scratch": from_scratch, **cfg.model_dump(mode="json")}
+              "plan": plan.model_dump(mode="json"), "from_scratch": from_scratch, "ssl_head": ssl_head,
+              **cfg.model_dump(mode="json")}
     with tracking.step_run(experiment, run_id, "ssl_finetune", params) as run:
         def compute(key: str) -> dict[str, Any]:
             enc, manifest = load_encoder(encoder_uri)
@@ -285,14 +325,31 @@ def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: s
             replay = _load_replay(replay_uri, source_uri) if cfg.replay_ratio > 0 or plan.pairing == "target_source" and plan.op != "none" else None
             if plan.op != "none" and plan.pairing == "target_source" and replay is None:
                 raise UftError("mix_pairing=target_source needs source images: enable replay (replay_size > 0) or use mix_pairing=target_target")
+            head, note = None, ""
+            if from_scratch:
+                note = "fresh head: from_scratch (fresh encoder too)"
+            elif ssl_head == "fresh":
+                note = "fresh head: requested (ssl_head=fresh)"
+            elif (published := load_ssl_head(encoder_uri)) is None:
+                note = "fresh head: the base encoder was published without an SSL head"
+            elif not _same_method(published[0], method):
+                note = f"fresh head: base pretrained with {published[0]}, finetuning with {method}"
+            else:
+                head = published
             out = _train(store, key, "finetune", encoder=enc, method_name=method, images=tgt.images, cfg=cfg,
-                         replay=replay, plan=plan, run=run, spec=spec,
+                         replay=replay, plan=plan, run=run, spec=spec, head=head, head_note=note,
                          info={"base": encoder_uri, "target_sha": manifest_sha(target_uri), "method": method})
             if run is not None:
                 _log_model(enc)
             return out
 
-        return tracking.log_outputs(_cached(store, "ssl_finetune", params, compute))
+        out = _cached(store, "ssl_finetune", params, compute)
+        note = read_manifest(out["encoder_uri"])[0].get("info", {}).get("ssl_head", "")
+        if run is not None and note:  # on cache hits too: continued or fresh head, and why
+            import mlflow
+
+            mlflow.set_tag("uft.ssl_head", note)
+        return tracking.log_outputs(out)
 
 
 def _log_model(encoder: torch.nn.Module) -> None:
@@ -466,14 +523,16 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
         manifest, _, _ = read_manifest(uri)
         collected.append({"step": manifest["step"], "metrics": manifest["metrics"], "uri": uri})
     with tracking.step_run(experiment, run_id, "report") as run:
-        curves = {}
+        curves, shown = {}, dict(config)
         for name, uri in (encoder_uris or {}).items():
             info = read_manifest(uri)[0].get("info", {})
             if info.get("losses"):
                 curves[name] = [tuple(p) for p in info["losses"]]
+            if info.get("ssl_head"):  # continued / fresh projector of the finetune
+                shown["ssl_head_note"] = f"SSL head of the {name}: {info['ssl_head']}."
         datasets = {role: read_manifest(uri)[0] for role, uri in (dataset_uris or {}).items() if uri}
         projections = _projections(encoder_uris or {}, (dataset_uris or {}).get("target", ""))
-        files, summary = build_report(collected, config, curves, datasets, projections)
+        files, summary = build_report(collected, shown, curves, datasets, projections)
         key = content_key("report", run_id, sorted(metrics_uris))
         uri = publish(store, f"reports/{run_id}/{key}", files, {"kind": "report", "summary": summary})
         if run is not None:

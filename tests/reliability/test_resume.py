@@ -66,7 +66,7 @@ def test_sigkill_mid_training_resumes_to_identical_encoder(bucket, tmp_path):
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"resumed encoder differs from the uninterrupted one in {different}"
-    assert resumed["files"]["encoder.pt"] == ref["files"]["encoder.pt"]  # the published bytes too
+    assert resumed["files"] == ref["files"]  # the published bytes too: encoder.pt and ssl_head.pt
     # The loss curve survives the restart too (the running sum is checkpointed between log points).
     assert resumed["info"]["losses"] == ref["info"]["losses"]
     # Rerunning the finished step is a cache hit: same published encoder, nothing retrained.

@@ -10,11 +10,13 @@ import torch
 from uft.errors import UftError
 from uft.ssl.losses import (
     act_loss,
+    act_multiview_loss,
     barlow_twins_loss,
     byol_loss,
     moco_infonce,
     nt_xent,
     rademacher_complexity,
+    standardize,
 )
 from uft.ssl.radreg import radreg_penalty
 
@@ -177,6 +179,49 @@ def test_act_reference_code_form_equals_detached_form_at_twice_lambda():
     assert not torch.allclose(_grads(act_loss(x0, x1, lam=lam), x0)[0], ref_grads[0])
 
 
+def _act_multiview_surrogate(xs, lam):
+    """Reference for multi-view ACT with every adversary a precomputed constant: pairs (i<j) in
+    order; the first pair's G is 2·(C_1 − I) (the gradient of the undetached square), each later
+    pair's G the previous pair's C − I; loss = mean over pairs of align + λ⟨C − I, G⟩. Its gradient is
+    the one ACT's min-max prescribes (Danskin); values differ, gradients must not."""
+    parts = {}
+    pairs = [(i, j) for i in range(len(xs)) for j in range(i + 1, len(xs))]
+    for i, j in pairs:
+        parts[i, j] = _act_parts(xs[i], xs[j])
+    total, prev = 0.0, None
+    for p, (i, j) in enumerate(pairs):
+        _, _, align, c_diff = parts[i, j]
+        c = torch.stack([torch.stack(row) for row in c_diff])
+        g = 2 * c.detach() if prev is None else prev
+        total = total + align + lam * (c * g).sum()
+        prev = c.detach()
+    return total / len(pairs)
+
+
+def test_act_multiview_gradient_matches_the_constant_adversary_reference():
+    lam = 0.05
+    xs = [_rand(5, 3, seed=s) for s in (11, 12, 13, 14)]  # 4 views → 6 pairs, as the reference recipes
+    got = _grads(act_multiview_loss(xs, lam), *xs)
+    ref = _grads(_act_multiview_surrogate(xs, lam), *xs)
+    for a, b in zip(got, ref):
+        _close(a, b)
+    # value: the first pair's regulariser is λ‖C − I‖², later pairs λ⟨C_p − I, C_{p−1} − I⟩
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    mats = [torch.stack([torch.stack(row) for row in _act_parts(xs[i], xs[j])[3]]) for i, j in pairs]
+    aligns = [_act_parts(xs[i], xs[j])[2] for i, j in pairs]
+    value = sum(aligns[p] + lam * (mats[p] * (mats[p] if p == 0 else mats[p - 1])).sum() for p in range(6)) / 6
+    _close(act_multiview_loss(xs, lam), value)
+
+
+def test_act_two_views_is_the_detached_form_at_twice_lambda():
+    x0, x1 = _rand(6, 4, seed=3), _rand(6, 4, seed=4)
+    _close(act_multiview_loss([x0, x1], 0.05), act_loss(x0, x1, 0.05))  # same value at λ
+    for a, b in zip(_grads(act_multiview_loss([x0, x1], 0.05), x0, x1), _grads(act_loss(x0, x1, 0.1), x0, x1)):
+        _close(a, b)  # same gradient at 2λ
+    with pytest.raises(UftError, match="at least 2 views"):
+        act_multiview_loss([x0], 0.05)
+
+
 # ---- Rademacher complexity / RadReg ------------------------------------------------------------
 
 def _rad_sum(features, sigma):
@@ -229,18 +274,40 @@ def test_closed_form_is_the_sup_over_linear_heads():
 
 def test_radreg_penalty_draws_fresh_sigma_and_matches_closed_form():
     phi = _rand(8, 4, seed=5)
-    a = radreg_penalty(phi, torch.Generator().manual_seed(3), bound=2.0)
     sigma = torch.randint(0, 2, (8,), generator=torch.Generator().manual_seed(3)) * 2 - 1
-    _close(a, rademacher_complexity(phi, sigma, 2.0))
-    assert _grads(a, phi)[0].abs().sum() > 0
+    raw = radreg_penalty(phi, torch.Generator().manual_seed(3), bound=2.0, standardized=False)
+    _close(raw, rademacher_complexity(phi, sigma, 2.0))
+    # default: on the batch-standardised features, computed here by hand (biased variance, eps 1e-5)
+    mu = sum(phi[i] for i in range(8)) / 8
+    var = sum((phi[i] - mu) ** 2 for i in range(8)) / 8
+    std_ref = torch.stack([(phi[i] - mu) / torch.sqrt(var + 1e-5) for i in range(8)])
+    std = radreg_penalty(phi, torch.Generator().manual_seed(3), bound=2.0)
+    _close(std, rademacher_complexity(std_ref, sigma, 2.0))
+    _close(_grads(std, phi)[0], _grads(rademacher_complexity(std_ref, sigma, 2.0), phi)[0])
+    assert _grads(raw, phi)[0].abs().sum() > 0
 
     g = torch.Generator().manual_seed(0)
     draws = torch.stack([radreg_penalty(phi.detach(), g, n_outputs=3) for _ in range(4)])
     assert draws.unique().numel() > 1  # one new σ per call
 
     # E_σ ‖Σ_i σ_i φ_i‖² = Σ_i ‖φ_i‖² (cross terms vanish): check the draws' average.
-    sq = torch.stack([(8 * radreg_penalty(phi.detach(), g)) ** 2 for _ in range(4000)])
+    sq = torch.stack([(8 * radreg_penalty(phi.detach(), g, standardized=False)) ** 2 for _ in range(4000)])
     assert float(sq.mean()) == pytest.approx(float((phi.detach() ** 2).sum()), rel=0.05)
+
+
+def test_standardized_radreg_ignores_what_a_standardised_probe_ignores():
+    """Per-dimension scale and shift of the features (e.g. a shrinking last layer) change the raw
+    penalty but not the standardised one, which is what a StandardScaler + linear probe sees."""
+    phi = _rand(16, 5, seed=7).detach()
+    scale, shift = torch.linspace(0.1, 3.0, 5, dtype=torch.float64), torch.linspace(-2, 2, 5, dtype=torch.float64)
+    for standardized, same in ((True, True), (False, False)):
+        a = radreg_penalty(phi, torch.Generator().manual_seed(1), standardized=standardized)
+        b = radreg_penalty(phi * scale + shift, torch.Generator().manual_seed(1), standardized=standardized)
+        assert torch.allclose(a, b, rtol=1e-4) == same
+    from sklearn.preprocessing import StandardScaler
+
+    ours = standardize(phi).numpy()
+    assert abs(ours - StandardScaler().fit_transform(phi.numpy())).max() < 1e-4
 
 
 def test_radreg_rejects_bad_input():
@@ -248,5 +315,7 @@ def test_radreg_rejects_bad_input():
         radreg_penalty(torch.zeros(4))
     with pytest.raises(UftError, match="n_outputs"):
         radreg_penalty(torch.zeros(4, 2), n_outputs=0)
+    with pytest.raises(UftError, match="standardising needs at least 2"):
+        radreg_penalty(torch.zeros(1, 2))
     with pytest.raises(UftError, match="sigma"):
         rademacher_complexity(torch.zeros(4, 2), torch.ones(3))

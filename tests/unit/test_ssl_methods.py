@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 from uft.models.encoders import TinyConvNet
 from uft.ssl.base import build_method, method_names
-from uft.ssl.losses import act_loss, barlow_twins_loss
+from uft.errors import UftError
+from uft.ssl.base import parse_method_spec
+from uft.ssl.losses import act_multiview_loss, barlow_twins_loss
 from uft.ssl.radreg import radreg_penalty
 
 METHODS = ["simclr", "moco", "byol", "barlow", "act"]
@@ -46,11 +48,43 @@ def test_loss_returns_scalar_and_x1_features_and_trains_encoder(name):
 
 def test_barlow_and_act_apply_their_loss_to_projector_outputs():
     x1, x2 = _views()
-    for name, fn in [("barlow", lambda a, b: barlow_twins_loss(a, b, 5e-3)), ("act", lambda a, b: act_loss(a, b, 0.1))]:
+    for name, fn in [("barlow", lambda a, b: barlow_twins_loss(a, b, 5e-3)), ("act", lambda a, b: act_multiview_loss([a, b], 0.05))]:
         m = _build(name)
         loss, _ = m.loss(x1, x2)
         z1, z2 = m.projector(m.encoder(torch.cat([x1, x2]))).chunk(2)
         torch.testing.assert_close(loss, fn(z1, z2))
+
+
+def test_multiview_act_projects_all_views_in_one_batch():
+    m = _build("act:views=4")
+    assert m.n_views == 4 and m.lam == 0.05
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.rand(6, 1, 8, 8, generator=g) for _ in range(4)]
+    loss, feats = m.loss(*xs)
+    zs = m.projector(m.encoder(torch.cat(xs))).chunk(4)
+    torch.testing.assert_close(loss, act_multiview_loss(zs, 0.05))
+    assert feats.shape == (6, m.encoder.feature_dim)
+    with pytest.raises(UftError, match="2 views"):
+        _build("simclr").loss(*xs)
+
+
+def test_method_specs_parse_and_reject_unknown_knobs():
+    assert parse_method_spec("act") == ("act", {})
+    assert parse_method_spec("act:views=4,lam=0.1") == ("act", {"views": 4, "lam": 0.1})
+    for bad in ("act:bogus=1", "act:views", "act:views=four", "nope:views=4"):
+        with pytest.raises(UftError, match="SSL method"):
+            parse_method_spec(bad)
+    with pytest.raises(UftError, match="act views=1"):
+        _build("act:views=1")
+
+
+def test_multiview_act_trains_with_the_trainer():
+    from uft.ssl.train import TrainConfig, train_ssl
+
+    m = _build("act:views=3")
+    x = (torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8)
+    res = train_ssl(m, x, TrainConfig(steps=2, batch_size=8, log_every=1, warmup_steps=0))
+    assert len(res.losses) == 2 and all(torch.isfinite(torch.tensor(v)) for _, v in res.losses)
 
 
 # ---- MoCo --------------------------------------------------------------------------------------

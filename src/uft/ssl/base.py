@@ -42,9 +42,11 @@ class SSLMethod(nn.Module):
         self.proj_dim = proj_dim
         self.hidden_dim = hidden_dim
         self.params = dict(params)
+        self.n_views = 2  # augmented views per image the trainer passes to :meth:`loss`
 
-    def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two views ``(N, C, H, W)`` → (scalar loss, encoder features of ``x1`` ``(N, D)``).
+    def loss(self, x1: torch.Tensor, x2: torch.Tensor, *more: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n_views`` views ``(N, C, H, W)`` (two unless the method says otherwise) → (scalar loss,
+        encoder features of ``x1`` ``(N, D)``).
 
         The features are returned so regularisers (RadReg) reuse the forward pass.
         """
@@ -70,10 +72,16 @@ class ProjectedPairMethod(SSLMethod):
         """Projections ``(N, proj_dim)`` of view 1 and view 2 → scalar loss."""
         raise NotImplementedError
 
-    def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(torch.cat([x1, x2]))  # one forward for both views: BN sees the whole batch
-        z1, z2 = self.projector(h).chunk(2)
-        return self.pair_loss(z1, z2), h[: x1.shape[0]]
+    def views_loss(self, zs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Projections of all ``n_views`` views → scalar loss; default: :meth:`pair_loss` of two views."""
+        if len(zs) != 2:
+            raise UftError(f"{self.name} takes 2 views per image, got {len(zs)}")
+        return self.pair_loss(*zs)
+
+    def loss(self, x1: torch.Tensor, x2: torch.Tensor, *more: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        views = (x1, x2, *more)
+        h = self.encoder(torch.cat(views))  # one forward for all views: BN sees the whole batch
+        return self.views_loss(self.projector(h).chunk(len(views))), h[: x1.shape[0]]
 
 
 REGISTRY: dict[str, type[SSLMethod]] = {}
@@ -84,12 +92,37 @@ def register(cls: type[SSLMethod]) -> type[SSLMethod]:
     return cls
 
 
-def build_method(name: str, encoder: nn.Module, **kwargs) -> SSLMethod:
-    """Instantiate a registered method; an unknown name lists the valid ones."""
+def parse_method_spec(spec: str) -> tuple[str, dict[str, float | int]]:
+    """A method spec → (registered name, knob overrides): ``"act"`` → ``("act", {})``,
+    ``"act:views=4,lam=0.05"`` → ``("act", {"views": 4, "lam": 0.05})``. Checks the name and that
+    each knob is a keyword of the method's constructor; a bad spec raises one UftError line."""
+    import inspect
+
     _load_all()
+    name, _, rest = spec.partition(":")
+    name = name.strip()
     if name not in REGISTRY:
         raise UftError(f"unknown SSL method {name!r}: choose one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](encoder, **kwargs)
+    allowed = [p for p in inspect.signature(REGISTRY[name].__init__).parameters if p not in {"self", "encoder"}]
+    knobs: dict[str, float | int] = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+        if not eq or key not in allowed or value is None:
+            raise UftError(f"SSL method spec {spec!r}: write name:knob=number,... with knobs from {', '.join(allowed)}")
+        knobs[key] = int(value) if value.is_integer() and "." not in raw and "e" not in raw.lower() else value
+    return name, knobs
+
+
+def build_method(name: str, encoder: nn.Module, **kwargs) -> SSLMethod:
+    """Instantiate a registered method from its name or spec (see :func:`parse_method_spec`);
+    ``kwargs`` override the spec's knobs. An unknown name lists the valid ones."""
+    base, knobs = parse_method_spec(name)
+    return REGISTRY[base](encoder, **{**knobs, **kwargs})
 
 
 def method_names() -> list[str]:

@@ -72,8 +72,8 @@ class _LossModule(nn.Module):
         super().__init__()
         self.method = method
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.method.loss(x1, x2)
+    def forward(self, *views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.method.loss(*views)
 
 
 def wrap(method: nn.Module, device: torch.device) -> nn.Module:

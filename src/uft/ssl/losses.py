@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -98,6 +100,44 @@ def act_loss(x0: torch.Tensor, x1: torch.Tensor, lam: float = 0.05) -> torch.Ten
     c_diff = z0.T @ z1 / n - torch.eye(d, dtype=z0.dtype, device=z0.device)
     align = (z0 - z1).pow(2).sum(dim=1).mean()
     return align + lam * (c_diff * c_diff.detach()).sum()
+
+
+def act_multiview_loss(zs: Sequence[torch.Tensor], lam: float = 0.05) -> torch.Tensor:
+    """ACT over V ≥ 2 views, exactly as the reference code (``methods/act.py``) computes it.
+
+    zs: V projector outputs ``(N, d)``, one per view of the same N images. Pairs ``(i, j)``,
+    ``i < j``, are visited in order ((0,1), (0,2), …, (V−2,V−1): ``P = V(V−1)/2`` pairs). With
+    ``Z = √d · normalize(X)`` and ``C_p = Z_iᵀ Z_j / N`` for pair p, pair p contributes
+
+        ``mean_n ‖Z_i,n − Z_j,n‖² + lam · ⟨C_p − I, G_p⟩_F``
+
+    where the adversary is ``G_1 = C_1 − I`` itself (*not* detached) for the first pair and
+    ``G_p = (C_{p−1} − I).detach()``, the previous pair's, for the others. Returns the mean over the
+    P pairs (a scalar).
+
+    Gradient w.r.t. ``C_p``: ``2·lam·(C_1 − I)/P`` for the first pair (the square), ``lam·G_p/P``
+    for the others. So for two views this equals :func:`act_loss` with ``2·lam`` (the detached
+    closed-form convention of METHODS §2), and ``lam = 0.05`` is the reference default.
+    """
+    if len(zs) < 2:
+        raise UftError(f"ACT needs at least 2 views per image, got {len(zs)}")
+    n, d = zs[0].shape
+    z = [d**0.5 * F.normalize(x, dim=1) for x in zs]
+    eye = torch.eye(d, dtype=z[0].dtype, device=z[0].device)
+    total, g, pairs = z[0].new_zeros(()), None, 0
+    for i in range(len(z) - 1):
+        for j in range(i + 1, len(z)):
+            c_diff = z[i].T @ z[j] / n - eye
+            adversary = c_diff if g is None else g
+            total = total + (z[i] - z[j]).pow(2).sum(dim=1).mean() + lam * (c_diff * adversary).sum()
+            g, pairs = c_diff.detach(), pairs + 1
+    return total / pairs
+
+
+def standardize(features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``(n, D)`` → each column at zero mean and unit (biased) variance over the n rows, as the
+    linear probe's StandardScaler does with the training features (``eps`` guards constant columns)."""
+    return (features - features.mean(0)) / torch.sqrt(features.var(0, unbiased=False) + eps)
 
 
 def rademacher_complexity(features: torch.Tensor, sigma: torch.Tensor, bound: float = 1.0) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The SSL training loop shared by pretraining and finetuning, with resumable checkpoints.
 
 Per step: B target images (without replacement), ⌈ρ·B⌉ replayed source images drawn from the
-fixed replay set, and M mixed images (new instances); each instance gets two augmented views and
-enters the same SSL loss. RadReg (optional) is computed on the target instances' features.
+fixed replay set, and M mixed images (new instances); each instance gets ``method.n_views``
+augmented views (two; multi-view ACT more) and enters the same SSL loss. RadReg (optional) is
+computed on the target instances' features.
 All randomness flows from one ``torch.Generator`` whose state is checkpointed, so a killed and
 restarted run ends with the same weights as an uninterrupted one.
 """
@@ -34,6 +35,8 @@ class TrainConfig(BaseModel):
     warmup_steps: int = Field(10, ge=0)
     replay_ratio: float = Field(0.0, ge=0, le=1, description="⌈ρ·B⌉ replayed source images per B target images")
     radreg_weight: float = Field(0.0, ge=0, description="μ of the Rademacher regulariser on target features")
+    radreg_features: Literal["standardized", "raw"] = Field(
+        "standardized", description="RadReg on per-dimension standardised features (what a linear probe sees) or raw ones")
     seed: int = 0
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
@@ -180,6 +183,7 @@ def train_ssl(
     b = min(cfg.batch_size, len(target))
     k = math.ceil(cfg.replay_ratio * b) if replay_f is not None else 0
     running = torch.full((), float(resumed_running), device=device)
+    n_views = getattr(method, "n_views", 2)
     model = ddp.wrap(method, device) if world > 1 else None
     loss_fn = model if model is not None else method.loss
     if cfg.compile:
@@ -200,13 +204,14 @@ def train_ssl(
             ga = ddp.view_generator(g, rank)
         else:
             x, nb, ga = torch.cat(parts), b, g
-        v1, v2 = augment(x, cfg.augment, ga), augment(x, cfg.augment, ga)
+        views = [augment(x, cfg.augment, ga) for _ in range(n_views)]
         if channels_last:
-            v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss, feats = loss_fn(v1, v2)
+            loss, feats = loss_fn(*views)
             if cfg.radreg_weight > 0:
-                loss = loss + cfg.radreg_weight * radreg_penalty(feats[:nb].float(), generator=ga)
+                loss = loss + cfg.radreg_weight * radreg_penalty(
+                    feats[:nb].float(), generator=ga, standardized=cfg.radreg_features == "standardized")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

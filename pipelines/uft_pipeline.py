@@ -2,7 +2,8 @@
 
     ingest(source) ─┬─ pretrain ─────────┐
                     └─ subsample_source ─┼─ mix ─ ssl_finetune ─┬─ linear/knn eval (base + finetuned)
-    ingest(target) ──────────────────────┘                      └─ holistic ─── report
+    ingest(target) ──────────────────────┘                      ├─ holistic ─┬─ report
+                                                                └─ promote ──┘
 
 On Kubernetes the training steps get a GPU, node selector, toleration, /dev/shm and resources;
 credentials come from Kubernetes Secrets; kfp.local ignores those platform settings.
@@ -19,6 +20,7 @@ from components.knn_eval import knn_eval
 from components.linear_eval import linear_eval
 from components.mix import mix
 from components.pretrain import pretrain
+from components.promote import promote
 from components.report import report
 from components.ssl_finetune import ssl_finetune
 from components.subsample_source import subsample_source
@@ -93,6 +95,9 @@ def uft_pipeline(
     holistic_methods: str = D.holistic_methods,
     holistic_steps: int = D.holistic_steps,
     seed: int = D.seed,
+    registered_model: str = D.registered_model,
+    promote_margin: float = D.promote_margin,
+    retention_tolerance: float = D.retention_tolerance,
 ):
     run = dict(run_id=run_id, job_id=JOB, experiment=experiment)
     done = finalize(**run)
@@ -131,7 +136,13 @@ def uft_pipeline(
         hol = _platform(holistic(encoder_uri=base.outputs["encoder_uri"], source_uri=src.outputs["dataset_uri"],
                                  target_uri=tgt.outputs["dataset_uri"], store_uri=store_uri, seen=holistic_seen,
                                  methods=holistic_methods, steps=holistic_steps, seed=seed, **run), gpu=True)
-        _platform(report(**metric_tasks, holistic=hol.outputs["Output"], store_uri=store_uri,
+        # Label-free signals + promotion gate (uft.promote): after the evals, before the report.
+        gate = _platform(promote(encoder_uri=ft.outputs["encoder_uri"], base_encoder_uri=base.outputs["encoder_uri"],
+                                 target_uri=tgt.outputs["dataset_uri"], source_uri=src.outputs["dataset_uri"],
+                                 store_uri=store_uri, registered_model=registered_model, margin=promote_margin,
+                                 retention_tolerance=retention_tolerance, seed=seed, **run))
+        gate.set_caching_options(False)  # the registry changes between runs: always decide afresh
+        _platform(report(**metric_tasks, holistic=hol.outputs["Output"], promote=gate.outputs["Output"], store_uri=store_uri,
                                source_uri=src.outputs["dataset_uri"], target_uri=tgt.outputs["dataset_uri"],
                                base_encoder_uri=base.outputs["encoder_uri"], finetuned_encoder_uri=ft.outputs["encoder_uri"],
                                ssl_method=ssl_method, replay_rule=replay_rule, replay_size=replay_size,

@@ -124,7 +124,7 @@ def uft_pipeline(
                                     replay_ratio=replay_ratio, radreg_weight=radreg_weight, seed=seed,
                                     checkpoint_every=checkpoint_every, gpus_per_node=GPUS_PER_NODE, **run), gpu=True)
         ft.set_accelerator_limit(GPUS_PER_NODE)
-        metric_tasks = {}
+        metric_tasks, eval_tasks = {}, []
         for tag, enc in (("base", base), ("finetuned", ft)):
             lin = _platform(linear_eval(encoder_uri=enc.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"],
                                         store_uri=store_uri, tag=tag, shots=label_shots, draws=probe_draws, seed=seed, **run))
@@ -133,6 +133,7 @@ def uft_pipeline(
                                      store_uri=store_uri, tag=tag, source_uri=src.outputs["dataset_uri"], k=knn_k, **run))
             knn.set_display_name(f"knn-eval-{tag}")
             metric_tasks[f"linear_{tag}"], metric_tasks[f"knn_{tag}"] = lin.outputs["Output"], knn.outputs["Output"]
+            eval_tasks += [lin, knn]
         hol = _platform(holistic(encoder_uri=base.outputs["encoder_uri"], source_uri=src.outputs["dataset_uri"],
                                  target_uri=tgt.outputs["dataset_uri"], store_uri=store_uri, seen=holistic_seen,
                                  methods=holistic_methods, steps=holistic_steps, seed=seed, **run), gpu=True)
@@ -142,6 +143,7 @@ def uft_pipeline(
                                  store_uri=store_uri, registered_model=registered_model, margin=promote_margin,
                                  retention_tolerance=retention_tolerance, seed=seed, **run))
         gate.set_caching_options(False)  # the registry changes between runs: always decide afresh
+        gate.after(*eval_tasks)  # register only an encoder whose evaluation ran
         _platform(report(**metric_tasks, holistic=hol.outputs["Output"], promote=gate.outputs["Output"], store_uri=store_uri,
                                source_uri=src.outputs["dataset_uri"], target_uri=tgt.outputs["dataset_uri"],
                                base_encoder_uri=base.outputs["encoder_uri"], finetuned_encoder_uri=ft.outputs["encoder_uri"],

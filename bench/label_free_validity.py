@@ -97,7 +97,9 @@ PAIRS = {
     "fashion-mnist": ("fashion_mnist", "mnist", 5000, 3000, 0.5),
 }
 SIGNALS = ("gate_score", "effective_rank", "view_retrieval", "alignment", "uniformity", "snd",
-           "neighbourhood_agreement", "source_retention")
+           "neighbourhood_agreement", "source_retention", "rank_mean")
+#: The signals averaged (as ranks within a pair) by the bench-only composite ``rank_mean``.
+RANK_MEAN_OF = ("effective_rank", "view_retrieval", "alignment", "uniformity", "source_retention")
 
 
 @dataclass
@@ -207,15 +209,28 @@ def _signed(rows: list[dict[str, Any]], name: str) -> np.ndarray:
     return vals if HIGHER_IS_BETTER.get(name, True) else -vals
 
 
+def _add_rank_mean(pr: list[dict[str, Any]]) -> None:
+    """A second composite, relative to the encoders of one pair (so usable for ranking a sweep, not
+    for a single encoder): the mean of the sign-corrected ranks of :data:`RANK_MEAN_OF`."""
+    from scipy.stats import rankdata
+
+    ranks = [rankdata(np.nan_to_num(_signed(pr, n), nan=-np.inf)) for n in RANK_MEAN_OF]
+    for r, v in zip(pr, np.mean(ranks, axis=0)):
+        r["rank_mean"] = float(v)
+
+
 def analyse(rows: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], list[list[Any]]]:
-    """Per pair and signal: Spearman ρ with 5-/10-shot accuracy, and where the collapsed encoders rank."""
+    """Per pair and signal: Spearman ρ with 5-/10-shot accuracy, where the collapsed encoders rank,
+    and where the encoder with the worst probe accuracy ranks."""
     from scipy.stats import spearmanr
 
     out: dict[str, dict[str, float]] = {}
     table_rows = []
     for pair in sorted({r["pair"] for r in rows}):
         pr = [r for r in rows if r["pair"] == pair]
+        _add_rank_mean(pr)
         acc5, acc10 = np.array([r["probe_5shot"] for r in pr]), np.array([r["probe_10shot"] for r in pr])
+        worst = int(np.argmin(acc5))
         coll = [i for i, r in enumerate(pr) if r["collapse"]]
         for name in SIGNALS:
             s = _signed(pr, name)
@@ -229,7 +244,7 @@ def analyse(rows: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], li
             last = all(rank_of[i] > len(pr) - len(coll) for i in coll) if coll else None
             out.setdefault(pair, {})[name] = rho5
             table_rows.append([pair, name, rho5, rho10, len(pr), ", ".join(map(str, coll_ranks)) or "—",
-                               "—" if last is None else ("yes" if last else "no")])
+                               "—" if last is None else ("yes" if last else "no"), f"{rank_of[worst]} / {len(pr)}"])
     return out, table_rows
 
 
@@ -243,7 +258,12 @@ def markdown(rows: list[dict[str, Any]], cfg: BenchConfig, seconds: float) -> st
            "and the probe accuracy over all encoders of the pair. 'collapsed ranks': the positions (1 = best) the "
            "signal gives the encoders flagged collapsed by `uft.evaluate.label_free.collapsed`; 'last?': are they "
            "all ranked below every other encoder.\n\n")
-    md += table(["pair", "signal", "ρ vs 5-shot", "ρ vs 10-shot", "n", "collapsed ranks", "last?"], trows)
+    md += ("- `gate_score` (view retrieval × rank fraction) is what the promotion gate uses; it is defined per "
+           "encoder. `rank_mean` is a bench-only composite: the mean rank of " + ", ".join(RANK_MEAN_OF) +
+           " among the encoders of the pair. 'worst-probe rank': where the signal puts the encoder with the lowest "
+           "5-shot accuracy (n / n = last).\n\n")
+    md += table(["pair", "signal", "ρ vs 5-shot", "ρ vs 10-shot", "n", "collapsed ranks", "last?", "worst-probe rank"],
+                trows)
     md += "\n## Every encoder\n\n"
     md += table(["pair", "config", "expected bad", "5-shot", "10-shot", "gate", "eff. rank", "view retr.", "align",
                  "unif", "SND", "kNN agree", "source kNN", "collapse"],
@@ -264,7 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=BenchConfig.threads)
     p.add_argument("--limit-configs", type=int, default=0, help="only the first N configurations (smoke runs)")
     p.add_argument("--out", default=str(RESULTS / "label_free_validity"), help="output path without extension")
+    p.add_argument("--from-json", default="", help="only re-analyse the rows of an earlier run's .json")
     a = p.parse_args(argv)
+    if a.from_json:
+        rows = json.loads(Path(a.from_json).read_text())
+        md = markdown(rows, BenchConfig(width=a.width, pretrain_steps=a.pretrain_steps, draws=a.draws), float("nan"))
+        Path(a.out).with_suffix(".md").write_text(md)
+        print(md)
+        return 0
     cfg = BenchConfig(pairs=[s for s in a.pairs.split(",") if s], width=a.width, pretrain_steps=a.pretrain_steps,
                       draws=a.draws, threads=a.threads, limit_configs=a.limit_configs)
     torch.set_num_threads(cfg.threads)

@@ -102,3 +102,29 @@ def test_consumer_loads_champion_by_alias(mlflow_env, one_torch_thread):
     x = torch.rand(5, pre["channels"], pre["image_size"], pre["image_size"])
     with torch.no_grad():
         assert torch.allclose(loaded(x), enc(x), atol=1e-5)
+
+
+def test_report_shows_the_decision_and_signals():
+    from uft.report import build_report
+
+    m = {"decision": CHALLENGER, "promoted": False, "version": "3", "registered_model": "uft-encoder",
+         "reasons": ["gate score 0.1 vs champion 0.2: gain -0.1 < margin 0.01"],
+         "signals": {**SANE, "snd": 5.0}, "base_signals": SANE, "champion_signals": {**SANE, "gate_score": 0.2}}
+    files, summary = build_report([{"step": "promote", "metrics": m}], {})
+    md = files["report.md"].decode()
+    assert "Decision: challenger" in md and "version 3" in md and "< margin" in md
+    assert "| gate_score | 0.180 | 0.180 | 0.200 |" in md and "collapsed encoder" in md  # SND's caveat
+    assert summary["promoted"] == 0.0
+
+
+def test_validity_analysis_on_constructed_rows():
+    from bench.label_free_validity import analyse
+
+    rows = [{"pair": "p", "config": str(i), "probe_5shot": a, "probe_10shot": a, "collapse": "x" if i == 0 else "",
+             "gate_score": g, "effective_rank": g, "view_retrieval": g, "alignment": -g, "uniformity": -g, "snd": -g,
+             "neighbourhood_agreement": g, "source_retention": g}
+            for i, (a, g) in enumerate([(0.1, 0.0), (0.5, 0.2), (0.7, 0.3), (0.9, 0.5)])]
+    rho, table = analyse(rows)
+    assert rho["p"]["gate_score"] == pytest.approx(1.0) and rho["p"]["snd"] == pytest.approx(-1.0)
+    gate_row = next(r for r in table if r[1] == "gate_score")
+    assert gate_row[5:] == ["4", "yes", "4 / 4"]  # the collapsed (and worst) encoder is ranked last

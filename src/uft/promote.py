@@ -175,11 +175,20 @@ def log_encoder_model(encoder: torch.nn.Module, image_size: int, channels: int, 
     import mlflow
 
     example = np.zeros((2, channels, image_size, image_size), dtype=np.float32)
-    info = mlflow.pytorch.log_model(encoder.cpu().eval(), name=name, input_example=example,
-                                    serialization_format=serialization_format,
-                                    metadata={"preprocessing": preprocessing(image_size, channels),
-                                              "feature_dim": int(getattr(encoder, "feature_dim", 0))},
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+    def log(fmt: str, note: str = ""):
+        meta = {"preprocessing": preprocessing(image_size, channels), "serialization": fmt + note,
+                "feature_dim": int(getattr(encoder, "feature_dim", 0))}
+        return mlflow.pytorch.log_model(encoder.cpu().eval(), name=name, input_example=example,
+                                        serialization_format=fmt, metadata=meta,
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+    try:
+        info = log(serialization_format)
+    except Exception as e:  # an architecture torch.export cannot trace: still publish, as a pickled module
+        if serialization_format != "pt2":
+            raise
+        info = log("pickle", f" (pt2 export failed: {type(e).__name__}; loading needs uft installed)")
     return info.model_uri
 
 

@@ -7,7 +7,7 @@ from components.image import IMAGE
 def report(linear_base: str, knn_base: str, linear_finetuned: str, knn_finetuned: str, holistic: str, store_uri: str, source_uri: str, target_uri: str, base_encoder_uri: str, finetuned_encoder_uri: str, ssl_method: str,
            replay_rule: str, replay_size: int, replay_ratio: float, mix_op: str, finetune_steps: int, seed: int,
            run_id: str, job_id: str, experiment: str, markdown: dsl.Output[dsl.Markdown],
-           html: dsl.Output[dsl.HTML]) -> str:
+           html: dsl.Output[dsl.HTML], promote: str = "") -> str:
     """One markdown/HTML summary with plots, logged to MLflow → report manifest URI."""
     from uft.config import default_store_uri
 
@@ -15,7 +15,7 @@ def report(linear_base: str, knn_base: str, linear_finetuned: str, knn_finetuned
     from uft.steps import report as step
     from uft.tracking import run_key
 
-    uris = [linear_base, knn_base, linear_finetuned, knn_finetuned, holistic]
+    uris = [linear_base, knn_base, linear_finetuned, knn_finetuned, holistic, promote]
     out = step([u for u in uris if u], store_uri, config=dict(ssl_method=ssl_method, replay_rule=replay_rule,
                replay_size=replay_size, replay_ratio=replay_ratio, mix_op=mix_op, finetune_steps=finetune_steps, seed=seed),
                encoder_uris={"pretrain": base_encoder_uri, "finetune": finetuned_encoder_uri},

@@ -2,7 +2,8 @@
 
     ingest(source) ─┬─ pretrain ─────────┐
                     └─ subsample_source ─┼─ mix ─ ssl_finetune ─┬─ linear/knn eval (base + finetuned)
-    ingest(target) ──────────────────────┘                      └─ holistic ─── report
+    ingest(target) ──────────────────────┘                      ├─ holistic ─┬─ report
+                                                                 └─ promote ──┘
     train_resources(gpus) ─ (CPU/memory of pretrain and ssl_finetune)
 
 GPUs: ``pretrain`` and ``ssl_finetune`` take ``gpus`` GPUs each (DDP, one process per GPU) and
@@ -21,6 +22,7 @@ from components.knn_eval import knn_eval
 from components.linear_eval import linear_eval
 from components.mix import mix
 from components.pretrain import pretrain
+from components.promote import promote
 from components.report import report
 from components.resources import train_resources
 from components.ssl_finetune import ssl_finetune
@@ -116,6 +118,9 @@ def uft_pipeline(
     holistic_steps: int = D.holistic_steps,
     holistic_source_steps: int = D.holistic_source_steps,
     seed: int = D.seed,
+    registered_model: str = D.registered_model,
+    promote_margin: float = D.promote_margin,
+    retention_tolerance: float = D.retention_tolerance,
 ):
     run = dict(run_id=run_id, job_id=JOB, experiment=experiment)
     # The exit handler reaches MLflow too: without uft-config it would not know where MLflow is,
@@ -151,7 +156,7 @@ def uft_pipeline(
                                     method=ssl_method, steps=finetune_steps, batch_size=batch_size, lr=lr,
                                     replay_ratio=replay_ratio, radreg_weight=radreg_weight, seed=seed,
                                     checkpoint_every=checkpoint_every, gpus_per_node=gpus, **run), gpus=gpus, resources=res)
-        metric_tasks = {}
+        metric_tasks, eval_tasks = {}, []
         for tag, enc in (("base", base), ("finetuned", ft)):
             lin = _platform(linear_eval(encoder_uri=enc.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"],
                                         store_uri=store_uri, tag=tag, shots=label_shots, draws=probe_draws, seed=seed, **run))
@@ -160,12 +165,20 @@ def uft_pipeline(
                                      store_uri=store_uri, tag=tag, source_uri=src.outputs["dataset_uri"], k=knn_k, **run))
             knn.set_display_name(f"knn-eval-{tag}")
             metric_tasks[f"linear_{tag}"], metric_tasks[f"knn_{tag}"] = lin.outputs["Output"], knn.outputs["Output"]
+            eval_tasks += [lin, knn]
         hol = _platform(holistic(encoder_uri=base.outputs["encoder_uri"], source_uri=src.outputs["dataset_uri"],
                                  target_uri=tgt.outputs["dataset_uri"], store_uri=store_uri, seen=holistic_seen,
                                  methods=holistic_methods, steps=holistic_steps, source_steps=holistic_source_steps,
                                  seed=seed, **run), gpus=1)
         hol.after(ft)  # one GPU step at a time: a run holds at most `gpus` GPUs
-        _platform(report(**metric_tasks, holistic=hol.outputs["Output"], store_uri=store_uri,
+        # Label-free signals + promotion gate (uft.promote): after the evals, before the report.
+        gate = _platform(promote(encoder_uri=ft.outputs["encoder_uri"], base_encoder_uri=base.outputs["encoder_uri"],
+                                 target_uri=tgt.outputs["dataset_uri"], source_uri=src.outputs["dataset_uri"],
+                                 store_uri=store_uri, registered_model=registered_model, margin=promote_margin,
+                                 retention_tolerance=retention_tolerance, seed=seed, **run))
+        gate.set_caching_options(False)  # the registry changes between runs: always decide afresh
+        gate.after(*eval_tasks)  # register only an encoder whose evaluation ran
+        _platform(report(**metric_tasks, holistic=hol.outputs["Output"], promote=gate.outputs["Output"], store_uri=store_uri,
                                source_uri=src.outputs["dataset_uri"], target_uri=tgt.outputs["dataset_uri"],
                                base_encoder_uri=base.outputs["encoder_uri"], finetuned_encoder_uri=ft.outputs["encoder_uri"],
                                ssl_method=ssl_method, replay_rule=replay_rule, replay_size=replay_size,

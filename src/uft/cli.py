@@ -80,6 +80,9 @@ def run(
                 with live.status("running the pipeline (kfp.local) …", spinner="dots") as status:
                     res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=True,
                                     on_event=_TaskLog(status))
+            from uft.promote import promotion_summary
+
+            res.promotion = promotion_summary(experiment, res.run_id)  # read while MLflow is reachable
     except UftError as e:
         _fail(e)
     except KeyboardInterrupt as e:
@@ -148,11 +151,36 @@ def _print_result(res, state: Path, config: dict | None = None) -> None:
         for m in methods:
             h.add_row(m, *[f"{res.metrics.get(f'holistic_{m}_{c}', float('nan')):.3f}" for c in ("overall", "seen", "unseen")])
         console.print(h)
+    decision = getattr(res, "promotion", None)
+    if decision:  # the promotion gate's verdict and why (uft.promote)
+        console.print(f"Promotion: [bold]{decision}[/]", soft_wrap=True)
     console.print(f"MLflow parent run: [bold]{res.parent_run_id}[/] (experiment {res.experiment!r})")
     for k, v in sorted(res.artifacts.items()):
         console.print(f"  {k}: {v}", soft_wrap=True)  # URIs stay whole, to copy and paste
     console.print(f"Open the MLflow UI: [bold]make ui[/]  (or: UFT_STATE_DIR={shlex.quote(str(state))} .venv/bin/uft ui)",
                   soft_wrap=True)
+
+
+@app.command("promote")
+def promote_cmd(
+    run_id: str = typer.Argument(..., help="the pipeline run id (`uft run` prints it)"),
+    force: bool = typer.Option(False, "--force", help="make its version champion without applying the gate"),
+    registered_model: str = typer.Option("uft-encoder", help="registered model name (if the run did not record one)"),
+    experiment: str = typer.Option("uft", help="MLflow experiment of the run"),
+) -> None:
+    """Manual promotion decision for the encoder version a run registered (see `uft.promote`)."""
+    from contextlib import nullcontext
+
+    from uft.orchestrate.local import local_services, state_dir
+    from uft.promote import manual_promote
+
+    try:
+        ctx = nullcontext() if os.environ.get("MLFLOW_TRACKING_URI") else local_services(state_dir(), start_s3=False)
+        with ctx:
+            d = manual_promote(run_id, registered_model=registered_model, experiment=experiment, force=force)
+    except UftError as e:
+        _fail(e)
+    console.print(d.summary(), soft_wrap=True)
 
 
 @app.command()

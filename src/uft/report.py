@@ -300,6 +300,12 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
             md += ["### Per-class accuracy", "", "![per-class accuracy](holistic_per_class.png)", ""]
             files["holistic_per_class.png"] = per_class_heatmap({"": per_class}, _holistic_seen(holistic, config))
         summary.update({f"holistic_{m}_{k}": v for m, r in res.items() for k, v in r.items() if k in cols and isinstance(v, (int, float))})
+    promotion = next((c["metrics"] for c in collected if c["step"] == "promote"), None)
+    if promotion:  # label-free signals and the registry decision (uft.promote)
+        from uft.promote import report_section
+
+        md += report_section(promotion)
+        summary["promoted"] = float(bool(promotion.get("promoted")))
     if projections:
         files["projection.png"] = _projection_plot(projections)
         md += ["## Target features before and after finetuning", "", "![projection](projection.png)", ""]

@@ -1,0 +1,130 @@
+"""The promotion gate: decisions on constructed cases (pure), and the registry against a real local
+MLflow (sqlite tracking + registry in a temp dir): idempotent registration, aliases, reasons as
+tags, and consumers loading ``models:/<name>@champion``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uft.errors import UftError
+from uft.promote import CHALLENGER, CHAMPION, Decision, GatePolicy, decide
+
+SANE = {"finite": True, "effective_rank": 20.0, "rank_fraction": 0.3, "view_retrieval": 0.6, "n_views": 200,
+        "gate_score": 0.18, "source_retention": 0.90}
+
+
+def test_decide_constructed_cases():
+    p = GatePolicy(margin=0.01, retention_tolerance=0.02)
+    first = decide(SANE, None, p)
+    assert first.promote and "empty registry" in first.reasons[0]
+    better = decide({**SANE, "gate_score": 0.25}, SANE, p)
+    assert better.promote and better.alias == CHAMPION
+    tie = decide(SANE, SANE, p)
+    assert not tie.promote and tie.alias == CHALLENGER and "< margin" in tie.reasons[0]
+    forgets = decide({**SANE, "gate_score": 0.25, "source_retention": 0.80}, SANE, p)
+    assert not forgets.promote and any("forgets the source" in r for r in forgets.reasons)
+    within = decide({**SANE, "gate_score": 0.25, "source_retention": 0.89}, SANE, p)
+    assert within.promote
+    probe = decide({**SANE, "gate_score": 0.25, "probe": 0.70}, {**SANE, "probe": 0.75}, p)
+    assert not probe.promote and any("probe accuracy" in r for r in probe.reasons)
+    for bad in ({"effective_rank": 1.0}, {"finite": False}, {"view_retrieval": 0.0}):
+        d = decide({**SANE, "gate_score": 0.9, **bad}, None, p)
+        assert not d.promote and d.reasons[0].startswith("collapsed"), bad
+    forced = decide({**SANE, "effective_rank": 1.0}, SANE, p, force=True)
+    assert forced.promote and forced.forced
+    with pytest.raises(UftError, match="margin"):
+        GatePolicy(margin=-1)
+
+
+def _enc(seed: int, width: int = 4):
+    from uft.models.encoders import TinyConvNet
+
+    torch.manual_seed(seed)
+    return TinyConvNet(1, width=width).eval()
+
+
+def test_registry_idempotent_aliases_tags(mlflow_env, one_torch_thread):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from uft.promote import apply, register, stored_signals, version_by_alias
+
+    name = "uft-encoder-test"
+    client = MlflowClient()
+    a, b = _enc(0), _enc(1)
+    mlflow.set_experiment("promote-test")
+    assert version_by_alias(name, CHAMPION, client) is None  # no registered model yet: not an error
+    with mlflow.start_run():
+        v1 = register(name, a, "sha-a", image_size=8, channels=1, serialization_format="pickle")
+        again = register(name, a, "sha-a", image_size=8, channels=1, serialization_format="pickle")  # a retried step
+    assert again.version == v1.version
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    apply(name, v1.version, decide(SANE, None), client)
+    apply(name, v1.version, decide(SANE, None), client)  # retried: same state
+    assert version_by_alias(name, CHAMPION, client).version == v1.version
+
+    with mlflow.start_run():
+        v2 = register(name, b, "sha-b", image_size=8, channels=1, serialization_format="pickle")
+    held = apply(name, v2.version, decide(SANE, SANE), client)
+    assert held.previous_champion == str(v1.version)
+    assert version_by_alias(name, CHAMPION, client).version == v1.version
+    assert version_by_alias(name, CHALLENGER, client).version == v2.version
+    tags = client.get_model_version(name, v2.version).tags
+    assert tags["uft.decision"] == CHALLENGER and "< margin" in tags["uft.reasons"]
+    assert stored_signals(client.get_model_version(name, v2.version))["gate_score"] == pytest.approx(0.18)
+
+    # promoting the challenger moves champion and clears its challenger alias
+    apply(name, v2.version, Decision(True, ["better"], SANE), client)
+    assert version_by_alias(name, CHAMPION, client).version == v2.version
+    assert version_by_alias(name, CHALLENGER, client) is None
+
+
+
+@pytest.mark.slow  # torch.export of the model: ~30 s on a busy 2-core machine
+def test_consumer_loads_champion_by_alias(mlflow_env, one_torch_thread):
+    """Exactly what a consumer does: load ``models:/<name>@champion`` (the default pt2 format needs no
+    uft import), read the preprocessing recorded with it, and embed a batch of any size."""
+    import mlflow
+
+    from uft.promote import apply, register
+
+    name, enc = "uft-encoder-load", _enc(2)
+    mlflow.set_experiment("promote-load")
+    with mlflow.start_run():
+        v = register(name, enc, "sha-c", image_size=8, channels=1)
+    apply(name, v.version, decide(SANE, None))
+    loaded = mlflow.pytorch.load_model(f"models:/{name}@{CHAMPION}")
+    info = mlflow.models.get_model_info(f"models:/{name}@{CHAMPION}")
+    pre = info.metadata["preprocessing"]
+    assert (pre["image_size"], pre["channels"], pre["value_range"]) == (8, 1, [0.0, 1.0])
+    assert info.saved_input_example_info is not None and info.signature is not None
+    x = torch.rand(5, pre["channels"], pre["image_size"], pre["image_size"])
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), enc(x), atol=1e-5)
+
+
+def test_report_shows_the_decision_and_signals():
+    from uft.report import build_report
+
+    m = {"decision": CHALLENGER, "promoted": False, "version": "3", "registered_model": "uft-encoder",
+         "reasons": ["gate score 0.1 vs champion 0.2: gain -0.1 < margin 0.01"],
+         "signals": {**SANE, "snd": 5.0}, "base_signals": SANE, "champion_signals": {**SANE, "gate_score": 0.2}}
+    files, summary = build_report([{"step": "promote", "metrics": m}], {})
+    md = files["report.md"].decode()
+    assert "Decision: challenger" in md and "version 3" in md and "< margin" in md
+    assert "| gate_score | 0.180 | 0.180 | 0.200 |" in md and "collapsed encoder" in md  # SND's caveat
+    assert summary["promoted"] == 0.0
+
+
+def test_validity_analysis_on_constructed_rows():
+    from bench.label_free_validity import analyse
+
+    rows = [{"pair": "p", "config": str(i), "probe_5shot": a, "probe_10shot": a, "collapse": "x" if i == 0 else "",
+             "gate_score": g, "effective_rank": g, "view_retrieval": g, "alignment": -g, "uniformity": -g, "snd": -g,
+             "neighbourhood_agreement": g, "source_retention": g}
+            for i, (a, g) in enumerate([(0.1, 0.0), (0.5, 0.2), (0.7, 0.3), (0.9, 0.5)])]
+    rho, table = analyse(rows)
+    assert rho["p"]["gate_score"] == pytest.approx(1.0) and rho["p"]["snd"] == pytest.approx(-1.0)
+    gate_row = next(r for r in table if r[1] == "gate_score")
+    assert gate_row[5:] == ["4", "yes", "4 / 4"]  # the collapsed (and worst) encoder is ranked last

@@ -1,0 +1,78 @@
+"""The promote step end to end on tiny published data and a real local MLflow registry (sqlite):
+the first run promotes, an identical rerun and a retried step add nothing, a collapsed encoder is
+held with its reason, and `uft promote --force` overrides the gate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def published(tmp_path, tiny_raw):
+    """(store_uri, base encoder URI, sane finetuned URI, collapsed URI, target URI, source URI)."""
+    from uft.data.ingest import ingest
+    from uft.models.artifact import publish_encoder
+    from uft.models.encoders import TinyConvNet
+    from uft.store import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    target = ingest(tiny_raw, store, name="t", image_size=8, channels=1, test_fraction=0.5)
+    source = ingest(tiny_raw, store, name="s", image_size=8, channels=1, test_fraction=0.3, seed=1)
+    spec = {"name": "tiny", "in_channels": 1, "kwargs": {"width": 8}}
+    torch.manual_seed(0)
+    base = TinyConvNet(1, width=8)
+    torch.manual_seed(1)
+    ft = TinyConvNet(1, width=8)
+    dead = TinyConvNet(1, width=8)
+    with torch.no_grad():
+        for p in dead.net[0].parameters():
+            p.zero_()
+    uris = [publish_encoder(store, f"models/{n}", e, spec, {}) for n, e in (("base", base), ("ft", ft), ("dead", dead))]
+    return str(tmp_path / "store"), *uris, target, source
+
+
+@pytest.mark.slow  # five gate decisions against a fresh sqlite registry: ~1 min on a busy 2-core machine
+def test_promote_step_first_rerun_collapsed_force(published, mlflow_env, one_torch_thread, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    from uft.cli import app
+    from uft.promote import CHALLENGER, CHAMPION, promote_step, version_by_alias
+    from uft.store import read_manifest
+
+    store, base, ft, dead, target, source = published
+    name = "enc"
+    kw = dict(source_uri=source, registered_model=name, max_images=60, experiment="promote", model_format="pickle")
+    first = promote_step(ft, base, target, store, run_id="r1", **kw)
+    assert first["promoted"] and first["decision"] == CHAMPION and "empty registry" in first["summary"]
+    report = read_manifest(first["metrics_uri"])[0]["metrics"]
+    assert report["signals"]["effective_rank"] > 1 and "probe" in report["signals"]  # target is labelled
+
+    for rid in ("r1", "r2"):  # a retried step, then an identical rerun under a new run id
+        again = promote_step(ft, base, target, store, run_id=rid, **kw)
+        assert not again["promoted"] and again["decision"] == "champion (unchanged)"
+    client = MlflowClient()
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+    held = promote_step(dead, base, target, store, run_id="r3", **kw)
+    assert held["decision"] == CHALLENGER and held["reasons"][0].startswith("collapsed")
+    assert str(version_by_alias(name, CHAMPION, client).version) == first["version"]
+    assert "collapsed" in client.get_model_version(name, held["version"]).tags["uft.reasons"]
+
+    # manual override of the held (collapsed) version, by pipeline run id
+    monkeypatch.setenv("UFT_PROGRESS", "off")
+    res = CliRunner().invoke(app, ["promote", "r3", "--force", "--registered-model", name, "--experiment", "promote"])
+    assert res.exit_code == 0, res.output
+    assert str(version_by_alias(name, CHAMPION, client).version) == held["version"]
+    assert client.get_model_version(name, held["version"]).tags["uft.forced"] == "true"
+    res = CliRunner().invoke(app, ["promote", "nope", "--force", "--registered-model", name, "--experiment", "promote"])
+    assert res.exit_code != 0 and "nope" in res.output
+
+
+def test_promote_step_without_tracking_registers_nothing(published, one_torch_thread):
+    from uft.promote import promote_step
+
+    store, base, ft, _, target, source = published
+    out = promote_step(ft, base, target, store, source_uri=source, registered_model="x", max_images=60)
+    assert out["version"] is None and "tracking is off" in out["summary"]

@@ -56,22 +56,42 @@ def run(
     try:
         # Steps run in other processes (and directories): make local data paths absolute first.
         source, target = _absolute(source), _absolute(target)
-        cfg = validate_config({"source": source, "target": target, **_params(param)})
+        params = _params(param)
+        choice = _infer_defaults(source, target, params)
+        cfg = validate_config({"source": source, "target": target, **choice.values, **params})
         state = state_dir()
         with local_services(state) as env:
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
                           f"  ·  MLflow: {os.environ['MLFLOW_TRACKING_URI']}[/]")
+            extra = choice.params()
             if verbose:
-                res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=False)
+                res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=False,
+                                extra_params=extra)
             else:
                 # Bound to the real stdout now: run_local redirects sys.stdout while the tasks run.
                 live = Console(file=sys.stdout)
                 with live.status("running the pipeline (kfp.local) …", spinner="dots") as status:
                     res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=True,
-                                    on_event=_TaskLog(status))
+                                    on_event=_TaskLog(status), extra_params=extra)
     except UftError as e:
         _fail(e)
     _print_result(res, state)
+
+
+def _infer_defaults(source: str, target: str, params: dict[str, str]):
+    """Image size / channels / encoder from the data when not given; print the choice and any loss."""
+    from uft.config import RunConfig
+    from uft.data.profile import profile_dataset
+    from uft.defaults import infer_defaults, has_accelerator
+
+    current = {k: params.get(k, RunConfig.model_fields[k].default) for k in ("image_size", "channels", "encoder")}
+    current = {k: int(v) if k != "encoder" else v for k, v in current.items()}
+    choice = infer_defaults(profile_dataset(source), profile_dataset(target), explicit=params, current=current,
+                            accelerator=has_accelerator())
+    console.print(f"[dim]{choice.line()}[/]", soft_wrap=True)
+    for w in choice.warnings:
+        err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+    return choice
 
 
 class _TaskLog:

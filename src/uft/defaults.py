@@ -44,7 +44,7 @@ class DefaultsChoice:
     def line(self) -> str:
         """One line for the terminal: the choice, why, and how to override it."""
         if not self.values:
-            return "defaults: " + ("; ".join(self.reasons) or "nothing inferred")
+            return "defaults: " + ("; ".join(self.reasons) or "image_size, channels and encoder set by hand")
         chosen = ", ".join(f"{k}={v}" for k, v in self.values.items())
         return (f"inferred from the data: {chosen} — {'; '.join(self.reasons)} "
                 f"(override with -p KEY=VALUE, e.g. -p image_size=64)")

@@ -6,13 +6,14 @@ Builds the scikit-image colour pair (:mod:`bench.colour_pair`), then runs the wh
 (kfp.local, local S3, MLflow) twice on it: with the digit-demo defaults forced (16 px, grey, tiny
 convnet: what every ImageFolder run got before) and with no flags (what `uft run` now infers on
 this machine). Prints a markdown table of k-NN and few-label probe accuracy of the base and the
-finetuned encoder, and each run's wall time; writes it to bench/results/defaults_colour.md.
+finetuned encoder, and each run's wall and CPU time; writes it to bench/results/defaults_colour.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,13 @@ from bench.common import RESULTS
 
 OLD = {"image_size": "16", "channels": "1", "encoder": "tiny"}
 METRICS = ("knn", "linear_5shot", "linear_10shot")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the pipeline's tasks):
+    unlike wall time, it does not grow when other work shares the machine."""
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
 
 
 def main() -> None:
@@ -42,14 +50,14 @@ def main() -> None:
         for label, params in (("fixed digit defaults", OLD), ("inferred from the data", {})):
             choice = cli._infer_defaults(str(src), str(tgt), dict(params))
             cfg = validate_config({"source": str(src), "target": str(tgt), **choice.values, **params})
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _cpu_seconds()
             res = run_local(cfg, experiment="bench-defaults", extra_params=choice.params())
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
             m = res.metrics
             rows.append([label, f"{cfg.image_size}×{cfg.image_size}×{cfg.channels}", cfg.encoder,
                          *[f"{m.get(f'base_{k}', float('nan')):.3f} → {m.get(f'finetuned_{k}', float('nan')):.3f}"
-                           for k in METRICS], f"{wall:.0f}"])
-    head = ["defaults", "ingested as", "encoder", *[f"{k} (base → finetuned)" for k in METRICS], "wall s"]
+                           for k in METRICS], f"{wall:.0f}", f"{cpu:.0f}"])
+    head = ["defaults", "ingested as", "encoder", *[f"{k} (base → finetuned)" for k in METRICS], "wall s", "CPU s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     text = (f"Colour pair from scikit-image photographs ({args.per_class} images per class and domain), "
             f"2-core CPU, `python -m bench.defaults_colour --per-class {args.per_class}`\n\n" + "\n".join(lines) + "\n")

@@ -59,11 +59,13 @@ def run(
         source, target = _absolute(source), _absolute(target)
         store_uri = store or f"s3://{DEFAULT_BUCKET}/uft"
         external = bool(os.environ.get("AWS_ENDPOINT_URL"))  # no local S3 server to wait for
+        params = _params(param)
         state = state_dir()
         with contextlib.ExitStack() as stack:
             stack.enter_context(run_lock(state))  # first: a second run is refused in a second, not after imports
             # Bad input fails here, in seconds, before any service or task starts.
-            cfg, checked = check({"source": source, "target": target, **_params(param)}, store_uri=store_uri,
+            choice = _infer_defaults(source, target, params)
+            cfg, checked = check({"source": source, "target": target, **choice.values, **params}, store_uri=store_uri,
                                  stages=("local", "remote") if external else ("local",))
             stack.enter_context(signals_raise())
             env = stack.enter_context(local_services(state, say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)))
@@ -72,14 +74,16 @@ def run(
             console.print(f"[dim]{checked.summary()}[/]", highlight=False)
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
                           f"  ·  MLflow: {os.environ['MLFLOW_TRACKING_URI']}[/]")
+            extra = choice.params()
             if verbose:
-                res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=False)
+                res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=False,
+                                extra_params=extra)
             else:
                 # Bound to the real stdout now: run_local redirects sys.stdout while the tasks run.
                 live = Console(file=sys.stdout)
                 with live.status("running the pipeline (kfp.local) …", spinner="dots") as status:
                     res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=True,
-                                    on_event=_TaskLog(status))
+                                    on_event=_TaskLog(status), extra_params=extra)
             from uft.promote import promotion_summary
 
             res.promotion = promotion_summary(experiment, res.run_id)  # read while MLflow is reachable
@@ -97,6 +101,26 @@ def _interrupted(e: KeyboardInterrupt) -> None:
     err.print(f"[bold red]stopped[/] by {signal.Signals(signum).name}: running tasks and the local services were "
               "stopped; the MLflow runs are marked KILLED/FAILED", highlight=False)
     raise typer.Exit(128 + signum)
+
+
+def _infer_defaults(source: str, target: str, params: dict[str, str]):
+    """Image size / channels / encoder from the data when not given; print the choice and any loss."""
+    from uft.config import RunConfig
+    from uft.data.profile import profile_dataset
+    from uft.defaults import infer_defaults, has_accelerator
+
+    current = {k: params.get(k, RunConfig.model_fields[k].default) for k in ("image_size", "channels", "encoder")}
+    for k in ("image_size", "channels"):  # a malformed value is the config check's to report
+        try:
+            current[k] = int(current[k])
+        except (TypeError, ValueError):
+            current[k] = RunConfig.model_fields[k].default
+    choice = infer_defaults(profile_dataset(source), profile_dataset(target), explicit=params, current=current,
+                            accelerator=has_accelerator())
+    console.print(f"[dim]{choice.line()}[/]", soft_wrap=True)
+    for w in choice.warnings:
+        err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+    return choice
 
 
 class _TaskLog:

@@ -324,9 +324,11 @@ def derive_run_id(cfg: RunConfig, store_uri: str) -> str:
 
 
 def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", run_id: str = "",
-              quiet: bool = True, on_event: Callable[[str, str], None] | None = None) -> LocalRun:
+              quiet: bool = True, on_event: Callable[[str, str], None] | None = None,
+              extra_params: dict[str, str] | None = None) -> LocalRun:
     """Compile-free local run of :func:`pipelines.uft_pipeline.uft_pipeline` via kfp.local.
 
+    ``extra_params`` (e.g. how the defaults were inferred) join the config on the parent MLflow run.
     ``on_event(task, text)`` hears each task's start ("started"), progress ("pretrain 40/200 ·
     loss 4.1 · eta_s 20") and end ("success"/"failure"), e.g. to drive a status line."""
     from kfp import local
@@ -357,7 +359,7 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     seconds = time.perf_counter() - t0
     # The whole config on the parent run (the DAG's steps each see only their part), so
     # `uft compare`/`uft sweep` can group by any parameter.
-    tracking.log_parent_params(experiment, run_id, cfg.model_dump())
+    tracking.log_parent_params(experiment, run_id, {**cfg.model_dump(), **(extra_params or {})})
     return collect(run_id, experiment, seconds)
 
 

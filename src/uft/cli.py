@@ -52,6 +52,7 @@ def run(
 ) -> None:
     """Run the whole pipeline locally (kfp.local + local S3 + MLflow on sqlite) and print the results."""
     from uft.orchestrate.local import DEFAULT_BUCKET, local_services, run_local, run_lock, signals_raise, state_dir
+    from uft.config import validate_config
     from uft.preflight import check, needs_remote, preflight
 
     try:
@@ -64,14 +65,17 @@ def run(
         with contextlib.ExitStack() as stack:
             stack.enter_context(run_lock(state))  # first: a second run is refused in a second, not after imports
             # Bad input fails here, in seconds, before any service or task starts.
-            choice = _infer_defaults(source, target, params)
-            cfg, checked = check({"source": source, "target": target, **choice.values, **params}, store_uri=store_uri,
+            cfg, checked = check({"source": source, "target": target, **params}, store_uri=store_uri,
                                  stages=("local", "remote") if external else ("local",))
             stack.enter_context(signals_raise())
             env = stack.enter_context(local_services(state, say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)))
             if not external and needs_remote(cfg, store_uri):
                 preflight(cfg, store_uri=store_uri, stages=("remote",))  # s3:// data on the local server
             console.print(f"[dim]{checked.summary()}[/]", highlight=False)
+            # After the services: an s3:// dataset on the local server can be sampled now.
+            choice = _infer_defaults(source, target, params)
+            if choice.values:
+                cfg = validate_config({**cfg.model_dump(), **choice.values})
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
                           f"  ·  MLflow: {os.environ['MLFLOW_TRACKING_URI']}[/]")
             extra = choice.params()

@@ -47,7 +47,7 @@ test-all: install ## run every test, slow ones included
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-shuffled: install ## unit + reliability tests (not slow) in a random order; the header prints the seed (PYTEST_ARGS=--random-order-seed=N reruns it)
-	$(BIN)/python -m pytest tests/unit tests/reliability -m "not slow" -q --random-order-bucket=module $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit tests/reliability -m "not slow" --random-order-bucket=module $(PYTEST_ARGS)
 
 compile: install ## compile the pipeline to build/uft_pipeline.yaml
 	$(BIN)/uft compile --out build/uft_pipeline.yaml

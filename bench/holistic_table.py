@@ -420,10 +420,11 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _beats(rows: dict[str, dict[str, Any]], key: str, skip: Sequence[str]) -> list[str]:
-    """Rows whose paired difference ``key`` is positive by more than one std."""
+def _beats(rows: dict[str, dict[str, Any]], key: str, skip: Sequence[str], min_effect: float = 0.01) -> list[str]:
+    """Rows whose paired difference ``key`` is positive by more than one std and ``min_effect``."""
     return [f"{n} ({_fmt(s[key], signed=True)})" for n, s in rows.items()
-            if n not in skip and key in s and s[key]["n"] and s[key]["mean"] - s[key]["std"] > 0]
+            if n not in skip and key in s and s[key]["n"] and s[key]["mean"] - s[key]["std"] > 0
+            and s[key]["mean"] > min_effect]
 
 
 def reading(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
@@ -438,13 +439,13 @@ def reading(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         unseen = _beats(rows, "d_unseen_vs_naive", skip)
         overall = _beats(rows, "d_overall_vs_naive", skip)
         out.append(f"- {title}: rows above naive (unseen {naive['unseen']['mean']:.3f}, overall "
-                   f"{naive['overall']['mean']:.3f}) by more than one std, paired by seed — unseen: "
+                   f"{naive['overall']['mean']:.3f}) by more than one std and 0.01, paired by seed — unseen: "
                    + (", ".join(unseen) or "none") + "; overall: " + (", ".join(overall) or "none") + ".")
         ada = ADABN_ROW.get(init)
         if ada in rows:
             above = _beats(rows, "d_overall_vs_adabn", ("oracle",))
             out.append(f"- {title}: rows above the label-free AdaBN model (overall {rows[ada]['overall']['mean']:.3f}) "
-                       "by more than one std: " + (", ".join(above) or "none") + ".")
+                       "by more than one std and 0.01: " + (", ".join(above) or "none") + ".")
     if {"source", "adabn"} <= set(summary):
         same = [n for n in summary["adabn"] if n in summary["source"] and n != "source"
                 and abs(summary["adabn"][n]["overall"]["mean"] - summary["source"][n]["overall"]["mean"]) < 5e-3]
@@ -503,7 +504,9 @@ def render_markdown(summary: dict[str, dict[str, dict[str, Any]]], meta: dict[st
         f"Mean ± sample std over seeds {meta['seeds']} (the target split and the SSL encoder are fixed; the seed "
         "drives the source classifier and finetuning). Accuracies use the argmax over all 10 logits (calibrated "
         "logits for the +ALG/+PCV rows); AUSUC is calibration-invariant; NCM is the all-label feature probe. "
-        "Δunseen vs naive is the per-seed paired difference in unseen accuracy.",
+        "Δ columns are per-seed paired differences: unseen / overall accuracy minus naive's, and overall accuracy "
+        "minus the label-free AdaBN model's (the adabn row, or the AdaBN start itself). The two starts are never "
+        "mixed in one table.",
         "",
         *starts,
         markdown_tables(summary),

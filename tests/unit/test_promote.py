@@ -28,7 +28,7 @@ def test_decide_constructed_cases():
     assert within.promote
     probe = decide({**SANE, "gate_score": 0.25, "probe": 0.70}, {**SANE, "probe": 0.75}, p)
     assert not probe.promote and any("probe accuracy" in r for r in probe.reasons)
-    for bad in ({"effective_rank": 1.0}, {"finite": False}, {"view_retrieval": 0.0}):
+    for bad in ({"effective_rank": 1.0}, {"finite": False}, {"view_retrieval": 0.001}):
         d = decide({**SANE, "gate_score": 0.9, **bad}, None, p)
         assert not d.promote and d.reasons[0].startswith("collapsed"), bad
     forced = decide({**SANE, "effective_rank": 1.0}, SANE, p, force=True)

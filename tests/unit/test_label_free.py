@@ -113,7 +113,8 @@ def test_gate_score_and_collapse_verdict():
     assert lf.gate_score(good) == pytest.approx(0.24)
     assert lf.collapsed(good) == ""
     assert "effective rank" in lf.collapsed({**good, "effective_rank": 1.1})
-    assert "chance" in lf.collapsed({**good, "view_retrieval": 0.01})
+    assert "chance" in lf.collapsed({**good, "view_retrieval": 0.004})  # chance = 1/200
+    assert lf.collapsed({**good, "view_retrieval": 0.012}) == ""  # weak, not collapsed
     assert "diverged" in lf.collapsed({**good, "finite": False})
     assert lf.gate_score({"view_retrieval": float("nan"), "rank_fraction": 0.5}) == 0.0
 

@@ -28,13 +28,22 @@ def test_decide_constructed_cases():
     assert within.promote
     probe = decide({**SANE, "gate_score": 0.25, "probe": 0.70}, {**SANE, "probe": 0.75}, p)
     assert not probe.promote and any("probe accuracy" in r for r in probe.reasons)
-    for bad in ({"effective_rank": 1.0}, {"finite": False}, {"view_retrieval": 0.0}):
+    for bad in ({"effective_rank": 1.0}, {"finite": False}, {"view_retrieval": 0.001}):
         d = decide({**SANE, "gate_score": 0.9, **bad}, None, p)
         assert not d.promote and d.reasons[0].startswith("collapsed"), bad
     forced = decide({**SANE, "effective_rank": 1.0}, SANE, p, force=True)
     assert forced.promote and forced.forced
     with pytest.raises(UftError, match="margin"):
         GatePolicy(margin=-1)
+
+
+def _experiment(name: str) -> None:
+    """An experiment whose artifacts go to the test's temp dir (``UFT_MLFLOW_ARTIFACTS``), never ./mlruns."""
+    import mlflow
+
+    from uft import tracking
+
+    mlflow.set_experiment(experiment_id=tracking.experiment_id(name))
 
 
 def _enc(seed: int, width: int = 4):
@@ -53,7 +62,7 @@ def test_registry_idempotent_aliases_tags(mlflow_env, one_torch_thread):
     name = "uft-encoder-test"
     client = MlflowClient()
     a, b = _enc(0), _enc(1)
-    mlflow.set_experiment("promote-test")
+    _experiment("promote-test")
     assert version_by_alias(name, CHAMPION, client) is None  # no registered model yet: not an error
     with mlflow.start_run():
         v1 = register(name, a, "sha-a", image_size=8, channels=1, serialization_format="pickle")
@@ -90,7 +99,7 @@ def test_consumer_loads_champion_by_alias(mlflow_env, one_torch_thread):
     from uft.promote import apply, register
 
     name, enc = "uft-encoder-load", _enc(2)
-    mlflow.set_experiment("promote-load")
+    _experiment("promote-load")
     with mlflow.start_run():
         v = register(name, enc, "sha-c", image_size=8, channels=1)
     apply(name, v.version, decide(SANE, None))

@@ -177,11 +177,13 @@ def gate_score(signals: dict[str, float]) -> float:
     return float(v * r)
 
 
-def collapsed(signals: dict[str, float], min_rank: float = 2.0, min_retrieval_x_chance: float = 3.0) -> str:
+def collapsed(signals: dict[str, float], min_rank: float = 2.0, min_retrieval_x_chance: float = 1.0) -> str:
     """Why these signals show a collapsed (or diverged) encoder, or ``""`` when they do not.
 
     Collapse: non-finite features, effective rank below ``min_rank``, or view retrieval no better
-    than ``min_retrieval_x_chance`` × chance (the encoder cannot tell images apart)."""
+    than ``min_retrieval_x_chance`` × chance (the encoder cannot tell images apart at all). Chance
+    itself, not a multiple: a weak but sane encoder (a few training steps, blurry upsampled images)
+    can sit at 2–3× chance on a small target."""
     if not signals.get("finite", True):
         return "features are not finite (the encoder diverged)"
     if signals.get("effective_rank", 0.0) < min_rank:

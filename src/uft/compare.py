@@ -47,6 +47,8 @@ STEP_PARAMS = {
                  "source_steps": "holistic_source_steps"},
     "linear_eval_base": {"shots": "label_shots", "draws": "probe_draws"},
     "knn_eval_base": {"k": "knn_k"},
+    "promote": {"registered_model": "registered_model", "margin": "promote_margin",
+                "retention_tolerance": "retention_tolerance"},
 }
 PLAN_PARAMS = {"op": "mix_op", "alpha": "mix_alpha", "fraction": "mix_fraction", "pairing": "mix_pairing"}
 

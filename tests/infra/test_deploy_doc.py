@@ -129,8 +129,8 @@ def check_git_tag(cmd: str) -> None:
 
 def check_make_images(cmd: str) -> None:
     text = (ROOT / "Makefile").read_text()
-    assert re.search(r"^images:.*\n\tdocker build -f docker/Dockerfile\.cpu -t \$\(IMAGE_CPU\)", text, re.M)
-    assert "docker build -f docker/Dockerfile.cuda -t $(IMAGE_CUDA)" in text
+    assert re.search(r"^images:.*\n\t.*docker/build\.sh cpu \$\(IMAGE_CPU\)\n\t.*docker/build\.sh cuda \$\(IMAGE_CUDA\)",
+                     text, re.M)
     for arg in shlex.split(cmd)[2:]:
         assert arg.split("=")[0] in {"IMAGE_CPU", "IMAGE_CUDA"}, arg
 

@@ -43,6 +43,21 @@ def _fresh_s3_clients():
     _drop_s3_client_caches()
 
 
+@pytest.fixture(autouse=True)
+def _no_active_mlflow_experiment():
+    """``mlflow.set_experiment`` sets a process-global active experiment and exports it as
+    ``MLFLOW_EXPERIMENT_ID``; left behind, it made a later test's ``start_run`` on another store
+    fail ("active experiment ID does not match") only when it ran after the promote tests."""
+    import os
+    import sys
+
+    yield
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None:
+        fluent._active_experiment_id = None
+
+
 def _drop_s3_client_caches() -> None:
     import sys
 

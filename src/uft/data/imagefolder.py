@@ -26,7 +26,9 @@ a single class, train/test classes that differ) are always errors.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import math
 import os
 import warnings
 from collections import Counter
@@ -37,10 +39,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from uft.data.parallel import DiskRows, OrderedPool, chunked, resolve_workers
 from uft.data.sources import RawImages
 from uft.errors import UftError
 from uft.progress import Progress
-from uft.store import sha256_bytes
 
 IMAGE_EXTS = frozenset({
     ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
@@ -302,9 +304,13 @@ def _fit(a: np.ndarray, size: int, channels: int) -> np.ndarray:
 
 # --- the loader --------------------------------------------------------------------------------------
 
+CHUNK_BYTES = 8 << 20  # decoded bytes per worker task: bounds memory whatever the image size
+IO_THREADS = 8  # concurrent object reads per task (S3 round trips); local reads barely gain
+
+
 def load_imagefolder(spec: str, *, image_size: int, channels: int, strict: bool = False,
-                     unlabelled: bool = False, progress: bool | None = None, workers: int = 8,
-                     framing: str = "keep") -> RawImages:
+                     unlabelled: bool = False, progress: bool | None = None, workers: int | None = None,
+                     framing: str = "keep", chunk: int | None = None) -> RawImages:
     """An ImageFolder tree (directory or ``s3://`` prefix, see the module doc) → :class:`RawImages`.
 
     ``spec`` may end in ``#unlabelled`` and/or ``#strict`` (comma-separated). ``progress``: True a
@@ -316,6 +322,12 @@ def load_imagefolder(spec: str, *, image_size: int, channels: int, strict: bool 
     skipped: [{file, reason}] (first 1000), skipped_count, image_size, channels}. ``framing``:
     ``keep`` (default), ``content_box`` or ``auto`` (= keep for user data), applied per image
     before resizing (see :mod:`uft.data.framing`) and recorded as ``framing`` on the result.
+
+    Decoding runs in ``workers`` processes (``None``/0: ``$UFT_INGEST_WORKERS``, else every CPU
+    available, :func:`uft.data.parallel.available_cpus`), ``chunk`` files per task (default: about
+    8 MB of decoded pixels). Results are consumed in file order and the decoded images go to a
+    temporary file (``$TMPDIR``), so ``images`` is a :class:`uft.data.parallel.DiskRows` and memory
+    stays bounded by a few chunks; the output does not depend on ``workers`` or ``chunk``.
     """
     from uft.data.framing import resolve_framing
 
@@ -328,98 +340,155 @@ def load_imagefolder(spec: str, *, image_size: int, channels: int, strict: bool 
     strict, unlabelled = strict or "strict" in opts, unlabelled or "unlabelled" in opts
     reader = _Reader(path)
     files = reader.list()
+    found = len(files)
     entries, layout = _layout(path, files, unlabelled)
+    del files  # the entries hold the paths; at 1M files every copy costs ~100 MB
 
     skipped: list[dict[str, str]] = []
-    kept: list[tuple[_Entry, np.ndarray]] = []
-    seen: dict[str, str] = {}  # sha256 → first file kept with those bytes
+    skipped_count = 0
+    kept: list[int] = []  # indices into entries, in file order
+    seen: dict[bytes, int] = {}  # sha256 → index of the first entry kept with those bytes
     modes: Counter[str] = Counter()
     formats: Counter[str] = Counter()
 
     def skip(entry: _Entry, reason: str, duplicate: bool = False) -> None:
+        nonlocal skipped_count
         if strict and not duplicate:
             raise UftError(f"{reader.name(entry.rel)}: {reason} (strict mode): fix or remove the file, "
                            "or load without strict to skip bad files")
-        skipped.append({"file": reader.name(entry.rel), "reason": reason})
+        skipped_count += 1
+        if len(skipped) < MAX_SKIPPED_LISTED:  # only the first ones are listed; a million would not fit
+            skipped.append({"file": reader.name(entry.rel), "reason": reason})
 
     if strict:  # fail before decoding anything when the paths alone already show a bad file
         for entry in entries:
             if entry.skip is not None:
                 skip(entry, entry.skip)
 
-    def fetch(entry: _Entry) -> tuple[str, bytes] | str:
-        """Runs in I/O threads: bytes and their hash, or the reason to skip."""
-        if entry.skip is not None:
-            return entry.skip
-        try:
-            data = reader.read(entry.rel)
-        except _Skip as e:
-            return str(e)
-        return sha256_bytes(data), data
+    n_workers = resolve_workers(workers)
+    per_task = chunk or max(16, min(512, CHUNK_BYTES // (image_size * image_size * channels)))
+    n_workers = min(n_workers, math.ceil(len(entries) / per_task))  # no idle processes to start
+    job = _Job(path, image_size, channels, framing)
+    spill = DiskRows((image_size, image_size, channels))
+    pool = OrderedPool(n_workers)
+    tasks = ((job, [(e.rel, e.skip) for e in part]) for part in chunked(entries, per_task))
 
-    # Fetching is threaded (S3 round trips); decoding stays on this thread, because the
-    # decompression-bomb check relies on warnings filters, which are process-global.
     mode = None if progress is None else ("bar" if progress else "off")
     with Progress(f"reading:{path}", len(entries), mode=mode) as bar:
-        for n, (entry, res) in enumerate(zip(entries, _map(fetch, entries, workers)), 1):
+        n = 0
+        for results, images in pool.map(_decode_chunk, tasks):
+            good = []
+            for res in results:
+                i, entry = n, entries[n]
+                n += 1
+                if isinstance(res, str):
+                    skip(entry, res)
+                    continue
+                digest, k, mode_, fmt = res
+                if digest in seen:
+                    skip(entry, f"duplicate of {reader.name(entries[seen[digest]].rel)} (same bytes)", duplicate=True)
+                    continue
+                seen[digest] = i
+                kept.append(i)
+                good.append(k)
+                modes[mode_] += 1
+                formats[fmt] += 1
+            spill.append(images[good])
             bar.update(n)
-            if isinstance(res, str):
-                skip(entry, res)
-                continue
-            digest, data = res
-            if digest in seen:
-                skip(entry, f"duplicate of {seen[digest]} (same bytes)", duplicate=True)
-                continue
-            try:
-                img, mode, fmt = decode_image(data, image_size=image_size, channels=channels, framing=framing)
-            except _Skip as e:
-                skip(entry, str(e))
-                continue
-            seen[digest] = reader.name(entry.rel)
-            kept.append((entry, img))
-            modes[mode] += 1
-            formats[fmt] += 1
 
     if not kept:
         reasons = Counter(s["reason"].split(" (")[0] for s in skipped)
-        raise UftError(f"dataset {path} has no usable images ({len(skipped)} files skipped: "
+        raise UftError(f"dataset {path} has no usable images ({skipped_count} files skipped: "
                        f"{'; '.join(f'{n}× {r}' for r, n in reasons.most_common(3))}): fix the files or point at another directory")
 
     # Classes with no usable image left are dropped (and said so); at least 2 must remain.
-    counts = Counter(e.cls for e, _ in kept if e.cls is not None)
-    listed = sorted({e.cls for e in entries if e.cls is not None and e.skip is None})
-    for c in listed:
+    counts = Counter(entries[i].cls for i in kept if entries[i].cls is not None)
+    for c in listed_classes(entries):
         if c not in counts:
             where = sorted({e.rel.split("/")[0] + ("/" + c if e.split else "") for e in entries if e.cls == c})
             skipped.append({"file": ", ".join(reader.name(w) for w in where), "reason": f"class {c!r} has no usable images: dropped"})
+            skipped_count += 1
     classes = sorted(counts)
     labelled = bool(classes)
     if labelled and len(classes) < 2:
         raise UftError(f"dataset {path} has usable images in only one class ({classes[0]!r}): a labelled dataset needs "
                        f"at least 2 classes; fix the other classes' files, or mark it unlabelled ({path}#unlabelled)")
     index = {c: i for i, c in enumerate(classes)}
-    images = np.stack([img for _, img in kept])
-    labels = np.array([index[e.cls] if e.cls is not None else -1 for e, _ in kept], dtype=np.int64)
-    has_test = any(e.split == "test" for e, _ in kept)
-    splits = np.array([e.split for e, _ in kept]) if has_test else None
+    labels = np.array([index[entries[i].cls] if entries[i].cls is not None else -1 for i in kept], dtype=np.int64)
+    has_test = any(entries[i].split == "test" for i in kept)
+    splits = np.array([entries[i].split for i in kept]) if has_test else None
     info = {
         "dataset": spec,
         "layout": layout,
-        "found": len(files),
+        "found": found,
         "loaded": len(kept),
         "classes": {c: counts[c] for c in classes},
         "splits": dict(Counter(str(s) for s in splits)) if splits is not None else {},
         "modes": dict(sorted(modes.items())),
         "formats": dict(sorted(formats.items())),
         "skipped": skipped[:MAX_SKIPPED_LISTED],
-        "skipped_count": len(skipped),
+        "skipped_count": skipped_count,
         "image_size": image_size,
         "channels": channels,
     }
-    return RawImages(images, labels, classes, splits, info=info, framing=framing)
+    raw = RawImages(spill, labels, classes, splits, info=info, framing=framing)  # type: ignore[arg-type]
+    raw.decode_stats = {"workers": n_workers, "chunk": per_task, "peak_pending": pool.peak_pending}  # type: ignore[attr-defined]
+    return raw
 
 
-def _map(fn: Callable[[_Entry], object], entries: list[_Entry], workers: int) -> Iterator:
+def listed_classes(entries: list[_Entry]) -> list[str]:
+    """Class names of the listing (before decoding), sorted."""
+    return sorted({e.cls for e in entries if e.cls is not None and e.skip is None})
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every decode task shares (pickled to the worker processes)."""
+
+    path: str
+    image_size: int
+    channels: int
+    framing: str
+
+
+_READERS: dict[str, _Reader] = {}  # one per worker process and root: S3 clients are not fork/pickle-safe
+
+
+def _decode_chunk(task: tuple[_Job, list[tuple[str, str | None]]]) -> tuple[list, np.ndarray]:
+    """Worker: files ``[(rel, skip)]`` → per file a skip reason or ``(sha256, k, mode, format)``,
+    and ``(K, S, S, C)`` uint8 images, ``k`` indexing them. Runs in a pool process (or inline)."""
+    job, part = task
+    reader = _READERS.get(job.path)
+    if reader is None:
+        reader = _READERS[job.path] = _Reader(job.path)
+
+    def fetch(item: tuple[str, str | None]) -> bytes | str:
+        rel, why = item
+        if why is not None:
+            return why
+        try:
+            return reader.read(rel)
+        except _Skip as e:
+            return str(e)
+
+    out: list = []
+    images: list[np.ndarray] = []
+    for data in _map(fetch, part, IO_THREADS if reader.store is not None else 1):
+        if isinstance(data, str):
+            out.append(data)
+            continue
+        try:
+            img, mode, fmt = decode_image(data, image_size=job.image_size, channels=job.channels, framing=job.framing)
+        except _Skip as e:
+            out.append(str(e))
+            continue
+        out.append((hashlib.sha256(data).digest(), len(images), mode, fmt))
+        images.append(img)
+    shape = (0, job.image_size, job.image_size, job.channels)
+    return out, np.stack(images) if images else np.zeros(shape, np.uint8)
+
+
+def _map(fn: Callable, entries: list, workers: int) -> Iterator:
     """Ordered map over a thread pool; pending work is cancelled when the consumer stops early."""
     if workers <= 1 or len(entries) < 8:
         yield from map(fn, entries)

@@ -9,7 +9,11 @@ publish to the same prefix and a rerun finds it already there.
 from __future__ import annotations
 
 import io
-import math
+import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -70,9 +74,142 @@ def _shard_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+class ShardWriter:
+    """Rows in, ``SHARD_ROWS``-row Parquet shards out, one at a time, then one publication.
+
+    ``add`` buffers rows until a shard is full, encodes it, hashes it and stages its bytes in a
+    temporary directory (``$TMPDIR``): the dataset's prefix is the hash of every shard, so nothing
+    can go to the store before the last shard exists. ``publish`` then copies the staged shards to
+    the store one by one and writes the manifest last (:func:`uft.store.publish`). Memory: at most
+    one shard of buffered rows plus the batch being added; ``peak_buffered_rows`` records the most
+    rows ever held (tests check the bound by behaviour).
+    """
+
+    def __init__(self, *, image_shape: tuple[int, int, int], num_classes: int):
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.num_classes = num_classes
+        self._tmp = tempfile.TemporaryDirectory(prefix="uft-shards-")
+        self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._buffered = 0
+        self.num_rows = 0
+        self.hashes: dict[str, str] = {}  # shard name → sha256, in write order
+        self.class_counts = np.zeros(num_classes, np.int64)
+        self.split_counts: Counter[str] = Counter()
+        self.peak_buffered_rows = 0
+
+    def add(self, images: np.ndarray, labels: np.ndarray, splits: np.ndarray, row_ids: np.ndarray | None = None) -> None:
+        """Append ``images`` ``(n, H, W, C)`` uint8 with ``labels`` ``(n,)`` (-1 = unlabelled),
+        ``splits`` ``(n,)`` str and ``row_ids`` ``(n,)`` (default: the running row number)."""
+        n = len(images)
+        if images.dtype != np.uint8 or tuple(images.shape[1:]) != self.image_shape:
+            raise UftError(f"batch of {images.dtype} {tuple(images.shape)} does not fit the dataset's uint8 "
+                           f"{self.image_shape} images: resize and convert it before adding")
+        if len(labels) != n or len(splits) != n or (row_ids is not None and len(row_ids) != n):
+            raise UftError(f"batch has {n} images but {len(labels)} labels, {len(splits)} splits: they must match")
+        labels = np.asarray(labels, np.int64)
+        if n and (labels.max() >= self.num_classes or labels.min() < -1):
+            raise UftError(f"labels must be -1 (unlabelled) or 0..{self.num_classes - 1} for {self.num_classes} classes")
+        ids = np.arange(self.num_rows + self._buffered, self.num_rows + self._buffered + n) if row_ids is None else row_ids
+        self._buf.append((images, labels, np.asarray(splits).astype(str), np.asarray(ids, np.int64)))
+        self._buffered += n
+        self.peak_buffered_rows = max(self.peak_buffered_rows, self._buffered)
+        while self._buffered >= SHARD_ROWS:
+            self._flush(SHARD_ROWS)
+
+    def _flush(self, rows: int) -> None:
+        parts = [np.concatenate(col) for col in zip(*self._buf)]
+        images, labels, splits, ids = (p[:rows] for p in parts)
+        rest = tuple(p[rows:] for p in parts)
+        self._buf = [rest] if len(rest[0]) else []
+        self._buffered = len(rest[0])
+        table = pa.table({
+            "row_id": pa.array(ids, pa.int64()),
+            "label": pa.array(labels.astype(np.int16), pa.int16()),
+            "split": pa.array(splits.tolist(), pa.string()),
+            "image": pa.array([r.tobytes() for r in images.reshape(len(images), -1)], pa.binary()),
+        }, schema=SCHEMA)
+        data = _shard_bytes(table)
+        name = f"part-{len(self.hashes):05d}.parquet"
+        Path(self._tmp.name, name).write_bytes(data)
+        self.hashes[name] = sha256_bytes(data)
+        self.num_rows += rows
+        labelled = labels[labels >= 0]
+        self.class_counts += np.bincount(labelled, minlength=self.num_classes)[: self.num_classes]
+        self.split_counts.update(splits.tolist())
+
+    def publish(self, store: Store, *, name: str, classes: Sequence[str], origin: dict, framing: str = "keep") -> str:
+        """Flush the last rows, then publish shards + manifest → the manifest URI."""
+        if self._buffered or not self.hashes:  # an empty dataset still gets one (empty) shard
+            self._flush(self._buffered)
+        h, w, c = self.image_shape
+        manifest = {
+            "kind": "dataset",
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "image_shape": [h, w, c],
+            "num_rows": int(self.num_rows),
+            "classes": list(classes),
+            "class_counts": self.class_counts.tolist() if self.class_counts.any() else [],
+            "splits": {k: int(v) for k, v in sorted(self.split_counts.items())},
+            "schema": {f.name: str(f.type) for f in SCHEMA},
+            "origin": origin,
+            "framing": framing,  # uft.data.framing: keep / content_box / box:T,L,H,W (part of the hash)
+        }
+        # Content address: the hash of the manifest body and the shard hashes, known before any write.
+        fingerprint = sha256_bytes(canonical_json([manifest, sorted(self.hashes.items())]))
+        try:
+            return publish(store, f"datasets/{fingerprint[:24]}", _StagedFiles(self._tmp.name, list(self.hashes)), manifest)
+        finally:
+            self._tmp.cleanup()
+
+
+class _StagedFiles(Mapping):
+    """Shard name → bytes read from the staging directory on access, so :func:`uft.store.publish`
+    holds one shard in memory at a time."""
+
+    def __init__(self, root: str, names: list[str]):
+        self.root, self.names = root, names
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self.names:
+            raise KeyError(name)
+        return Path(self.root, name).read_bytes()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+Batch = tuple  # (images (n,H,W,C) uint8, labels (n,) int, splits (n,) str[, row_ids (n,) int])
+
+
+def publish_batches(batches: Iterable[Batch], store: Store, *, name: str, image_shape: tuple[int, int, int],
+                    classes: Sequence[str], origin: dict | None = None, framing: str = "keep") -> str:
+    """Publish a dataset from an iterator of batches, written shard by shard → the manifest URI.
+
+    Each batch is ``(images, labels, splits)`` or ``(images, labels, splits, row_ids)``: images
+    ``(n, H, W, C)`` uint8 with ``(H, W, C) == image_shape``, labels ``(n,)`` in -1..len(classes)-1
+    (-1 = unlabelled), splits ``(n,)`` of "train"/"test", row ids ``(n,)`` int (default: the row
+    number). Memory is bounded by one shard plus one batch whatever the number of batches; the
+    result is the same dataset (same manifest hash) as :func:`ingest` of the concatenated rows.
+    """
+    writer = ShardWriter(image_shape=image_shape, num_classes=len(classes))
+    for batch in batches:
+        writer.add(*batch)
+    if writer.num_rows + writer._buffered == 0:
+        raise UftError(f"dataset {name!r} has no images: the batches were empty")
+    return writer.publish(store, name=name, classes=classes, origin=origin or {}, framing=framing)
+
+
 def ingest(raw: RawImages, store: Store, *, name: str, image_size: int, channels: int,
            test_fraction: float = 0.5, limit: int = 0, seed: int = 0) -> str:
-    """Normalise, split and publish ``raw`` → the manifest URI (``datasets/<sha>/manifest.json``)."""
+    """Normalise, split and publish ``raw`` → the manifest URI (``datasets/<sha>/manifest.json``).
+
+    ``raw.images`` may be an in-memory array or a :class:`uft.data.parallel.DiskRows`: rows are
+    read, resized and written one shard at a time, so memory stays bounded by a few shards.
+    """
     if len(raw.images) == 0:
         raise UftError(f"dataset {name!r} has no images: point it at a directory with images")
     if not 0.0 <= test_fraction < 1.0:
@@ -82,43 +219,18 @@ def ingest(raw: RawImages, store: Store, *, name: str, image_size: int, channels
     if channels not in (1, 3):
         raise UftError(f"channels={channels} is invalid: use 1 (grey) or 3 (RGB)")
     keep = _subset(raw.labels, limit, seed)
-    images = resize_images(raw.images[keep], image_size, channels)
     labels = raw.labels[keep]
     splits = raw.splits[keep] if raw.splits is not None else stratified_split(labels, test_fraction, seed)
-    row_ids = keep.astype(np.int64)
 
-    files: dict[str, bytes] = {}
-    n_shards = max(1, math.ceil(len(images) / SHARD_ROWS))
-    flat = images.reshape(len(images), -1)
-    for s in range(n_shards):
-        sl = slice(s * SHARD_ROWS, (s + 1) * SHARD_ROWS)
-        table = pa.table({
-            "row_id": pa.array(row_ids[sl], pa.int64()),
-            "label": pa.array(labels[sl].astype(np.int16), pa.int16()),
-            "split": pa.array(splits[sl].tolist(), pa.string()),
-            "image": pa.array([r.tobytes() for r in flat[sl]], pa.binary()),
-        }, schema=SCHEMA)
-        files[f"part-{s:05d}.parquet"] = _shard_bytes(table)
+    def batches() -> Iterator[Batch]:
+        for start in range(0, len(keep), SHARD_ROWS):
+            sl = slice(start, start + SHARD_ROWS)
+            rows = raw.images[keep[sl]]
+            same = rows.shape[1:] == (image_size, image_size, channels)  # resize_images would be the identity
+            yield (rows if same else resize_images(rows, image_size, channels)), labels[sl], splits[sl], keep[sl]
 
-    split_counts = {str(k): int(v) for k, v in zip(*np.unique(splits, return_counts=True))}
-    labelled = labels >= 0
-    class_counts = np.bincount(labels[labelled], minlength=len(raw.classes)).tolist() if labelled.any() else []
-    manifest = {
-        "kind": "dataset",
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "image_shape": [image_size, image_size, channels],
-        "num_rows": int(len(images)),
-        "classes": list(raw.classes),
-        "class_counts": class_counts,
-        "splits": split_counts,
-        "schema": {f.name: str(f.type) for f in SCHEMA},
-        "origin": raw.info,
-        "framing": raw.framing,  # uft.data.framing: keep / content_box / box:T,L,H,W (part of the hash)
-    }
-    # Content address: the hash of the manifest body and the shard hashes, known before any write.
-    fingerprint = sha256_bytes(canonical_json([manifest, sorted((k, sha256_bytes(v)) for k, v in files.items())]))
-    return publish(store, f"datasets/{fingerprint[:24]}", files, manifest)
+    return publish_batches(batches(), store, name=name, image_shape=(image_size, image_size, channels),
+                           classes=raw.classes, origin=raw.info, framing=raw.framing)
 
 
 def _subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:

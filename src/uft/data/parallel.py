@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -21,6 +21,7 @@ import numpy as np
 from uft.errors import UftError
 
 WORKERS_ENV = "UFT_INGEST_WORKERS"
+START_ENV = "UFT_INGEST_START_METHOD"  # fork (default on Linux) | spawn | forkserver
 
 
 def available_cpus() -> int:
@@ -78,8 +79,11 @@ class OrderedPool:
                 self.peak_pending = max(self.peak_pending, 1)
                 yield fn(t)
             return
-        # spawn, not fork: the parent may hold threads (MLflow, boto3) that a fork would copy mid-lock.
-        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"))
+        # fork (as torch's DataLoader does): spawn/forkserver re-import the caller's __main__ in every
+        # worker, which breaks any script without an `if __name__ == "__main__"` guard. The workers
+        # run only PIL/numpy/hashlib (and a fresh S3 client), nothing that needs the parent's threads.
+        ctx = get_context(os.environ.get(START_ENV) or ("fork" if "fork" in get_all_start_methods() else "spawn"))
+        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
         pending: list[Future] = []
         it = iter(tasks)
         try:

@@ -286,3 +286,87 @@ def test_s3_matches_local(tree, bucket):
     assert [s["file"] for s in remote.info["skipped"]] == [f"s3://{bucket}/imgs/cat/bad.gif"]
     with pytest.raises(UftError, match=rf"s3://{bucket}/nothing has no objects: upload the images there"):
         load_imagefolder(f"s3://{bucket}/nothing", image_size=8, channels=1, progress=False)
+
+
+# --- parallel decoding ------------------------------------------------------------------------------
+
+def _many(root: Path, n_per_class: int = 12) -> Path:
+    """Two classes of small noisy RGB JPEGs/PNGs plus a bad file, a non-image and a duplicate."""
+    rng = np.random.default_rng(1)
+    for c in ("ant", "bee"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            im = Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).resize((20, 14))
+            im.save(root / c / f"{i:02d}.{'jpg' if i % 2 else 'png'}")
+    (root / "ant" / "05b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (root / "bee" / "readme.txt").write_text("not an image")
+    shutil.copy(root / "ant" / "03.jpg", root / "bee" / "99.jpg")
+    return root
+
+
+def test_worker_count_does_not_change_the_dataset(tmp_path, capsys):
+    from uft.data.ingest import ingest
+    from uft.store import LocalStore, manifest_sha
+
+    root = _many(tmp_path / "d")
+    one = load_imagefolder(str(root), image_size=8, channels=3, progress=False, workers=1, chunk=4)
+    two = load_imagefolder(str(root), image_size=8, channels=3, progress=None, workers=2, chunk=4)
+    assert one.decode_stats["workers"] == 1 and two.decode_stats["workers"] == 2
+    # 27 files in 7 tasks, yet never more than 2×workers in flight: the window bounds memory
+    assert two.decode_stats["peak_pending"] == 4
+    assert np.array_equal(np.asarray(one.images), np.asarray(two.images)) and one.info == two.info
+    assert one.info["skipped_count"] == 3 and one.info["loaded"] == 24
+    uris = [ingest(r, LocalStore(tmp_path / f"s{i}"), name="d", image_size=8, channels=3, limit=10, seed=1)
+            for i, r in enumerate((one, two))]
+    assert manifest_sha(uris[0]) == manifest_sha(uris[1])
+    err = capsys.readouterr().err  # progress lines (not a terminal) still come, up to the last file
+    assert f"uft-progress reading:{root} 27/27" in err
+
+
+def test_bad_files_and_limit_with_workers(tmp_path):
+    from uft.data.dataset import load_dataset
+    from uft.data.ingest import ingest
+    from uft.store import LocalStore
+
+    root = _many(tmp_path / "d")
+    raw = load_imagefolder(str(root), image_size=8, channels=1, progress=False, workers=2, chunk=3)
+    reasons = {Path(s["file"]).relative_to(root).as_posix(): s["reason"] for s in raw.info["skipped"]}
+    assert reasons == {"ant/05b.png": reasons["ant/05b.png"], "bee/readme.txt": reasons["bee/readme.txt"],
+                       "bee/99.jpg": f"duplicate of {root / 'ant' / '03.jpg'} (same bytes)"}
+    assert reasons["ant/05b.png"].startswith(("corrupt", "not a recognised")) and "skipped 1 × duplicate" in \
+        "\n".join(summary_lines(raw.info))
+    ds = load_dataset(ingest(raw, LocalStore(tmp_path / "s"), name="d", image_size=8, channels=1, limit=10,
+                             test_fraction=0.4))
+    assert np.bincount(ds.labels.numpy()).tolist() == [5, 5] and (ds.split == "test").sum() == 4  # 2 per class
+    (root / "bee" / "readme.txt").unlink()  # else strict fails on it before decoding anything
+    with pytest.raises(UftError, match=r"05b\.png: .*strict"):
+        load_imagefolder(f"{root}#strict", image_size=8, channels=1, progress=False, workers=2, chunk=3)
+
+
+def test_disk_rows_behaves_like_an_array():
+    from uft.data.parallel import DiskRows
+
+    a = np.random.default_rng(0).integers(0, 256, (9, 2, 3, 1), dtype=np.uint8)
+    d = DiskRows((2, 3, 1))
+    d.append(a[:4])
+    d.append(a[4:])
+    assert d.shape == a.shape and len(d) == 9 and d.ndim == 4 and d.dtype == np.uint8
+    for idx in (3, -1, slice(2, 7), slice(None, None, 3), np.array([0, 1, 2, 5, 8]), a[:, 0, 0, 0] > 100):
+        assert np.array_equal(d[idx], a[idx]), idx
+    assert np.array_equal(np.asarray(d), a) and ((d < 128) == (a < 128)).all()
+    with pytest.raises(IndexError):
+        d[9]
+
+
+def test_workers_default_to_the_cpus_or_the_environment(monkeypatch):
+    import os
+
+    from uft.data.parallel import available_cpus, resolve_workers
+
+    monkeypatch.delenv("UFT_INGEST_WORKERS", raising=False)
+    assert resolve_workers(None) == available_cpus() <= len(os.sched_getaffinity(0)) and resolve_workers(3) == 3
+    monkeypatch.setenv("UFT_INGEST_WORKERS", "5")
+    assert resolve_workers(None) == 5 and resolve_workers(0) == 5 and resolve_workers(2) == 2
+    monkeypatch.setenv("UFT_INGEST_WORKERS", "many")
+    with pytest.raises(UftError, match="UFT_INGEST_WORKERS='many' is not an integer"):
+        resolve_workers(None)

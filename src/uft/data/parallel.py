@@ -8,6 +8,7 @@ are consumed in submission order, so completion order never shows).
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import tempfile
@@ -83,6 +84,9 @@ class OrderedPool:
         # worker, which breaks any script without an `if __name__ == "__main__"` guard. The workers
         # run only PIL/numpy/hashlib (and a fresh S3 client), nothing that needs the parent's threads.
         ctx = get_context(os.environ.get(START_ENV) or ("fork" if "fork" in get_all_start_methods() else "spawn"))
+        # gc.freeze: a forked worker's garbage collector would otherwise touch every object it
+        # inherited (the 1M-file listing) and so copy those pages, one private copy per worker.
+        gc.freeze()
         pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
         pending: list[Future] = []
         it = iter(tasks)
@@ -99,6 +103,7 @@ class OrderedPool:
                 yield pending.pop(0).result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            gc.unfreeze()
 
 
 _DONE = object()

@@ -2,6 +2,7 @@
 
     python -m bench.ingest_scale                         # 10k and 100k images, 1 worker vs all at 100k
     python -m bench.ingest_scale --sizes 10000,100000,1000000 --out bench/results/ingest_scale.md
+    python -m bench.ingest_scale --baseline /path/to/other/checkout/src   # adds before/after rows
 
 The data: ``N`` 32×32 RGB JPEGs (quality 90) in 10 class directories, each a smooth random colour
 field (a seeded 4×4×3 uint8 noise image upsampled bicubically with PIL), written once by a process
@@ -83,7 +84,8 @@ def child(root: str, workers: int) -> dict:
         rows = read_manifest(uri)[0]["num_rows"]
     t2, c2 = time.perf_counter(), _cpu()
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"rows": rows, "workers": raw.decode_stats["workers"], "decode_s": t1 - t0, "publish_s": t2 - t1,
+    stats = getattr(raw, "decode_stats", None)  # absent in a baseline checkout from before parallel decoding
+    return {"rows": rows, "workers": stats["workers"] if stats else "1 (+I/O threads)", "decode_s": t1 - t0, "publish_s": t2 - t1,
             "wall_s": t2 - t0, "cpu_s": c2 - c0, "rss_main_mb": me.ru_maxrss / 1024, "rss_worker_mb": kids.ru_maxrss / 1024}
 
 
@@ -92,10 +94,13 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def measure(root: Path, workers: int) -> dict:
-    """:func:`child` in a fresh interpreter (so peak RSS is this ingest's alone)."""
+def measure(root: Path, workers: int, src: Path | None = None) -> dict:
+    """:func:`child` in a fresh interpreter (so peak RSS is this ingest's alone), importing ``uft``
+    from ``src`` when given (another checkout's ``src/``, for a before/after row)."""
     code = f"import json, bench.ingest_scale as b; print(json.dumps(b.child({str(root)!r}, {workers})))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    path = [str(src)] if src else []
+    path += [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"ingest of {root} failed:\n{out.stderr[-3000:]}")
@@ -104,7 +109,7 @@ def measure(root: Path, workers: int) -> dict:
 
 # --- report ---------------------------------------------------------------------------------------------
 
-def run(sizes: list[int], compare_at: int, cache: Path = DEFAULT_CACHE) -> str:
+def run(sizes: list[int], compare_at: int, cache: Path = DEFAULT_CACHE, baseline: Path | None = None) -> str:
     from bench.common import load_avg, table
     from uft.data.parallel import available_cpus
 
@@ -114,17 +119,18 @@ def run(sizes: list[int], compare_at: int, cache: Path = DEFAULT_CACHE) -> str:
              f"load average at start (1/5/15 min): {load_avg()}",
              f"- data cached under {cache} (10 classes of smooth random colour fields, JPEG q90)\n"]
     rows = []
-    plan = [(n, cpus) for n in sizes] + ([(compare_at, 1)] if compare_at and cpus > 1 else [])
-    for n, w in plan:
+    plan = [(n, cpus, None) for n in sizes] + ([(compare_at, 1, None)] if compare_at and cpus > 1 else [])
+    plan += [(n, 1, baseline) for n in sizes] if baseline else []
+    for n, w, src in plan:
         t = time.perf_counter()
         root = make_folder(n, cache)
         gen = time.perf_counter() - t
         print(f"[ingest_scale] {n} images at {root} (ready in {gen:.0f} s); ingesting with {w} worker(s)…",
               file=sys.stderr, flush=True)
-        r = measure(root, w)
-        rows.append([n, r["workers"], r["rows"], r["wall_s"], r["decode_s"], r["publish_s"], r["cpu_s"],
+        r = measure(root, w, src)
+        rows.append([n, f"baseline {src}" if src else "this tree", r["workers"], r["rows"], r["wall_s"], r["decode_s"], r["publish_s"], r["cpu_s"],
                      n / r["wall_s"], n / r["cpu_s"], r["rss_main_mb"], r["rss_worker_mb"]])
-    lines.append(table(["images", "workers", "rows published", "wall s", "decode s", "publish s", "CPU s (user+sys)",
+    lines.append(table(["images", "code", "workers", "rows published", "wall s", "decode s", "publish s", "CPU s (user+sys)",
                         "images/s (wall)", "images per CPU-s", "peak RSS ingest MB", "peak RSS largest worker MB"], rows))
     lines.append(f"load average at end (1/5/15 min): {load_avg()}\n")
     return "\n".join(lines)
@@ -135,11 +141,13 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--sizes", default="10000,100000", help="comma-separated image counts (add 1000000 for the 1M row)")
     ap.add_argument("--compare-at", type=int, default=100000, help="also ingest this size with 1 worker (0: skip)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where generated ImageFolders are kept")
+    ap.add_argument("--baseline", type=Path, help="also measure the uft under this src/ directory (e.g. main's)")
     ap.add_argument("--out", type=Path, help="also write the report to this file")
     args = ap.parse_args(argv)
     from bench.common import header
 
-    report = header("uft ingest at scale").replace("bench.run_all", "bench.ingest_scale") + "\n" + run([int(s) for s in args.sizes.split(",") if s], args.compare_at, args.cache)
+    report = header("uft ingest at scale").replace("bench.run_all", "bench.ingest_scale") + "\n" + run(
+        [int(s) for s in args.sizes.split(",") if s], args.compare_at, args.cache, args.baseline)
     print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

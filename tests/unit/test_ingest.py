@@ -148,5 +148,5 @@ def test_ingest_scale_bench_smoke(tmp_path):
     text = ingest_scale.run([40], compare_at=0, cache=tmp_path)
     row = next(line for line in text.splitlines() if line.startswith("| 40 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == "40" and float(cells[3]) > 0 and float(cells[9]) > 0  # rows published, wall s, RSS
+    assert cells[3] == "40" and float(cells[4]) > 0 and float(cells[10]) > 0  # rows published, wall s, RSS
     assert len(list((tmp_path / "imagefolder-40-32px-seed0").rglob("*.jpg"))) == 40

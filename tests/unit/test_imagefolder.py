@@ -372,3 +372,16 @@ def test_workers_default_to_the_cpus_or_the_environment(monkeypatch):
     monkeypatch.setenv("UFT_INGEST_WORKERS", "many")
     with pytest.raises(UftError, match="UFT_INGEST_WORKERS='many' is not an integer"):
         resolve_workers(None)
+
+
+def test_exif_orientation_is_applied():
+    """A 6-wide, 4-high image tagged 'rotate 90° clockwise to view' (EXIF 274 = 6): its bright
+    left half ends up on top."""
+    a = np.zeros((4, 6), np.uint8)
+    a[:, :3] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG", exif=exif)
+    img, _, _ = decode_image(buf.getvalue(), image_size=6, channels=1)
+    assert img[:2, :, 0].min() > 200 and img[4:, :, 0].max() < 50

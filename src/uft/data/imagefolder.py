@@ -243,7 +243,7 @@ def decode_image(data: bytes, *, image_size: int, channels: int, framing: str = 
             if framing == "keep":  # a crop needs the full resolution; otherwise JPEGs decode at a reduced scale
                 im.draft(im.mode, (image_size, image_size))
             im.load()
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # in place: the default copies every image
             arr = _to_uint8(im)
         except _Skip:
             raise

@@ -385,3 +385,16 @@ def test_exif_orientation_is_applied():
     Image.fromarray(a).save(buf, "PNG", exif=exif)
     img, _, _ = decode_image(buf.getvalue(), image_size=6, channels=1)
     assert img[:2, :, 0].min() > 200 and img[4:, :, 0].max() < 50
+
+
+def _die(_task):
+    import os
+
+    os._exit(9)  # as an OOM kill would
+
+
+def test_a_dead_worker_is_one_clear_error():
+    from uft.data.parallel import OrderedPool
+
+    with pytest.raises(UftError, match="ingest worker process died .*UFT_INGEST_WORKERS lower"):
+        list(OrderedPool(2).map(_die, range(4)))

@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -100,7 +101,12 @@ class OrderedPool:
                 self.peak_pending = max(self.peak_pending, len(pending))
                 if not pending:
                     return
-                yield pending.pop(0).result()
+                try:
+                    result = pending.pop(0).result()
+                except BrokenProcessPool:
+                    raise UftError(f"an ingest worker process died (killed, e.g. out of memory, with {self.workers} "
+                                   f"workers): set {WORKERS_ENV} lower, or give the step more memory") from None
+                yield result
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             gc.unfreeze()

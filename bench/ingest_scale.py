@@ -84,7 +84,7 @@ def child(root: str, workers: int) -> dict:
         rows = read_manifest(uri)[0]["num_rows"]
     t2, c2 = time.perf_counter(), _cpu()
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    stats = getattr(raw, "decode_stats", None)  # absent in a baseline checkout from before parallel decoding
+    stats = getattr(raw, "decode_stats", None)  # absent in a checkout from before parallel decoding
     return {"rows": rows, "workers": stats["workers"] if stats else "1 (+I/O threads)", "decode_s": t1 - t0, "publish_s": t2 - t1,
             "wall_s": t2 - t0, "cpu_s": c2 - c0, "rss_main_mb": me.ru_maxrss / 1024, "rss_worker_mb": kids.ru_maxrss / 1024}
 

@@ -439,9 +439,8 @@ def load_imagefolder(spec: str, *, image_size: int, channels: int, strict: bool 
         "image_size": image_size,
         "channels": channels,
     }
-    raw = RawImages(spill, labels, classes, splits, info=info, framing=framing)  # type: ignore[arg-type]
-    raw.decode_stats = {"workers": n_workers, "chunk": per_task, "peak_pending": pool.peak_pending}  # type: ignore[attr-defined]
-    return raw
+    return RawImages(spill, labels, classes, splits, info=info, framing=framing,  # type: ignore[arg-type]
+                     decode_stats={"workers": n_workers, "chunk": per_task, "peak_pending": pool.peak_pending})
 
 
 def listed_classes(entries: list[_Entry]) -> list[str]:

@@ -25,6 +25,7 @@ class RawImages:
     splits: np.ndarray | None = None  # (N,) str, e.g. "train"/"test"; None → made by ingest
     info: dict = field(default_factory=dict)  # what was found / skipped, for the summary
     framing: str = "keep"  # what uft.data.framing applied to ``images`` (recorded in the manifest)
+    decode_stats: dict = field(default_factory=dict)  # ImageFolder: workers, chunk, peak_pending (not published)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:

@@ -45,6 +45,7 @@ def _write_range(args: tuple[str, int, int, int]) -> int:
         rng = np.random.default_rng([seed, i])
         field = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((SIZE, SIZE), Image.BICUBIC)
         field.save(Path(root) / str(i % CLASSES) / f"{i:07d}.jpg", quality=90)
+    (Path(root) / f".range-{start}").touch()  # this range is whole: an interrupted generation resumes after it
     return stop - start
 
 
@@ -62,7 +63,8 @@ def make_folder(n: int, cache: Path = DEFAULT_CACHE, seed: int = 0) -> Path:
         (root / str(c)).mkdir(parents=True, exist_ok=True)
     step = 5000
     with ProcessPoolExecutor(available_cpus()) as pool:
-        list(pool.map(_write_range, [(str(root), a, min(a + step, n), seed) for a in range(0, n, step)]))
+        todo = [(str(root), a, min(a + step, n), seed) for a in range(0, n, step) if not (root / f".range-{a}").exists()]
+        list(pool.map(_write_range, todo))
     done.write_text(str(n))
     return root
 

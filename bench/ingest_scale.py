@@ -3,6 +3,7 @@
     python -m bench.ingest_scale                         # 10k and 100k images, 1 worker vs all at 100k
     python -m bench.ingest_scale --sizes 10000,100000,1000000 --out bench/results/ingest_scale.md
     python -m bench.ingest_scale --baseline /path/to/other/checkout/src   # adds before/after rows
+    python -m bench.ingest_scale --sizes 10000 --compare-at 0 --bookkeeping 100000,1000000  # per-file RSS cost
 
 The data: ``N`` 32×32 RGB JPEGs (quality 90) in 10 class directories, each a smooth random colour
 field (a seeded 4×4×3 uint8 noise image upsampled bicubically with PIL), written once by a process
@@ -100,18 +101,50 @@ def measure(root: Path, workers: int, src: Path | None = None) -> dict:
     """:func:`child` in a fresh interpreter (so peak RSS is this ingest's alone), importing ``uft``
     from ``src`` when given (another checkout's ``src/``, for a before/after row)."""
     code = f"import json, bench.ingest_scale as b; print(json.dumps(b.child({str(root)!r}, {workers})))"
+    return _fresh(code, src)
+
+
+def _fresh(code: str, src: Path | None = None) -> dict:
+    """Run ``code`` (which prints one JSON line) in a fresh interpreter → the parsed line."""
     path = [str(src)] if src else []
     path += [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        raise RuntimeError(f"ingest of {root} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"benchmark subprocess failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bookkeeping(n: int) -> dict:
+    """RSS that ingest's per-file bookkeeping adds at ``n`` files, without any file or decoding:
+    the listing (``_layout`` entries), the duplicate table (one sha256 per kept file), the kept
+    indices, labels and the stratified split. What grows with the dataset when images do not."""
+    import hashlib
+
+    import numpy as np
+
+    from uft.data import imagefolder
+    from uft.data.ingest import stratified_split
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024
+
+    base = rss_mb()
+    entries, _ = imagefolder._layout("/bench", sorted(f"{i % CLASSES}/{i:07d}.jpg" for i in range(n)), False)
+    seen = {hashlib.sha256(i.to_bytes(8, "little")).digest(): i for i in range(n)}
+    kept = list(range(n))
+    labels = np.array([int(entries[i].cls) for i in kept], dtype=np.int64)
+    splits = stratified_split(labels, 0.5, 0)
+    grown = rss_mb() - base
+    assert len(seen) == len(splits) == n
+    return {"files": n, "mb": grown, "bytes_per_file": grown * 2**20 / n}
 
 
 # --- report ---------------------------------------------------------------------------------------------
 
-def run(sizes: list[int], compare_at: int, cache: Path = DEFAULT_CACHE, baseline: Path | None = None) -> str:
+def run(sizes: list[int], compare_at: int, cache: Path = DEFAULT_CACHE, baseline: Path | None = None,
+        bookkeeping_at: list[int] = ()) -> str:
     from bench.common import load_avg, table
     from uft.data.parallel import available_cpus
 
@@ -134,6 +167,11 @@ def run(sizes: list[int], compare_at: int, cache: Path = DEFAULT_CACHE, baseline
                      n / r["wall_s"], n / r["cpu_s"], r["rss_main_mb"], r["rss_worker_mb"]])
     lines.append(table(["images", "code", "workers", "rows published", "wall s", "decode s", "publish s", "CPU s (user+sys)",
                         "images/s (wall)", "images per CPU-s", "peak RSS ingest MB", "peak RSS largest worker MB"], rows))
+    if bookkeeping_at:
+        book = [_fresh(f"import json, bench.ingest_scale as b; print(json.dumps(b.bookkeeping({n})))") for n in bookkeeping_at]
+        lines.append("Per-file bookkeeping alone (listing entries, duplicate table, kept indices, labels, split; no "
+                     "files, no decoding — `bookkeeping()`), RSS added in a fresh process:\n")
+        lines.append(table(["files", "RSS added MB", "bytes per file"], [[b["files"], b["mb"], b["bytes_per_file"]] for b in book]))
     lines.append(f"load average at end (1/5/15 min): {load_avg()}\n")
     return "\n".join(lines)
 
@@ -144,12 +182,14 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--compare-at", type=int, default=100000, help="also ingest this size with 1 worker (0: skip)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where generated ImageFolders are kept")
     ap.add_argument("--baseline", type=Path, help="also measure the uft under this src/ directory (e.g. main's)")
+    ap.add_argument("--bookkeeping", default="", help="comma-separated file counts for the bookkeeping-only RSS table")
     ap.add_argument("--out", type=Path, help="also write the report to this file")
     args = ap.parse_args(argv)
     from bench.common import header
 
     report = header("uft ingest at scale").replace("bench.run_all", "bench.ingest_scale") + "\n" + run(
-        [int(s) for s in args.sizes.split(",") if s], args.compare_at, args.cache, args.baseline)
+        [int(s) for s in args.sizes.split(",") if s], args.compare_at, args.cache, args.baseline,
+        [int(s) for s in args.bookkeeping.split(",") if s])
     print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

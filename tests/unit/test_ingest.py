@@ -145,8 +145,9 @@ def test_ingest_scale_bench_smoke(tmp_path):
     """bench/ingest_scale.py end to end on 40 generated JPEGs (one fresh ingest subprocess)."""
     from bench import ingest_scale
 
-    text = ingest_scale.run([40], compare_at=0, cache=tmp_path)
+    text = ingest_scale.run([40], compare_at=0, cache=tmp_path, bookkeeping_at=[20000])
     row = next(line for line in text.splitlines() if line.startswith("| 40 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == "40" and float(cells[4]) > 0 and float(cells[10]) > 0  # rows published, wall s, RSS
     assert len(list((tmp_path / "imagefolder-40-32px-seed0").rglob("*.jpg"))) == 40
+    assert "| 20000 |" in text  # the bookkeeping-only row

@@ -1,10 +1,14 @@
 """The uft DAG. Parameter defaults come from :class:`uft.config.RunConfig` (one source of truth).
 
-    ingest(source) ─┬─ pretrain ─────────┐
-                    └─ subsample_source ─┼─ mix ─ ssl_finetune ─┬─ linear/knn eval (base + finetuned)
-    ingest(target) ──────────────────────┘                      ├─ holistic ─┬─ report
-                                                                 └─ promote ──┘
+    fingerprint ─ ingest(source) ─┬─ pretrain ─────────┐
+                                  └─ subsample_source ─┼─ mix ─ ssl_finetune ─┬─ linear/knn eval (base + finetuned)
+    fingerprint ─ ingest(target) ──────────────────────┘                      ├─ holistic ─┬─ report
+                                                                               └─ promote ──┘
     train_resources(gpus) ─ (CPU/memory of pretrain and ssl_finetune)
+
+Datasets, the replay set, the mix plan and encoders travel as typed artifacts (``dsl.Dataset``,
+``dsl.Artifact``, ``dsl.Model``) that point to content-addressed manifests in the store
+(:mod:`uft.lineage`), so the KFP UI draws the lineage; the fingerprint steps make ingest cacheable.
 
 GPUs: ``pretrain`` and ``ssl_finetune`` take ``gpus`` GPUs each (DDP, one process per GPU) and
 ``holistic`` one; the three run one after another (holistic waits for ssl_finetune), so a run never
@@ -16,6 +20,7 @@ toleration, resources and a memory-backed /dev/shm; kfp.local ignores those plat
 from kfp import dsl, kubernetes
 
 from components.finalize import finalize
+from components.fingerprint import fingerprint
 from components.holistic import holistic
 from components.ingest import ingest
 from components.knn_eval import knn_eval
@@ -128,58 +133,57 @@ def uft_pipeline(
     done = _cluster_env(finalize(**run))
     done.set_caching_options(False)
     with dsl.ExitHandler(done, name="uft-run"):
-        src = _platform(ingest(spec=source, store_uri=store_uri, role="source", image_size=image_size, channels=channels,
-                               limit=source_limit, test_fraction=source_test_fraction, seed=seed, framing=framing, **run))
-        src.set_display_name("ingest-source")
-        tgt = _platform(ingest(spec=target, store_uri=store_uri, role="target", image_size=image_size, channels=channels,
-                               limit=target_limit, test_fraction=target_test_fraction, seed=seed, framing=framing, **run))
-        tgt.set_display_name("ingest-target")
-        # Never from KFP's cache: the same spec (an s3:// prefix, a directory) may hold new data,
-        # and re-reading it is what `uft trigger` asks for. Bundled data hits the step's own
-        # content cache instead, and every later step is keyed on the dataset's content hash.
-        for t in (src, tgt):
-            t.set_caching_options(False)
+        data = {}
+        for role, spec, limit, test_fraction in (("source", source, source_limit, source_test_fraction),
+                                                  ("target", target, target_limit, target_test_fraction)):
+            # The fingerprint (a listing, no decoding) runs every time and is never cached; ingest is
+            # cached on it, so unchanged data reuse the dataset artifact and everything downstream of
+            # it can be a cache hit, while new files at the same prefix give a new key and a new ingest.
+            fp = _platform(fingerprint(spec=spec))
+            fp.set_caching_options(False)
+            fp.set_display_name(f"fingerprint-{role}")
+            ing = _platform(ingest(spec=spec, fingerprint=fp.output, store_uri=store_uri, role=role, image_size=image_size,
+                                   channels=channels, limit=limit, test_fraction=test_fraction, seed=seed, framing=framing,
+                                   **run))
+            ing.set_display_name(f"ingest-{role}")
+            data[role] = ing.outputs["dataset"]
+        src, tgt = data["source"], data["target"]
         res = _platform(train_resources(gpus=gpus))
         res.set_display_name("train-resources")
-        base = _platform(pretrain(source_uri=src.outputs["dataset_uri"], source_sha=src.outputs["dataset_sha"],
-                                  store_uri=store_uri, encoder=encoder, encoder_width=encoder_width, method=pretrain_method,
-                                  steps=pretrain_steps, batch_size=batch_size, lr=lr, seed=seed,
+        base = _platform(pretrain(source=src, store_uri=store_uri, encoder=encoder, encoder_width=encoder_width,
+                                  method=pretrain_method, steps=pretrain_steps, batch_size=batch_size, lr=lr, seed=seed,
                                   pretrained_encoder=pretrained_encoder, checkpoint_every=checkpoint_every,
                                   gpus_per_node=gpus, **run), gpus=gpus, resources=res)
-        replay = _platform(subsample_source(source_uri=src.outputs["dataset_uri"], source_sha=src.outputs["dataset_sha"],
-                                            store_uri=store_uri, rule=replay_rule, size=replay_size, seed=seed,
-                                            encoder_uri=base.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"], **run))
+        base_model = base.outputs["model"]
+        replay = _platform(subsample_source(source=src, encoder=base_model, target=tgt, store_uri=store_uri,
+                                            rule=replay_rule, size=replay_size, seed=seed, **run))
         plan = _platform(mix(store_uri=store_uri, op=mix_op, alpha=mix_alpha, fraction=mix_fraction, pairing=mix_pairing))
-        ft = _platform(ssl_finetune(encoder_uri=base.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"],
-                                    store_uri=store_uri, source_uri=src.outputs["dataset_uri"],
-                                    replay_uri=replay.outputs["replay_uri"], plan_uri=plan.outputs["plan_uri"],
-                                    method=ssl_method, steps=finetune_steps, batch_size=batch_size, lr=lr,
-                                    replay_ratio=replay_ratio, radreg_weight=radreg_weight, seed=seed,
-                                    checkpoint_every=checkpoint_every, gpus_per_node=gpus, **run), gpus=gpus, resources=res)
+        ft = _platform(ssl_finetune(base=base_model, target=tgt, source=src, replay=replay.outputs["replay"],
+                                    plan=plan.outputs["plan"], store_uri=store_uri, method=ssl_method,
+                                    steps=finetune_steps, batch_size=batch_size, lr=lr, replay_ratio=replay_ratio,
+                                    radreg_weight=radreg_weight, seed=seed, checkpoint_every=checkpoint_every,
+                                    gpus_per_node=gpus, **run), gpus=gpus, resources=res)
+        ft_model = ft.outputs["model"]
         metric_tasks, eval_tasks = {}, []
-        for tag, enc in (("base", base), ("finetuned", ft)):
-            lin = _platform(linear_eval(encoder_uri=enc.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"],
-                                        store_uri=store_uri, tag=tag, shots=label_shots, draws=probe_draws, seed=seed, **run))
+        for tag, enc in (("base", base_model), ("finetuned", ft_model)):
+            lin = _platform(linear_eval(encoder=enc, target=tgt, store_uri=store_uri, tag=tag, shots=label_shots,
+                                        draws=probe_draws, seed=seed, **run))
             lin.set_display_name(f"linear-eval-{tag}")
-            knn = _platform(knn_eval(encoder_uri=enc.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"],
-                                     store_uri=store_uri, tag=tag, source_uri=src.outputs["dataset_uri"], k=knn_k, **run))
+            knn = _platform(knn_eval(encoder=enc, target=tgt, source=src, store_uri=store_uri, tag=tag, k=knn_k, **run))
             knn.set_display_name(f"knn-eval-{tag}")
             metric_tasks[f"linear_{tag}"], metric_tasks[f"knn_{tag}"] = lin.outputs["Output"], knn.outputs["Output"]
             eval_tasks += [lin, knn]
-        hol = _platform(holistic(encoder_uri=base.outputs["encoder_uri"], source_uri=src.outputs["dataset_uri"],
-                                 target_uri=tgt.outputs["dataset_uri"], store_uri=store_uri, seen=holistic_seen,
+        hol = _platform(holistic(encoder=base_model, source=src, target=tgt, store_uri=store_uri, seen=holistic_seen,
                                  methods=holistic_methods, steps=holistic_steps, source_steps=holistic_source_steps,
                                  seed=seed, **run), gpus=1)
         hol.after(ft)  # one GPU step at a time: a run holds at most `gpus` GPUs
         # Label-free signals + promotion gate (uft.promote): after the evals, before the report.
-        gate = _platform(promote(encoder_uri=ft.outputs["encoder_uri"], base_encoder_uri=base.outputs["encoder_uri"],
-                                 target_uri=tgt.outputs["dataset_uri"], source_uri=src.outputs["dataset_uri"],
-                                 store_uri=store_uri, registered_model=registered_model, margin=promote_margin,
+        gate = _platform(promote(encoder=ft_model, base_encoder=base_model, target=tgt, source=src, store_uri=store_uri,
+                                 registered_model=registered_model, margin=promote_margin,
                                  retention_tolerance=retention_tolerance, seed=seed, **run))
         gate.set_caching_options(False)  # the registry changes between runs: always decide afresh
         gate.after(*eval_tasks)  # register only an encoder whose evaluation ran
         _platform(report(**metric_tasks, holistic=hol.outputs["Output"], promote=gate.outputs["Output"], store_uri=store_uri,
-                               source_uri=src.outputs["dataset_uri"], target_uri=tgt.outputs["dataset_uri"],
-                               base_encoder_uri=base.outputs["encoder_uri"], finetuned_encoder_uri=ft.outputs["encoder_uri"],
-                               ssl_method=ssl_method, replay_rule=replay_rule, replay_size=replay_size,
-                               replay_ratio=replay_ratio, mix_op=mix_op, finetune_steps=finetune_steps, seed=seed, **run))
+                         source=src, target=tgt, base_encoder=base_model, finetuned_encoder=ft_model,
+                         ssl_method=ssl_method, replay_rule=replay_rule, replay_size=replay_size,
+                         replay_ratio=replay_ratio, mix_op=mix_op, finetune_steps=finetune_steps, seed=seed, **run))

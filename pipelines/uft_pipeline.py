@@ -34,6 +34,7 @@ from components.ssl_finetune import ssl_finetune
 from components.subsample_source import subsample_source
 from uft.config import RunConfig
 from uft.gpus import training_resources
+from uft.tracking import KFP_RUN_ENV
 
 D = RunConfig()
 JOB = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -43,13 +44,18 @@ CONFIG_MAP = "uft-config"  # infra/base/config.yaml
 CONFIG_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
                "UFT_MLFLOW_ARTIFACTS", "UFT_BUCKET")
 ONE_GPU = training_resources(1)
+#: The label the KFP API server puts on every pod of a run (backend apiserver/template/argo_template.go).
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
 
 
 def _cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """S3 credentials (Secret) and endpoints, MLflow URI and bucket (ConfigMap) as environment."""
+    """S3 credentials (Secret) and endpoints, MLflow URI and bucket (ConfigMap) as environment, and the
+    KFP run id (pod label ``pipeline/runid``, downward API): cacheable steps key their MLflow run on it
+    at run time, because an input parameter holding it would make every run's cache key different."""
     kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=ENV_SECRET_KEYS)
     for key in CONFIG_KEYS:
         kubernetes.use_config_map_as_env(task, config_map_name=CONFIG_MAP, config_map_key_to_env={key: key})
+    kubernetes.use_field_path_as_env(task, env_name=KFP_RUN_ENV, field_path=RUN_ID_FIELD)
     return task
 
 
@@ -127,10 +133,13 @@ def uft_pipeline(
     promote_margin: float = D.promote_margin,
     retention_tolerance: float = D.retention_tolerance,
 ):
-    run = dict(run_id=run_id, job_id=JOB, experiment=experiment)
+    # Cacheable steps get no job id (KFP hashes every input into the cache key; they read the run id
+    # from the pod, see _cluster_env); the never-cached finalize, promote and report get it as input.
+    run = dict(run_id=run_id, experiment=experiment)
+    this_run = dict(run, job_id=JOB)
     # The exit handler reaches MLflow too: without uft-config it would not know where MLflow is,
     # and the parent run would stay RUNNING.
-    done = _cluster_env(finalize(**run))
+    done = _cluster_env(finalize(**this_run))
     done.set_caching_options(False)
     with dsl.ExitHandler(done, name="uft-run"):
         data = {}
@@ -180,10 +189,12 @@ def uft_pipeline(
         # Label-free signals + promotion gate (uft.promote): after the evals, before the report.
         gate = _platform(promote(encoder=ft_model, base_encoder=base_model, target=tgt, source=src, store_uri=store_uri,
                                  registered_model=registered_model, margin=promote_margin,
-                                 retention_tolerance=retention_tolerance, seed=seed, **run))
+                                 retention_tolerance=retention_tolerance, seed=seed, **this_run))
         gate.set_caching_options(False)  # the registry changes between runs: always decide afresh
         gate.after(*eval_tasks)  # register only an encoder whose evaluation ran
-        _platform(report(**metric_tasks, holistic=hol.outputs["Output"], promote=gate.outputs["Output"], store_uri=store_uri,
-                         source=src, target=tgt, base_encoder=base_model, finetuned_encoder=ft_model,
-                         ssl_method=ssl_method, replay_rule=replay_rule, replay_size=replay_size,
-                         replay_ratio=replay_ratio, mix_op=mix_op, finetune_steps=finetune_steps, seed=seed, **run))
+        summary = _platform(report(**metric_tasks, holistic=hol.outputs["Output"], promote=gate.outputs["Output"],
+                                   store_uri=store_uri, source=src, target=tgt, base_encoder=base_model,
+                                   finetuned_encoder=ft_model, ssl_method=ssl_method, replay_rule=replay_rule,
+                                   replay_size=replay_size, replay_ratio=replay_ratio, mix_op=mix_op,
+                                   finetune_steps=finetune_steps, seed=seed, **this_run))
+        summary.set_caching_options(False)  # per run: it writes this run's report and parent metrics

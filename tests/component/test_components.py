@@ -19,7 +19,8 @@ from components.report import report
 from components.ssl_finetune import ssl_finetune
 from components.subsample_source import subsample_source
 
-RUN = dict(run_id="ctest", job_id="job-1", experiment="components")
+RUN = dict(run_id="ctest", experiment="components")  # cacheable steps: no job id (see uft.tracking.pod_run_key)
+RUN_JOB = dict(RUN, job_id="job-1")  # the never-cached promote, report and finalize
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +86,14 @@ def _run_chain(tmp) -> dict:
     p = dsl.Metrics(name="metrics", uri=str(tmp / "promote"))
     out["promote"] = promote.python_func(encoder=ft, base_encoder=base, target=tgt, source=src, store_uri=store,
                                          registered_model="ctest-encoder", margin=0.0, retention_tolerance=1.0, seed=0,
-                                         metrics=p, **RUN)
+                                         metrics=p, **RUN_JOB)
     md = dsl.Markdown(name="markdown", uri=str(tmp / "report.md"))
     ht = dsl.HTML(name="html", uri=str(tmp / "report.html"))
     out["report"] = report.python_func(
         linear_base=metrics["linear_base"], knn_base=metrics["knn_base"], linear_finetuned=metrics["linear_finetuned"],
         knn_finetuned=metrics["knn_finetuned"], holistic=out["holistic"], source=src, target=tgt, base_encoder=base,
         finetuned_encoder=ft, store_uri=store, ssl_method="simclr", replay_rule="uniform", replay_size=50,
-        replay_ratio=0.5, mix_op="mixup", finetune_steps=4, seed=0, markdown=md, html=ht, **RUN)
+        replay_ratio=0.5, mix_op="mixup", finetune_steps=4, seed=0, markdown=md, html=ht, **RUN_JOB)
     out["md_path"], out["html_path"] = md.path, ht.path
     return out
 
@@ -204,7 +205,7 @@ def test_finalize_ends_parent_run(chain):
     class Status:
         state = "FAILED"
 
-    finalize.python_func(status=Status(), **RUN)
+    finalize.python_func(status=Status(), **RUN_JOB)
     client = MlflowClient()
     exp = client.get_experiment_by_name("components")
     parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("uft.step") == "pipeline"][0]

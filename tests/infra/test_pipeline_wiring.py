@@ -255,7 +255,7 @@ def test_training_components_run_ddp_with_the_gpu_count(gpus, monkeypatch):
     # The artifacts point to fake manifests: resolve/emit are uft.lineage's (tested in tests/unit/test_lineage.py).
     monkeypatch.setattr(lineage, "resolve", lambda metadata, path, name: (metadata["manifest_uri"], "0" * 64))
     monkeypatch.setattr(lineage, "emit", lambda path, metadata, uri, sha="": metadata.update(manifest_uri=uri))
-    common = dict(store_uri="", run_id="r", job_id="j", experiment="e", seed=0, lr=1e-3, batch_size=8, checkpoint_every=2)
+    common = dict(store_uri="", run_id="r", experiment="e", seed=0, lr=1e-3, batch_size=8, checkpoint_every=2)
 
     def art(kind, uri):
         return kind(name="a", uri="/tmp/unused", metadata={"manifest_uri": uri})

@@ -125,3 +125,30 @@ def test_cacheable_steps_key_mlflow_on_the_pod_run_id(monkeypatch):
     assert pod_run_key("") == "local" and pod_run_key("cfg-1") == "cfg-1"
     monkeypatch.setenv(KFP_RUN_ENV, "6f1c-run")
     assert pod_run_key("") == "6f1c-run" and pod_run_key("cfg-1") == "cfg-1"  # an explicit run id wins
+
+
+def test_ingest_of_user_data_is_cached_on_its_fingerprint(tmp_path, monkeypatch):
+    """With a fingerprint, the store cache serves unchanged user data without re-decoding; a new
+    file gives a new fingerprint and a new dataset. Without one, user data are re-read every time."""
+    import numpy as np
+    from PIL import Image
+
+    from uft import steps
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root, store = tmp_path / "imgs", str(tmp_path / "store")
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("0", "1"):
+            (root / split / c).mkdir(parents=True)
+            for j in range(3):
+                Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / split / c / f"{j}.png")
+    kw = dict(role="target", image_size=8, channels=1)
+    fp = source_fingerprint(str(root))
+    first = steps.ingest(str(root), store, fingerprint=fp, **kw)
+    again = steps.ingest(str(root), store, fingerprint=source_fingerprint(str(root)), **kw)
+    assert first["cached"] is False and again["cached"] is True and again["dataset_uri"] == first["dataset_uri"]
+    assert steps.ingest(str(root), store, **kw)["cached"] is False  # no fingerprint: re-read
+    Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / "train" / "1" / "new.png")
+    grown = steps.ingest(str(root), store, fingerprint=source_fingerprint(str(root)), **kw)
+    assert grown["cached"] is False and grown["num_rows"] == first["num_rows"] + 1

@@ -4,18 +4,19 @@ from components.image import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def holistic(encoder_uri: str, source_uri: str, target_uri: str, store_uri: str, seen: str, methods: str, steps: int,
-             seed: int, run_id: str, job_id: str, experiment: str, metrics: dsl.Output[dsl.Metrics],
-             source_steps: int = 600) -> str:
+def holistic(encoder: dsl.Input[dsl.Model], source: dsl.Input[dsl.Dataset], target: dsl.Input[dsl.Dataset],
+             store_uri: str, seen: str, methods: str, steps: int, seed: int, run_id: str, experiment: str,
+             metrics: dsl.Output[dsl.Metrics], source_steps: int = 600) -> str:
     """Holistic transfer: source classifier finetuned on seen target classes; seen/unseen accuracy."""
-    from uft.config import default_store_uri
-
-    store_uri = store_uri or default_store_uri()  # "": s3://$UFT_BUCKET/uft (ConfigMap uft-config)
+    from uft.lineage import resolve
     from uft.steps import holistic_eval
-    from uft.tracking import run_key
+    from uft.tracking import pod_run_key
 
-    out = holistic_eval(encoder_uri, source_uri, target_uri, store_uri, seen=seen, methods=methods, steps=steps,
-                        source_steps=source_steps, seed=seed, run_id=run_key(run_id, job_id), experiment=experiment)
+    out = holistic_eval(resolve(encoder.metadata, encoder.path, name="encoder")[0],
+                        resolve(source.metadata, source.path, name="source")[0],
+                        resolve(target.metadata, target.path, name="target")[0], store_uri, seen=seen, methods=methods,
+                        steps=steps, source_steps=source_steps, seed=seed, run_id=pod_run_key(run_id),
+                        experiment=experiment)
     for k, v in out["metrics"]["flat"].items():
         metrics.log_metric(k, float(v))
     return out["metrics_uri"]

@@ -4,17 +4,17 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, tag: str, shots: str, draws: int, seed: int,
-                run_id: str, job_id: str, experiment: str, metrics: dsl.Output[dsl.Metrics]) -> str:
+def linear_eval(encoder: dsl.Input[dsl.Model], target: dsl.Input[dsl.Dataset], store_uri: str, tag: str, shots: str,
+                draws: int, seed: int, run_id: str, experiment: str,
+                metrics: dsl.Output[dsl.Metrics]) -> str:
     """Few-label and full linear probes on frozen target features → metrics URI."""
-    from uft.config import default_store_uri
-
-    store_uri = store_uri or default_store_uri()  # "": s3://$UFT_BUCKET/uft (ConfigMap uft-config)
+    from uft.lineage import resolve
     from uft.steps import linear_eval as step
-    from uft.tracking import run_key
+    from uft.tracking import pod_run_key
 
-    out = step(encoder_uri, target_uri, store_uri, tag=tag, shots=shots, draws=draws, seed=seed,
-               run_id=run_key(run_id, job_id), experiment=experiment)
+    out = step(resolve(encoder.metadata, encoder.path, name="encoder")[0],
+               resolve(target.metadata, target.path, name="target")[0], store_uri, tag=tag, shots=shots, draws=draws,
+               seed=seed, run_id=pod_run_key(run_id), experiment=experiment)
     for k, v in out["metrics"].items():
         metrics.log_metric(f"{tag}_{k}", float(v))
     return out["metrics_uri"]

@@ -1,33 +1,29 @@
-from typing import NamedTuple
-
 from kfp import dsl
 
 from components.image import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def pretrain(source_uri: str, source_sha: str, store_uri: str, encoder: str, encoder_width: int, method: str,
+def pretrain(source: dsl.Input[dsl.Dataset], store_uri: str, encoder: str, encoder_width: int, method: str,
              steps: int, batch_size: int, lr: float, seed: int, pretrained_encoder: str, checkpoint_every: int,
-             run_id: str, job_id: str, experiment: str,
-             gpus_per_node: int = 1) -> NamedTuple("Outputs", [("encoder_uri", str), ("encoder_sha", str)]):
-    """SSL pretraining on the source (or pass through given pretrained weights).
+             run_id: str, experiment: str, model: dsl.Output[dsl.Model], gpus_per_node: int = 1):
+    """SSL pretraining on the source (or pass through given pretrained weights) → ``model``.
 
     ``gpus_per_node`` > 1: the step runs under ``torchrun`` with that many processes (DDP); 1: in-process.
     """
-    from uft.config import default_store_uri
-
-    store_uri = store_uri or default_store_uri()  # "": s3://$UFT_BUCKET/uft (ConfigMap uft-config)
+    from uft.lineage import emit, resolve
     from uft.steps import pretrain as step
-    from uft.tracking import run_key
+    from uft.tracking import pod_run_key
 
+    source_uri, source_sha = resolve(source.metadata, source.path, name="source")
     kwargs = dict(source_uri=source_uri, source_sha=source_sha, store_uri=store_uri, encoder=encoder,
                   encoder_width=encoder_width, method=method, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                   pretrained_encoder=pretrained_encoder, checkpoint_every=checkpoint_every,
-                  run_id=run_key(run_id, job_id), experiment=experiment)
+                  run_id=pod_run_key(run_id), experiment=experiment)
     if gpus_per_node > 1 and not pretrained_encoder:
         from uft.ssl.ddp_entry import launch
 
         out = launch("pretrain", kwargs, nproc=gpus_per_node)
     else:
         out = step(**kwargs)
-    return (out["encoder_uri"], out["encoder_sha"])
+    emit(model.path, model.metadata, out["encoder_uri"], out["encoder_sha"])

@@ -1,33 +1,32 @@
-from typing import NamedTuple
-
 from kfp import dsl
 
 from components.image import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def ssl_finetune(encoder_uri: str, target_uri: str, store_uri: str, source_uri: str, replay_uri: str, plan_uri: str,
-                 method: str, steps: int, batch_size: int, lr: float, replay_ratio: float, radreg_weight: float,
-                 seed: int, checkpoint_every: int, run_id: str, job_id: str,
-                 experiment: str, gpus_per_node: int = 1) -> NamedTuple("Outputs", [("encoder_uri", str), ("encoder_sha", str)]):
-    """Continue SSL on the target (+ replay, + mixing); checkpoints to the store and resumes.
+def ssl_finetune(base: dsl.Input[dsl.Model], target: dsl.Input[dsl.Dataset], store_uri: str, method: str, steps: int,
+                 batch_size: int, lr: float, replay_ratio: float, radreg_weight: float, seed: int, checkpoint_every: int,
+                 run_id: str, experiment: str, model: dsl.Output[dsl.Model], source: dsl.Input[dsl.Dataset] = None,
+                 replay: dsl.Input[dsl.Dataset] = None, plan: dsl.Input[dsl.Artifact] = None, gpus_per_node: int = 1):
+    """Continue SSL on the target (+ replay, + mixing) from ``base`` → ``model``; checkpoints to the store and resumes.
 
+    ``source``/``replay``/``plan`` are optional (no replay, no mixing without them).
     ``gpus_per_node`` > 1: the step runs under ``torchrun`` with that many processes (DDP); 1: in-process.
     """
-    from uft.config import default_store_uri
-
-    store_uri = store_uri or default_store_uri()  # "": s3://$UFT_BUCKET/uft (ConfigMap uft-config)
+    from uft.lineage import emit, resolve
     from uft.steps import finetune
-    from uft.tracking import run_key
+    from uft.tracking import pod_run_key
 
-    kwargs = dict(encoder_uri=encoder_uri, target_uri=target_uri, store_uri=store_uri, source_uri=source_uri,
-                  replay_uri=replay_uri, plan_uri=plan_uri, method=method, steps=steps, batch_size=batch_size, lr=lr,
-                  replay_ratio=replay_ratio, radreg_weight=radreg_weight, seed=seed,
-                  checkpoint_every=checkpoint_every, run_id=run_key(run_id, job_id), experiment=experiment)
+    uris = {name: resolve(a.metadata, a.path, name=name)[0] if a is not None else ""
+            for name, a in (("base", base), ("target", target), ("source", source), ("replay", replay), ("plan", plan))}
+    kwargs = dict(encoder_uri=uris["base"], target_uri=uris["target"], store_uri=store_uri, source_uri=uris["source"],
+                  replay_uri=uris["replay"], plan_uri=uris["plan"], method=method, steps=steps, batch_size=batch_size,
+                  lr=lr, replay_ratio=replay_ratio, radreg_weight=radreg_weight, seed=seed,
+                  checkpoint_every=checkpoint_every, run_id=pod_run_key(run_id), experiment=experiment)
     if gpus_per_node > 1:
         from uft.ssl.ddp_entry import launch
 
         out = launch("finetune", kwargs, nproc=gpus_per_node)
     else:
         out = finetune(**kwargs)
-    return (out["encoder_uri"], out["encoder_sha"])
+    emit(model.path, model.metadata, out["encoder_uri"], out["encoder_sha"])

@@ -1,10 +1,14 @@
 """The uft DAG. Parameter defaults come from :class:`uft.config.RunConfig` (one source of truth).
 
-    ingest(source) ─┬─ pretrain ─────────┐
-                    └─ subsample_source ─┼─ mix ─ ssl_finetune ─┬─ linear/knn eval (base + finetuned)
-    ingest(target) ──────────────────────┘                      ├─ holistic ─┬─ report
-                                                                 └─ promote ──┘
+    fingerprint ─ ingest(source) ─┬─ pretrain ─────────┐
+                                  └─ subsample_source ─┼─ mix ─ ssl_finetune ─┬─ linear/knn eval (base + finetuned)
+    fingerprint ─ ingest(target) ──────────────────────┘                      ├─ holistic ─┬─ report
+                                                                               └─ promote ──┘
     train_resources(gpus) ─ (CPU/memory of pretrain and ssl_finetune)
+
+Datasets, the replay set, the mix plan and encoders travel as typed artifacts (``dsl.Dataset``,
+``dsl.Artifact``, ``dsl.Model``) that point to content-addressed manifests in the store
+(:mod:`uft.lineage`), so the KFP UI draws the lineage; the fingerprint steps make ingest cacheable.
 
 GPUs: ``pretrain`` and ``ssl_finetune`` take ``gpus`` GPUs each (DDP, one process per GPU) and
 ``holistic`` one; the three run one after another (holistic waits for ssl_finetune), so a run never
@@ -16,6 +20,7 @@ toleration, resources and a memory-backed /dev/shm; kfp.local ignores those plat
 from kfp import dsl, kubernetes
 
 from components.finalize import finalize
+from components.fingerprint import fingerprint
 from components.holistic import holistic
 from components.ingest import ingest
 from components.knn_eval import knn_eval
@@ -29,6 +34,7 @@ from components.ssl_finetune import ssl_finetune
 from components.subsample_source import subsample_source
 from uft.config import RunConfig
 from uft.gpus import training_resources
+from uft.tracking import KFP_RUN_ENV
 
 D = RunConfig()
 JOB = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -38,13 +44,18 @@ CONFIG_MAP = "uft-config"  # infra/base/config.yaml
 CONFIG_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
                "UFT_MLFLOW_ARTIFACTS", "UFT_BUCKET")
 ONE_GPU = training_resources(1)
+#: The label the KFP API server puts on every pod of a run (backend apiserver/template/argo_template.go).
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
 
 
 def _cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """S3 credentials (Secret) and endpoints, MLflow URI and bucket (ConfigMap) as environment."""
+    """S3 credentials (Secret) and endpoints, MLflow URI and bucket (ConfigMap) as environment, and the
+    KFP run id (pod label ``pipeline/runid``, downward API): cacheable steps key their MLflow run on it
+    at run time, because an input parameter holding it would make every run's cache key different."""
     kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=ENV_SECRET_KEYS)
     for key in CONFIG_KEYS:
         kubernetes.use_config_map_as_env(task, config_map_name=CONFIG_MAP, config_map_key_to_env={key: key})
+    kubernetes.use_field_path_as_env(task, env_name=KFP_RUN_ENV, field_path=RUN_ID_FIELD)
     return task
 
 
@@ -122,64 +133,68 @@ def uft_pipeline(
     promote_margin: float = D.promote_margin,
     retention_tolerance: float = D.retention_tolerance,
 ):
-    run = dict(run_id=run_id, job_id=JOB, experiment=experiment)
+    # Cacheable steps get no job id (KFP hashes every input into the cache key; they read the run id
+    # from the pod, see _cluster_env); the never-cached finalize, promote and report get it as input.
+    run = dict(run_id=run_id, experiment=experiment)
+    this_run = dict(run, job_id=JOB)
     # The exit handler reaches MLflow too: without uft-config it would not know where MLflow is,
     # and the parent run would stay RUNNING.
-    done = _cluster_env(finalize(**run))
+    done = _cluster_env(finalize(**this_run))
     done.set_caching_options(False)
     with dsl.ExitHandler(done, name="uft-run"):
-        src = _platform(ingest(spec=source, store_uri=store_uri, role="source", image_size=image_size, channels=channels,
-                               limit=source_limit, test_fraction=source_test_fraction, seed=seed, framing=framing, **run))
-        src.set_display_name("ingest-source")
-        tgt = _platform(ingest(spec=target, store_uri=store_uri, role="target", image_size=image_size, channels=channels,
-                               limit=target_limit, test_fraction=target_test_fraction, seed=seed, framing=framing, **run))
-        tgt.set_display_name("ingest-target")
-        # Never from KFP's cache: the same spec (an s3:// prefix, a directory) may hold new data,
-        # and re-reading it is what `uft trigger` asks for. Bundled data hits the step's own
-        # content cache instead, and every later step is keyed on the dataset's content hash.
-        for t in (src, tgt):
-            t.set_caching_options(False)
+        data = {}
+        for role, spec, limit, test_fraction in (("source", source, source_limit, source_test_fraction),
+                                                  ("target", target, target_limit, target_test_fraction)):
+            # The fingerprint (a listing, no decoding) runs every time and is never cached; ingest is
+            # cached on it, so unchanged data reuse the dataset artifact and everything downstream of
+            # it can be a cache hit, while new files at the same prefix give a new key and a new ingest.
+            fp = _platform(fingerprint(spec=spec))
+            fp.set_caching_options(False)
+            fp.set_display_name(f"fingerprint-{role}")
+            ing = _platform(ingest(spec=spec, fingerprint=fp.output, store_uri=store_uri, role=role, image_size=image_size,
+                                   channels=channels, limit=limit, test_fraction=test_fraction, seed=seed, framing=framing,
+                                   **run))
+            ing.set_display_name(f"ingest-{role}")
+            data[role] = ing.outputs["dataset"]
+        src, tgt = data["source"], data["target"]
         res = _platform(train_resources(gpus=gpus))
         res.set_display_name("train-resources")
-        base = _platform(pretrain(source_uri=src.outputs["dataset_uri"], source_sha=src.outputs["dataset_sha"],
-                                  store_uri=store_uri, encoder=encoder, encoder_width=encoder_width, method=pretrain_method,
-                                  steps=pretrain_steps, batch_size=batch_size, lr=lr, seed=seed,
+        base = _platform(pretrain(source=src, store_uri=store_uri, encoder=encoder, encoder_width=encoder_width,
+                                  method=pretrain_method, steps=pretrain_steps, batch_size=batch_size, lr=lr, seed=seed,
                                   pretrained_encoder=pretrained_encoder, checkpoint_every=checkpoint_every,
                                   gpus_per_node=gpus, **run), gpus=gpus, resources=res)
-        replay = _platform(subsample_source(source_uri=src.outputs["dataset_uri"], source_sha=src.outputs["dataset_sha"],
-                                            store_uri=store_uri, rule=replay_rule, size=replay_size, seed=seed,
-                                            encoder_uri=base.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"], **run))
+        base_model = base.outputs["model"]
+        replay = _platform(subsample_source(source=src, encoder=base_model, target=tgt, store_uri=store_uri,
+                                            rule=replay_rule, size=replay_size, seed=seed, **run))
         plan = _platform(mix(store_uri=store_uri, op=mix_op, alpha=mix_alpha, fraction=mix_fraction, pairing=mix_pairing))
-        ft = _platform(ssl_finetune(encoder_uri=base.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"],
-                                    store_uri=store_uri, source_uri=src.outputs["dataset_uri"],
-                                    replay_uri=replay.outputs["replay_uri"], plan_uri=plan.outputs["plan_uri"],
-                                    method=ssl_method, steps=finetune_steps, batch_size=batch_size, lr=lr,
-                                    replay_ratio=replay_ratio, radreg_weight=radreg_weight, seed=seed,
-                                    checkpoint_every=checkpoint_every, gpus_per_node=gpus, **run), gpus=gpus, resources=res)
+        ft = _platform(ssl_finetune(base=base_model, target=tgt, source=src, replay=replay.outputs["replay"],
+                                    plan=plan.outputs["plan"], store_uri=store_uri, method=ssl_method,
+                                    steps=finetune_steps, batch_size=batch_size, lr=lr, replay_ratio=replay_ratio,
+                                    radreg_weight=radreg_weight, seed=seed, checkpoint_every=checkpoint_every,
+                                    gpus_per_node=gpus, **run), gpus=gpus, resources=res)
+        ft_model = ft.outputs["model"]
         metric_tasks, eval_tasks = {}, []
-        for tag, enc in (("base", base), ("finetuned", ft)):
-            lin = _platform(linear_eval(encoder_uri=enc.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"],
-                                        store_uri=store_uri, tag=tag, shots=label_shots, draws=probe_draws, seed=seed, **run))
+        for tag, enc in (("base", base_model), ("finetuned", ft_model)):
+            lin = _platform(linear_eval(encoder=enc, target=tgt, store_uri=store_uri, tag=tag, shots=label_shots,
+                                        draws=probe_draws, seed=seed, **run))
             lin.set_display_name(f"linear-eval-{tag}")
-            knn = _platform(knn_eval(encoder_uri=enc.outputs["encoder_uri"], target_uri=tgt.outputs["dataset_uri"],
-                                     store_uri=store_uri, tag=tag, source_uri=src.outputs["dataset_uri"], k=knn_k, **run))
+            knn = _platform(knn_eval(encoder=enc, target=tgt, source=src, store_uri=store_uri, tag=tag, k=knn_k, **run))
             knn.set_display_name(f"knn-eval-{tag}")
             metric_tasks[f"linear_{tag}"], metric_tasks[f"knn_{tag}"] = lin.outputs["Output"], knn.outputs["Output"]
             eval_tasks += [lin, knn]
-        hol = _platform(holistic(encoder_uri=base.outputs["encoder_uri"], source_uri=src.outputs["dataset_uri"],
-                                 target_uri=tgt.outputs["dataset_uri"], store_uri=store_uri, seen=holistic_seen,
+        hol = _platform(holistic(encoder=base_model, source=src, target=tgt, store_uri=store_uri, seen=holistic_seen,
                                  methods=holistic_methods, steps=holistic_steps, source_steps=holistic_source_steps,
                                  seed=seed, **run), gpus=1)
         hol.after(ft)  # one GPU step at a time: a run holds at most `gpus` GPUs
         # Label-free signals + promotion gate (uft.promote): after the evals, before the report.
-        gate = _platform(promote(encoder_uri=ft.outputs["encoder_uri"], base_encoder_uri=base.outputs["encoder_uri"],
-                                 target_uri=tgt.outputs["dataset_uri"], source_uri=src.outputs["dataset_uri"],
-                                 store_uri=store_uri, registered_model=registered_model, margin=promote_margin,
-                                 retention_tolerance=retention_tolerance, seed=seed, **run))
+        gate = _platform(promote(encoder=ft_model, base_encoder=base_model, target=tgt, source=src, store_uri=store_uri,
+                                 registered_model=registered_model, margin=promote_margin,
+                                 retention_tolerance=retention_tolerance, seed=seed, **this_run))
         gate.set_caching_options(False)  # the registry changes between runs: always decide afresh
         gate.after(*eval_tasks)  # register only an encoder whose evaluation ran
-        _platform(report(**metric_tasks, holistic=hol.outputs["Output"], promote=gate.outputs["Output"], store_uri=store_uri,
-                               source_uri=src.outputs["dataset_uri"], target_uri=tgt.outputs["dataset_uri"],
-                               base_encoder_uri=base.outputs["encoder_uri"], finetuned_encoder_uri=ft.outputs["encoder_uri"],
-                               ssl_method=ssl_method, replay_rule=replay_rule, replay_size=replay_size,
-                               replay_ratio=replay_ratio, mix_op=mix_op, finetune_steps=finetune_steps, seed=seed, **run))
+        summary = _platform(report(**metric_tasks, holistic=hol.outputs["Output"], promote=gate.outputs["Output"],
+                                   store_uri=store_uri, source=src, target=tgt, base_encoder=base_model,
+                                   finetuned_encoder=ft_model, ssl_method=ssl_method, replay_rule=replay_rule,
+                                   replay_size=replay_size, replay_ratio=replay_ratio, mix_op=mix_op,
+                                   finetune_steps=finetune_steps, seed=seed, **this_run))
+        summary.set_caching_options(False)  # per run: it writes this run's report and parent metrics

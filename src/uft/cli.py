@@ -69,11 +69,14 @@ def run(
                                  stages=("local", "remote") if external else ("local",))
             stack.enter_context(signals_raise())
             env = stack.enter_context(local_services(state, say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)))
-            if not external and needs_remote(cfg, store_uri):
-                preflight(cfg, store_uri=store_uri, stages=("remote",))  # s3:// data on the local server
+            layouts = dict(checked.datasets)
+            if not external and needs_remote(cfg, store_uri):  # s3:// data on the local server
+                layouts.update(preflight(cfg, store_uri=store_uri, stages=("remote",)).datasets)
             console.print(f"[dim]{checked.summary()}[/]", highlight=False)
-            # After the services: an s3:// dataset on the local server can be sampled now.
-            choice = _infer_defaults(source, target, params)
+            # After the services: an s3:// dataset on the local server can be sampled now; the
+            # listings preflight made are reused, so a large folder is listed once per run.
+            choice = _infer_defaults(source, target, params,
+                                     listings={r: d.listing for r, d in layouts.items()})
             if choice.values:
                 cfg = validate_config({**cfg.model_dump(), **choice.values})
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
@@ -107,8 +110,10 @@ def _interrupted(e: KeyboardInterrupt) -> None:
     raise typer.Exit(128 + signum)
 
 
-def _infer_defaults(source: str, target: str, params: dict[str, str]):
-    """Image size / channels / encoder from the data when not given; print the choice and any loss."""
+def _infer_defaults(source: str, target: str, params: dict[str, str], listings: dict[str, tuple[str, ...]] | None = None):
+    """Image size / channels / encoder from the data when not given; print the choice and any loss.
+
+    ``listings``: ``{"source"|"target": file paths}`` already listed by preflight (else listed here)."""
     from uft.config import RunConfig
     from uft.data.profile import profile_dataset
     from uft.defaults import infer_defaults, has_accelerator
@@ -119,7 +124,9 @@ def _infer_defaults(source: str, target: str, params: dict[str, str]):
             current[k] = int(current[k])
         except (TypeError, ValueError):
             current[k] = RunConfig.model_fields[k].default
-    choice = infer_defaults(profile_dataset(source), profile_dataset(target), explicit=params, current=current,
+    listings = listings or {}
+    choice = infer_defaults(profile_dataset(source, listing=listings.get("source", ())),
+                            profile_dataset(target, listing=listings.get("target", ())), explicit=params, current=current,
                             accelerator=has_accelerator())
     console.print(f"[dim]{choice.line()}[/]", soft_wrap=True)
     for w in choice.warnings:

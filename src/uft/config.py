@@ -11,11 +11,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from uft.data.framing import FRAMINGS
 from uft.errors import UftError
 
 REPLAY_RULES = ("uniform", "class_balanced", "kmeans", "nearest_target")
 MIX_OPS = ("none", "mixup", "cutmix")
 MIX_PAIRINGS = ("target_source", "target_target")
+CHOICES = {"replay_rule": REPLAY_RULES, "mix_op": MIX_OPS, "mix_pairing": MIX_PAIRINGS, "framing": FRAMINGS}
+
+
+def one_of(value: str, choices: tuple[str, ...] | list[str], what: str) -> str:
+    """``value`` if it is one of ``choices``, else the one-line ValueError every config validator raises."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
 #: The artifact bucket when UFT_BUCKET is unset. On a cluster UFT_BUCKET comes from ConfigMap
 #: uft-config (infra/base/config.yaml), the one place the bucket is named.
 DEFAULT_BUCKET = "uft-artifacts"
@@ -84,35 +95,10 @@ class RunConfig(BaseModel):
     promote_margin: float = Field(0.01, ge=0, le=1, description="gate-score gain over the champion needed to promote")
     retention_tolerance: float = Field(0.02, ge=0, le=1, description="max drop of source k-NN accuracy when promoting")
 
-    @field_validator("replay_rule")
+    @field_validator(*CHOICES)
     @classmethod
-    def _replay_rule(cls, v: str) -> str:
-        if v not in REPLAY_RULES:
-            raise ValueError(f"unknown replay_rule {v!r}; choose one of {', '.join(REPLAY_RULES)}")
-        return v
-
-    @field_validator("framing")
-    @classmethod
-    def _framing(cls, v: str) -> str:
-        from uft.data.framing import FRAMINGS
-
-        if v not in FRAMINGS:
-            raise ValueError(f"unknown framing {v!r}; choose one of {', '.join(FRAMINGS)}")
-        return v
-
-    @field_validator("mix_op")
-    @classmethod
-    def _mix_op(cls, v: str) -> str:
-        if v not in MIX_OPS:
-            raise ValueError(f"unknown mix_op {v!r}; choose one of {', '.join(MIX_OPS)}")
-        return v
-
-    @field_validator("mix_pairing")
-    @classmethod
-    def _pairing(cls, v: str) -> str:
-        if v not in MIX_PAIRINGS:
-            raise ValueError(f"unknown mix_pairing {v!r}; choose one of {', '.join(MIX_PAIRINGS)}")
-        return v
+    def _choice(cls, v: str, info) -> str:
+        return one_of(v, CHOICES[info.field_name], info.field_name)
 
     @field_validator("label_shots", "holistic_seen")
     @classmethod
@@ -142,8 +128,7 @@ class RunConfig(BaseModel):
         from uft.transfer.holistic import HOLISTIC_METHODS
 
         for m in self.methods():
-            if m not in HOLISTIC_METHODS:
-                raise ValueError(f"unknown holistic method {m!r}; choose from {', '.join(HOLISTIC_METHODS)}")
+            one_of(m, HOLISTIC_METHODS, "holistic method")
         return self
 
     def shots(self) -> list[int]:

@@ -43,6 +43,8 @@ class DatasetLayout:
     kind: str  # "bundled" | "folder" | "s3" | "manifest"
     classes: tuple[str, ...] | None  # sorted class names as ingest will number them; None = unlabelled
     files: int | None = None  # image files found (None for bundled data and manifests)
+    #: every file path under a folder/prefix, as listed (reused by the defaults profile: one listing per run)
+    listing: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass
@@ -129,7 +131,7 @@ def _folder_layout(spec: str, path: str, files: list[str], unlabelled: bool, kin
     entries, _ = _layout(path, files, unlabelled)
     usable = [e for e in entries if e.skip is None]
     classes = tuple(sorted({e.cls for e in usable if e.cls is not None}))
-    return DatasetLayout(spec, kind, classes or None, len(usable))
+    return DatasetLayout(spec, kind, classes or None, len(usable), tuple(files))
 
 
 def _local_folder(spec: str) -> DatasetLayout:

@@ -288,12 +288,12 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
     from uft import tracking
     from uft.data.dataset import load_dataset
     from uft.models.artifact import load_encoder
-    from uft.store import content_key, manifest_sha, open_store, publish, read_manifest
+    from uft.store import content_key, manifest_sha, step_store, publish, read_manifest
 
     if not registered_model.strip():
         raise UftError("registered_model is empty: pass a registry model name, e.g. uft-encoder")
     policy = GatePolicy(margin, retention_tolerance, probe_tolerance)
-    store = open_store(store_uri, create_bucket=True)
+    store = step_store(store_uri)
     enc, manifest = load_encoder(encoder_uri)
     base, _ = load_encoder(base_encoder_uri)
     tgt = load_dataset(target_uri)

@@ -19,7 +19,7 @@ import torch
 from uft import tracking
 from uft.progress import Progress
 from uft.errors import UftError
-from uft.store import (Store, canonical_json, content_key, manifest_sha, open_store, publish, read_manifest, read_verified,
+from uft.store import (Store, canonical_json, content_key, manifest_sha, publish, read_manifest, read_verified, step_store,
                        verify_manifest)
 
 log = logging.getLogger("uft")
@@ -63,10 +63,13 @@ def _device() -> str:
 # --- ingest ----------------------------------------------------------------------------------------
 
 def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: int, limit: int = 0,
-           test_fraction: float = 0.5, seed: int = 0, framing: str = "auto", run_id: str = "local",
-           experiment: str = "uft") -> dict[str, Any]:
+           test_fraction: float = 0.5, seed: int = 0, framing: str = "auto", fingerprint: str = "",
+           run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """Bundled name / ImageFolder dir / s3:// prefix / manifest URI → published dataset, framed by
-    ``framing`` (auto / content_box / keep, :mod:`uft.data.framing`; a manifest URI passes through)."""
+    ``framing`` (auto / content_box / keep, :mod:`uft.data.framing`; a manifest URI passes through).
+
+    ``fingerprint``: :func:`uft.data.fingerprint.source_fingerprint` of ``spec`` taken just before; with
+    it, user data are cached like bundled data (same files → same dataset, no re-decoding)."""
     from uft.data.framing import check_framing
     from uft.data.ingest import ingest as ingest_raw
     from uft.data.sources import load_source
@@ -75,7 +78,7 @@ def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: i
     if not spec.strip():  # "" would otherwise resolve to the current directory as an ImageFolder
         raise UftError(f"the {role} dataset is empty: pass a bundled name ({', '.join(sorted(_bundled()))}), "
                        "an ImageFolder directory, an s3://bucket/prefix or a manifest URI")
-    store = open_store(store_uri, create_bucket=True)
+    store = step_store(store_uri)
     if spec.endswith("manifest.json"):  # an existing uft dataset: verify and pass through
         manifest, _, _ = read_manifest(spec)
         if manifest.get("kind") != "dataset":
@@ -93,9 +96,14 @@ def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: i
             return {"dataset_uri": uri, "dataset_sha": manifest_sha(uri), "num_rows": manifest["num_rows"],
                     "splits": manifest["splits"], "skipped": raw.info.get("skipped", [])}
 
-        # Bundled data is immutable, so its spec is its identity; user data is re-read each time
-        # (its content hash is what matters and the manifest hash captures it).
-        out = _cached(store, "ingest", params, compute) if spec in _bundled() else {**compute(""), "cached": False}
+        # Bundled data is immutable, so its spec is its identity; user data is cached only under a
+        # fingerprint of its files (else re-read each time: the manifest hash captures its content).
+        if spec in _bundled():
+            out = _cached(store, "ingest", params, compute)
+        elif fingerprint:
+            out = _cached(store, "ingest", {**params, "fingerprint": fingerprint}, compute)
+        else:
+            out = {**compute(""), "cached": False}
         if run is not None:
             import mlflow
 
@@ -189,7 +197,7 @@ def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str =
 
         load_encoder(pretrained_encoder)  # verify it loads before the DAG depends on it
         return {"encoder_uri": pretrained_encoder, "encoder_sha": manifest_sha(pretrained_encoder), "cached": True}
-    store = open_store(store_uri, create_bucket=True)
+    store = step_store(store_uri)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every)
     params = {"source_sha": source_sha, "encoder": encoder, "encoder_width": encoder_width, "method": method,
               **cfg.model_dump(mode="json")}
@@ -218,7 +226,7 @@ def subsample_source(source_uri: str, source_sha: str, store_uri: str, *, rule: 
     from uft.data.dataset import load_dataset
     from uft.transfer.replay import select_replay
 
-    store = open_store(store_uri, create_bucket=True)
+    store = step_store(store_uri)
     feature_rule = rule in {"kmeans", "nearest_target"}
     params = {"source_sha": source_sha, "rule": rule, "size": size, "seed": seed,
               "encoder": manifest_sha(encoder_uri) if feature_rule and encoder_uri else "",
@@ -263,7 +271,7 @@ def mix_plan(store_uri: str, *, op: str = "none", alpha: float = 1.0, fraction: 
         plan = MixPlan(op=op, alpha=alpha, fraction=fraction, pairing=pairing)
     except Exception as e:
         raise UftError(f"invalid mixing plan: {e}".splitlines()[0] + " — fix mix_op/mix_alpha/mix_fraction/mix_pairing") from None
-    store = open_store(store_uri, create_bucket=True)
+    store = step_store(store_uri)
     body = plan.model_dump(mode="json")
     key = content_key("mix", body)
     uri = publish(store, f"mix/{key}", {}, {"kind": "mix_plan", "plan": body})
@@ -300,7 +308,7 @@ def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: s
     from uft.ssl.train import TrainConfig
     from uft.transfer.mixing import MixPlan
 
-    store = open_store(store_uri, create_bucket=True)
+    store = step_store(store_uri)
     if ssl_head not in ("continue", "fresh"):
         raise UftError(f"ssl_head={ssl_head!r}: use 'continue' (the base's head when the method matches) or 'fresh'")
     if radreg_features not in ("standardized", "raw"):
@@ -375,7 +383,7 @@ def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, 
     from uft.evaluate.linear import few_label_probe, linear_probe_accuracy
     from uft.models.artifact import load_encoder, state_fingerprint
 
-    store = open_store(store_uri, create_bucket=True)
+    store = step_store(store_uri)
     params = {"encoder_sha": manifest_sha(encoder_uri), "target_sha": manifest_sha(target_uri), "shots": shots,
               "draws": draws, "seed": seed}
     with tracking.step_run(experiment, run_id, f"linear_eval_{tag}", params) as run:
@@ -409,7 +417,7 @@ def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, sou
     from uft.evaluate.knn import knn_accuracy
     from uft.models.artifact import load_encoder
 
-    store = open_store(store_uri, create_bucket=True)
+    store = step_store(store_uri)
     params = {"encoder_sha": manifest_sha(encoder_uri), "target_sha": manifest_sha(target_uri), "k": k,
               "source_sha": manifest_sha(source_uri) if source_uri else ""}
     with tracking.step_run(experiment, run_id, f"knn_eval_{tag}", params) as run:
@@ -447,7 +455,7 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
     from uft.transfer.holistic import (SOURCE_RECIPE, HolisticConfig, check_start, run_holistic, start_warning,
                                        train_source_classifier)
 
-    store = open_store(store_uri, create_bucket=True)
+    store = step_store(store_uri)
     seen_ids = [int(s) for s in seen.split(",") if s.strip()]
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     params = {"encoder_sha": manifest_sha(encoder_uri), "source_sha": manifest_sha(source_uri),
@@ -517,7 +525,7 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
     """Collect every step's metrics into a markdown + HTML report with plots; log it to MLflow."""
     from uft.report import build_report
 
-    store = open_store(store_uri, create_bucket=True)
+    store = step_store(store_uri)
     collected = []
     for uri in metrics_uris:
         manifest, _, _ = read_manifest(uri)

@@ -237,6 +237,15 @@ def open_store(uri: str, *, create_bucket: bool = False) -> Store:
     return LocalStore(Path(uri.removeprefix("file://")).resolve())
 
 
+def step_store(uri: str) -> Store:
+    """The store a pipeline step publishes to (bucket created if missing): ``uri``, or
+    ``s3://$UFT_BUCKET/uft`` when it is empty (a cluster run names none; UFT_BUCKET comes from the
+    ``uft-config`` ConfigMap). The one place that fallback lives: every step opens its store here."""
+    from uft.config import default_store_uri
+
+    return open_store(uri or default_store_uri(), create_bucket=True)
+
+
 def split_uri(uri: str) -> tuple[Store, str]:
     """Split an object URI into (store of its parent, key), e.g. for a manifest URI."""
     if uri.startswith("s3://"):

@@ -183,6 +183,18 @@ def run_key(run_id: str, job_id: str) -> str:
     return run_id or job_id or "local"
 
 
+#: The KFP run id inside a pipeline pod: the pipeline maps the pod label ``pipeline/runid`` (which the
+#: KFP API server puts on every pod of a run) to this variable with the downward API.
+KFP_RUN_ENV = "UFT_KFP_RUN_ID"
+
+
+def pod_run_key(run_id: str) -> str:
+    """The MLflow key of the run a *cacheable* step executes in: ``run_id``, else the KFP run id from
+    the pod's environment (:data:`KFP_RUN_ENV`), else ``"local"``. A job-id *input* would do the same,
+    but KFP hashes every input value into the cache key, so no step taking one is ever a cache hit."""
+    return run_key(run_id, os.environ.get(KFP_RUN_ENV, ""))
+
+
 def log_outputs(out: dict[str, Any]) -> dict[str, Any]:
     """Tag the active run with a step's output URIs/hashes (so `uft run` can list them); returns ``out``."""
     if enabled():

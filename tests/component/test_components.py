@@ -19,7 +19,8 @@ from components.report import report
 from components.ssl_finetune import ssl_finetune
 from components.subsample_source import subsample_source
 
-RUN = dict(run_id="ctest", job_id="job-1", experiment="components")
+RUN = dict(run_id="ctest", experiment="components")  # cacheable steps: no job id (see uft.tracking.pod_run_key)
+RUN_JOB = dict(RUN, job_id="job-1")  # the never-cached promote, report and finalize
 
 
 @pytest.fixture(scope="module")
@@ -33,80 +34,128 @@ def chain(tmp_path_factory):
         yield _run_chain(tmp)
 
 
+def _art(kind, tmp, name: str):
+    """An artifact as KFP hands it to a component: a local file path (KFP's pipeline root) as URI."""
+    return kind(name=name, uri=str(tmp / "kfp" / name))
+
+
 def _run_chain(tmp) -> dict:
+    """Each producer fills its typed output artifact; the consumers get nothing but those artifacts."""
+    from components.fingerprint import fingerprint
+    from components.mix import mix as mix_c
+    from components.promote import promote
+
     store = str(tmp / "store")
     out: dict = {"store": store, "tmp": tmp}
-    out["src"] = ingest.python_func(spec="mnist", store_uri=store, role="source", image_size=16, channels=1, limit=400,
-                                    test_fraction=0.25, seed=0, **RUN)
-    out["tgt"] = ingest.python_func(spec="optdigits", store_uri=store, role="target", image_size=16, channels=1,
-                                    limit=300, test_fraction=0.5, seed=0, **RUN)
-    src_uri, src_sha = out["src"]
-    tgt_uri, _ = out["tgt"]
-    out["base"] = pretrain.python_func(source_uri=src_uri, source_sha=src_sha, store_uri=store, encoder="tiny",
-                                       encoder_width=8, method="simclr", steps=4, batch_size=32, lr=1e-3, seed=0,
-                                       pretrained_encoder="", checkpoint_every=2, **RUN)
-    out["replay"] = subsample_source.python_func(source_uri=src_uri, source_sha=src_sha, store_uri=store, rule="uniform",
-                                                 size=50, seed=0, encoder_uri=out["base"][0], target_uri=tgt_uri, **RUN)
-    out["plan"] = mix.python_func(store_uri=store, op="mixup", alpha=1.0, fraction=0.25, pairing="target_source")
-    out["ft"] = ssl_finetune.python_func(encoder_uri=out["base"][0], target_uri=tgt_uri, store_uri=store, source_uri=src_uri,
-                                         replay_uri=out["replay"][0], plan_uri=out["plan"][0], method="simclr", steps=4,
-                                         batch_size=32, lr=1e-3, replay_ratio=0.5, radreg_weight=0.01, seed=0,
-                                         checkpoint_every=2, **RUN)
+    src, tgt = _art(dsl.Dataset, tmp, "source"), _art(dsl.Dataset, tmp, "target")
+    out["fp"] = fingerprint.python_func(spec="mnist")
+    ingest.python_func(spec="mnist", fingerprint=out["fp"], store_uri=store, role="source", image_size=16, channels=1,
+                       limit=400, test_fraction=0.25, seed=0, dataset=src, **RUN)
+    ingest.python_func(spec="optdigits", fingerprint=fingerprint.python_func(spec="optdigits"), store_uri=store,
+                       role="target", image_size=16, channels=1, limit=300, test_fraction=0.5, seed=0, dataset=tgt, **RUN)
+    out["src"], out["tgt"] = src, tgt
+    base, ft = _art(dsl.Model, tmp, "base"), _art(dsl.Model, tmp, "finetuned")
+    pretrain.python_func(source=src, store_uri=store, encoder="tiny", encoder_width=8, method="simclr", steps=4,
+                         batch_size=32, lr=1e-3, seed=0, pretrained_encoder="", checkpoint_every=2, model=base, **RUN)
+    out["base"] = base
+    replay = _art(dsl.Dataset, tmp, "replay")
+    subsample_source.python_func(source=src, encoder=base, target=tgt, store_uri=store, rule="uniform", size=50, seed=0,
+                                 replay=replay, **RUN)
+    out["replay"] = replay
+    plan = _art(dsl.Artifact, tmp, "plan")
+    mix_c.python_func(store_uri=store, op="mixup", alpha=1.0, fraction=0.25, pairing="target_source", plan=plan)
+    out["plan"] = plan
+    ssl_finetune.python_func(base=base, target=tgt, source=src, replay=replay, plan=plan, store_uri=store,
+                             method="simclr", steps=4, batch_size=32, lr=1e-3, replay_ratio=0.5, radreg_weight=0.01,
+                             seed=0, checkpoint_every=2, model=ft, **RUN)
+    out["ft"] = ft
     metrics = {}
-    for tag, enc in (("base", out["base"][0]), ("finetuned", out["ft"][0])):
+    for tag, enc in (("base", base), ("finetuned", ft)):
         m = dsl.Metrics(name="metrics", uri=str(tmp / f"lin-{tag}"))
-        metrics[f"linear_{tag}"] = linear_eval.python_func(encoder_uri=enc, target_uri=tgt_uri, store_uri=store, tag=tag,
+        metrics[f"linear_{tag}"] = linear_eval.python_func(encoder=enc, target=tgt, store_uri=store, tag=tag,
                                                            shots="1,5", draws=2, seed=0, metrics=m, **RUN)
         out[f"lin_metrics_{tag}"] = m.metadata
         k = dsl.Metrics(name="metrics", uri=str(tmp / f"knn-{tag}"))
-        metrics[f"knn_{tag}"] = knn_eval.python_func(encoder_uri=enc, target_uri=tgt_uri, store_uri=store, tag=tag,
-                                                     source_uri=src_uri, k=5, metrics=k, **RUN)
+        metrics[f"knn_{tag}"] = knn_eval.python_func(encoder=enc, target=tgt, source=src, store_uri=store, tag=tag,
+                                                     k=5, metrics=k, **RUN)
         out[f"knn_metrics_{tag}"] = k.metadata
     h = dsl.Metrics(name="metrics", uri=str(tmp / "hol"))
-    out["holistic"] = holistic.python_func(encoder_uri=out["base"][0], source_uri=src_uri, target_uri=tgt_uri,
-                                           store_uri=store, seen="0,1,2,3,4", methods="naive,frozen_head", steps=3, seed=0,
-                                           source_steps=10,
-                                           metrics=h, **RUN)
+    out["holistic"] = holistic.python_func(encoder=base, source=src, target=tgt, store_uri=store, seen="0,1,2,3,4",
+                                           methods="naive,frozen_head", steps=3, seed=0, source_steps=10, metrics=h, **RUN)
     out["hol_metrics"] = h.metadata
+    p = dsl.Metrics(name="metrics", uri=str(tmp / "promote"))
+    out["promote"] = promote.python_func(encoder=ft, base_encoder=base, target=tgt, source=src, store_uri=store,
+                                         registered_model="ctest-encoder", margin=0.0, retention_tolerance=1.0, seed=0,
+                                         metrics=p, **RUN_JOB)
     md = dsl.Markdown(name="markdown", uri=str(tmp / "report.md"))
     ht = dsl.HTML(name="html", uri=str(tmp / "report.html"))
     out["report"] = report.python_func(
         linear_base=metrics["linear_base"], knn_base=metrics["knn_base"], linear_finetuned=metrics["linear_finetuned"],
-        knn_finetuned=metrics["knn_finetuned"], holistic=out["holistic"], store_uri=store, source_uri=src_uri,
-        target_uri=tgt_uri,
-        base_encoder_uri=out["base"][0], finetuned_encoder_uri=out["ft"][0], ssl_method="simclr", replay_rule="uniform",
-        replay_size=50, replay_ratio=0.5, mix_op="mixup", finetune_steps=4, seed=0, markdown=md, html=ht, **RUN)
+        knn_finetuned=metrics["knn_finetuned"], holistic=out["holistic"], source=src, target=tgt, base_encoder=base,
+        finetuned_encoder=ft, store_uri=store, ssl_method="simclr", replay_rule="uniform", replay_size=50,
+        replay_ratio=0.5, mix_op="mixup", finetune_steps=4, seed=0, markdown=md, html=ht, **RUN_JOB)
     out["md_path"], out["html_path"] = md.path, ht.path
     return out
 
 
-def test_ingest_outputs_are_content_addressed_manifests(chain):
-    uri, sha = chain["src"]
-    assert uri.endswith("manifest.json") and len(sha) == 64
-    from uft.store import manifest_sha
+def _uri(artifact) -> str:
+    return artifact.metadata["manifest_uri"]
 
-    assert manifest_sha(uri) == sha
+
+def test_ingest_outputs_are_content_addressed_manifests(chain):
+    """The typed output artifact points to the manifest: metadata and pointer file carry its URI and hash."""
+    from uft.store import manifest_sha, read_manifest
+
+    for name, kind in (("src", "dataset"), ("tgt", "dataset"), ("base", "encoder"), ("ft", "encoder"),
+                       ("replay", "replay"), ("plan", "mix_plan")):
+        art = chain[name]
+        uri, sha = art.metadata["manifest_uri"], art.metadata["content_hash"]
+        assert uri.endswith("manifest.json") and uri.startswith(chain["store"]), name
+        assert manifest_sha(uri) == sha and len(sha) == 64, name
+        assert art.metadata["kind"] == kind == read_manifest(uri)[0]["kind"], name
+        assert json.loads(open(art.path).read()) == art.metadata, name  # the pointer file says the same
+    assert chain["src"].metadata["num_rows"] == 400 and chain["src"].metadata["num_classes"] == 10
+    assert chain["base"].metadata["encoder"] == "tiny"
+
+
+def test_consumer_refuses_a_pointer_whose_manifest_changed(chain, tmp_path):
+    """A stale artifact (the manifest rewritten since the producer ran) fails with a UftError naming the input."""
+    import shutil
+
+    from uft.errors import UftError
+
+    from pathlib import Path
+
+    copy = tmp_path / "ds"
+    shutil.copytree(Path(_uri(chain["tgt"])).parent, copy)
+    moved = dsl.Dataset(name="target", uri=str(tmp_path / "pointer"),
+                        metadata={**chain["tgt"].metadata, "manifest_uri": str(copy / "manifest.json")})
+    (copy / "manifest.json").write_bytes((copy / "manifest.json").read_bytes() + b" ")
+    m = dsl.Metrics(name="metrics", uri=str(tmp_path / "m"))
+    with pytest.raises(UftError, match="input artifact target points to .* content hash is now"):
+        linear_eval.python_func(encoder=chain["base"], target=moved, store_uri=chain["store"], tag="x", shots="1",
+                                draws=1, seed=0, metrics=m, **RUN)
 
 
 def test_encoders_are_published_and_loadable(chain):
     from uft.models.artifact import load_encoder
 
     for name in ("base", "ft"):
-        enc, manifest = load_encoder(chain[name][0])
+        enc, manifest = load_encoder(_uri(chain[name]))
         assert manifest["kind"] == "encoder" and enc.feature_dim == 32  # width 8 → 4·8
 
 
 def test_finetune_changed_the_encoder(chain):
     from uft.models.artifact import load_encoder, state_fingerprint
 
-    assert state_fingerprint(load_encoder(chain["base"][0])[0]) != state_fingerprint(load_encoder(chain["ft"][0])[0])
+    assert state_fingerprint(load_encoder(_uri(chain["base"]))[0]) != state_fingerprint(load_encoder(_uri(chain["ft"]))[0])
 
 
 def test_replay_manifest_lists_row_ids_of_the_source(chain):
     from uft.store import read_manifest, read_verified
 
-    manifest, store, prefix = read_manifest(chain["replay"][0])
-    ids = json.loads(read_verified(store, prefix, manifest, "row_ids.json", chain["replay"][0]))
+    manifest, store, prefix = read_manifest(_uri(chain["replay"]))
+    ids = json.loads(read_verified(store, prefix, manifest, "row_ids.json", _uri(chain["replay"])))
     assert len(ids) == 50 == len(set(ids))
 
 
@@ -156,7 +205,7 @@ def test_finalize_ends_parent_run(chain):
     class Status:
         state = "FAILED"
 
-    finalize.python_func(status=Status(), **RUN)
+    finalize.python_func(status=Status(), **RUN_JOB)
     client = MlflowClient()
     exp = client.get_experiment_by_name("components")
     parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("uft.step") == "pipeline"][0]
@@ -169,9 +218,9 @@ def test_rerun_hits_cache_and_reuses_mlflow_runs(chain):
     client = MlflowClient()
     exp = client.get_experiment_by_name("components")
     before = len(client.search_runs([exp.experiment_id]))
-    src_uri, src_sha = chain["src"]
-    again = pretrain.python_func(source_uri=src_uri, source_sha=src_sha, store_uri=chain["store"], encoder="tiny",
-                                 encoder_width=8, method="simclr", steps=4, batch_size=32, lr=1e-3, seed=0,
-                                 pretrained_encoder="", checkpoint_every=2, **RUN)
-    assert tuple(again) == tuple(chain["base"])
+    again = dsl.Model(name="model", uri=str(chain["tmp"] / "kfp" / "base-again"))
+    pretrain.python_func(source=chain["src"], store_uri=chain["store"], encoder="tiny", encoder_width=8, method="simclr",
+                         steps=4, batch_size=32, lr=1e-3, seed=0, pretrained_encoder="", checkpoint_every=2, model=again,
+                         **RUN)
+    assert again.metadata == chain["base"].metadata  # same inputs → the same manifest, hash and pointer
     assert len(client.search_runs([exp.experiment_id])) == before

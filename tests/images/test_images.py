@@ -8,6 +8,7 @@ Run by `make test-images` (see docker/README.md); skipped without UFT_TEST_IMAGE
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -121,6 +122,18 @@ def test_compiled_pipeline_runs_in_the_image(image, tmp_path, capsys):
             keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
                     for o in page.get("Contents", [])]
             assert any(not k.startswith("mlflow/") for k in keys), "no step published to S3"
+            # Lineage: the typed artifacts (under the pipeline root) point to manifests in S3 by content hash.
+            pointers = {}
+            for f in (tmp_path / "kfp-root").glob("*/*/executor_output.json"):
+                for name, lst in json.loads(f.read_text()).get("artifacts", {}).items():
+                    for a in lst["artifacts"]:
+                        if "manifest_uri" in a.get("metadata", {}):
+                            pointers[f"{f.parent.name}/{name}"] = a["metadata"]
+            assert {"ingest/dataset", "ingest-2/dataset", "pretrain/model", "ssl-finetune/model"} <= set(pointers)
+            for where, meta in pointers.items():
+                key = meta["manifest_uri"].removeprefix(f"s3://{bucket}/")
+                body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                assert hashlib.sha256(body).hexdigest() == meta["content_hash"], where
 
             # MLflow: the parent run FINISHED, its step runs carry metrics, artifacts went to S3.
             mlflow = MlflowClient(tracking_uri=mlflow_url)

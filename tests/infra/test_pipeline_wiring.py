@@ -228,9 +228,11 @@ def test_training_components_run_ddp_with_the_gpu_count(gpus, monkeypatch):
     The kwargs handed to launch() must be exactly what the step functions accept."""
     import inspect
 
+    from kfp import dsl
+
     from components.pretrain import pretrain
     from components.ssl_finetune import ssl_finetune
-    from uft import steps
+    from uft import lineage, steps
     from uft.ssl import ddp_entry
 
     calls = []
@@ -250,12 +252,46 @@ def test_training_components_run_ddp_with_the_gpu_count(gpus, monkeypatch):
     monkeypatch.setattr(ddp_entry, "launch", fake_launch)
     monkeypatch.setattr(steps, "pretrain", in_process("pretrain"))
     monkeypatch.setattr(steps, "finetune", in_process("finetune"))
-    monkeypatch.setenv("UFT_BUCKET", "team-b")
-    common = dict(store_uri="", run_id="r", job_id="j", experiment="e", seed=0, lr=1e-3, batch_size=8, checkpoint_every=2)
-    pretrain.python_func(source_uri="s3://b/d/manifest.json", source_sha="0" * 64, encoder="tiny", encoder_width=8,
-                         method="simclr", steps=2, pretrained_encoder="", gpus_per_node=gpus, **common)
-    ssl_finetune.python_func(encoder_uri="s3://b/e/manifest.json", target_uri="s3://b/t/manifest.json", source_uri="",
-                             replay_uri="", plan_uri="", method="simclr", steps=2, replay_ratio=0.0, radreg_weight=0.0,
-                             gpus_per_node=gpus, **common)
-    # an empty store_uri resolves to the one bucket setting
-    assert calls == [("pretrain", gpus, "s3://team-b/uft"), ("finetune", gpus, "s3://team-b/uft")]
+    # The artifacts point to fake manifests: resolve/emit are uft.lineage's (tested in tests/unit/test_lineage.py).
+    monkeypatch.setattr(lineage, "resolve", lambda metadata, path, name: (metadata["manifest_uri"], "0" * 64))
+    monkeypatch.setattr(lineage, "emit", lambda path, metadata, uri, sha="": metadata.update(manifest_uri=uri))
+    common = dict(store_uri="", run_id="r", experiment="e", seed=0, lr=1e-3, batch_size=8, checkpoint_every=2)
+
+    def art(kind, uri):
+        return kind(name="a", uri="/tmp/unused", metadata={"manifest_uri": uri})
+
+    model = art(dsl.Model, "")
+    pretrain.python_func(source=art(dsl.Dataset, "s3://b/d/manifest.json"), encoder="tiny", encoder_width=8,
+                         method="simclr", steps=2, pretrained_encoder="", gpus_per_node=gpus, model=model, **common)
+    assert model.metadata["manifest_uri"] == "s3://b/pretrain/manifest.json"
+    ssl_finetune.python_func(base=art(dsl.Model, "s3://b/e/manifest.json"), target=art(dsl.Dataset, "s3://b/t/manifest.json"),
+                             source=art(dsl.Dataset, ""), replay=art(dsl.Dataset, ""), plan=art(dsl.Artifact, ""),
+                             method="simclr", steps=2, replay_ratio=0.0, radreg_weight=0.0, gpus_per_node=gpus,
+                             model=art(dsl.Model, ""), **common)
+    # the component passes store_uri through; the step resolves "" (uft.store.step_store, one place)
+    assert calls == [("pretrain", gpus, ""), ("finetune", gpus, "")]
+
+
+def test_cacheable_steps_have_no_per_run_inputs(compiled):
+    """KFP's cache key (backend cacheutils.GenerateCacheKey) hashes every resolved input parameter and
+    the MLMD id of every input artifact. A step with a per-run input (``{{$.pipeline_job_uuid}}``) is
+    never a hit, and a never-cached producer gives its consumers a new artifact id every run. So:
+    caching on for every step but the fingerprints, promote, report and finalize; none of the cached
+    ones takes a run placeholder; each ingest is fed by a (never cached) fingerprint; every artifact
+    a cached step consumes comes from a cached step. (Reasoned from source; no cluster here.)"""
+    spec, executors = compiled
+    tasks = dag_tasks(spec)
+    cached = {n for n, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
+    assert set(tasks) - cached == {"fingerprint", "fingerprint-2", "promote", "report", "finalize"}
+    for name in cached:
+        for param in tasks[name]["inputs"].get("parameters", {}).values():
+            const = str(param.get("runtimeValue", {}).get("constant", ""))
+            assert "{{$.pipeline_job" not in const, f"{name} has a per-run input: it can never be a cache hit"
+        for art in tasks[name]["inputs"].get("artifacts", {}).values():
+            assert art["taskOutputArtifact"]["producerTask"] in cached, name
+    for ingest, fp in (("ingest", "fingerprint"), ("ingest-2", "fingerprint-2")):
+        assert tasks[ingest]["inputs"]["parameters"]["fingerprint"]["taskOutputParameter"]["producerTask"] == fp
+    # ...and every step still learns its run: the pod label reaches it as env (not part of the key).
+    for name in cached:
+        fields = executors[executor_of(spec, tasks[name])].get("fieldPathAsEnv", [])
+        assert {"name": "UFT_KFP_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in fields, name

@@ -82,6 +82,54 @@ def test_artifacts_land_in_s3(local_run):
     assert any(k.startswith("mlflow/") for k in keys), "MLflow artifacts should be stored in the bucket"
 
 
+def _artifacts(tmp) -> dict[str, dict]:
+    """``task/output`` → metadata of every output artifact kfp.local recorded in this run's pipeline root."""
+    import json
+
+    (run_dir,) = (tmp / "state" / "kfp-root").iterdir()  # one pipeline run under `uft run`'s root
+    out = {}
+    for f in run_dir.glob("*/executor_output.json"):
+        for name, lst in json.loads(f.read_text()).get("artifacts", {}).items():
+            for a in lst["artifacts"]:
+                out[f"{f.parent.name}/{name}"] = {**a["metadata"], "_path": a["uri"]}
+    return out
+
+
+def test_data_and_encoders_travel_as_typed_artifacts(local_run):
+    """Deliverable 4: ingest/subsample/mix/pretrain/ssl_finetune each emitted a typed artifact whose
+    metadata carry the manifest URI and its content hash (equal to the manifest's hash now) and whose
+    file is the same pointer; the consumers got their inputs through them (no data URI is passed as a
+    string any more), which the published manifests record."""
+    import json
+
+    from uft.store import manifest_sha, read_manifest
+
+    _, tmp = local_run
+    arts = _artifacts(tmp)
+    want = {"ingest/dataset": "dataset", "ingest-2/dataset": "dataset", "subsample-source/replay": "replay",
+            "mix/plan": "mix_plan", "pretrain/model": "encoder", "ssl-finetune/model": "encoder"}
+    for key, kind in want.items():
+        meta = arts[key]
+        assert meta["kind"] == kind == read_manifest(meta["manifest_uri"])[0]["kind"], key
+        assert meta["content_hash"] == manifest_sha(meta["manifest_uri"]), key
+        pointer = json.loads(open(meta.pop("_path")).read())
+        assert pointer == meta, key
+    roles = {read_manifest(arts[k]["manifest_uri"])[0]["name"].split(":")[0]: arts[k] for k in ("ingest/dataset", "ingest-2/dataset")}
+    src, tgt = roles["source"], roles["target"]
+    base, ft = arts["pretrain/model"], arts["ssl-finetune/model"]
+    # Consumers read what the artifacts point to:
+    assert read_manifest(base["manifest_uri"])[0]["info"]["source_sha"] == src["content_hash"]  # pretrain ← source
+    ft_info = read_manifest(ft["manifest_uri"])[0]["info"]
+    assert ft_info["base"] == base["manifest_uri"] and ft_info["target_sha"] == tgt["content_hash"]  # finetune ← base, target
+    replay = read_manifest(arts["subsample-source/replay"]["manifest_uri"])[0]
+    assert replay["source_sha"] == src["content_hash"] and replay["size"] == TINY["replay_size"]  # subsample ← source
+    assert src["num_rows"] == TINY["source_limit"] and tgt["kind"] == "dataset"
+    # The fingerprints ran (never cached) and fed ingest.
+    fps = [json.loads((p / "executor_output.json").read_text())["parameterValues"]["Output"]
+           for p in (tmp / "state" / "kfp-root").glob("*/fingerprint*")]
+    assert len(fps) == 2 and all(len(f) == 64 for f in fps)
+
+
 def test_parent_run_finished_by_exit_handler(local_run):
     from mlflow.tracking import MlflowClient
 

@@ -337,7 +337,7 @@ CASES: list[tuple[str, Callable, str]] = [
     ("malformed-label-shots", _cfg(label_shots="1,x"), r"label_shots must be comma-separated integers, got '1,x'"),
     ("unknown-replay-rule", _cfg(replay_rule="nearest"), r"unknown replay_rule 'nearest'; choose one of uniform"),
     ("unknown-mix-op", _cfg(mix_op="blend"), r"unknown mix_op 'blend'; choose one of none, mixup, cutmix"),
-    ("unknown-holistic-method", _cfg(holistic_methods="naive,magic"), r"unknown holistic method 'magic'; choose from"),
+    ("unknown-holistic-method", _cfg(holistic_methods="naive,magic"), r"unknown holistic method 'magic'; choose one of"),
     ("two-problems-at-once", _cfg(lr=-1, probe_draws=0), r"lr: .*; probe_draws: Input should be greater than or equal to 1"),
     # inputs that do not fit together
     ("target-classes-not-in-source", target_classes_not_in_source, r"target classes \['cat', 'dog'\] are not among the source classes"),

@@ -54,6 +54,20 @@ def test_every_task_of_the_compiled_pipeline_gets_credentials_and_mlflow(compile
         assert env.get("MLFLOW_TRACKING_URI") == "http://127.0.0.1:2222", f"{executor} cannot reach MLflow"
 
 
+def test_every_task_gets_the_kfp_run_id_from_its_pod_label(compiled):
+    """Cacheable steps take no job-id input (it would be in KFP's cache key); the pod label KFP sets,
+    pipeline/runid, reaches them as UFT_KFP_RUN_ID (downward API), and the harness models it."""
+    from uft.tracking import KFP_RUN_ENV
+
+    spec, platform = compiled
+    objs = cluster_objects(MANIFESTS, SERVICES)
+    for executor in spec["deploymentSpec"]["executors"]:
+        assert pod_env(platform, executor, objs, {"pipeline/runid": "run-42"})[KFP_RUN_ENV] == "run-42", executor
+        assert pod_env(platform, executor, objs)[KFP_RUN_ENV] == "", executor  # no label: empty, as the kubelet does
+    with pytest.raises(UftError, match="field path 'spec.nodeName' is not supported"):
+        pod_env({"x": {"fieldPathAsEnv": [{"name": "N", "fieldPath": "spec.nodeName"}]}}, "x", ClusterObjects())
+
+
 def test_a_missing_secret_or_key_fails_the_task_unless_optional(compiled):
     spec, platform = compiled
     with pytest.raises(UftError, match="secret 'uft-s3' does not exist"):

@@ -166,9 +166,17 @@ def test_torchrun_entry_runs_the_finetune_step(published):
     store, target, encoder = published
     kw = dict(encoder_uri=encoder, target_uri=target, store_uri=store, method="simclr", steps=4, batch_size=16,
               checkpoint_every=2, seed=0)
-    uri, _ = ssl_finetune.python_func(**kw, source_uri="", replay_uri="", plan_uri="", lr=2e-3, replay_ratio=0.0,
-                                      radreg_weight=0.0, run_id="ddp", job_id="job-1", experiment="uft", gpus_per_node=2)
-    out = {"encoder_uri": uri}
+    from kfp import dsl
+
+    from uft.lineage import describe
+
+    model = dsl.Model(name="model", uri=str(Path(store).parent / "kfp" / "model"))
+    args = {k: v for k, v in kw.items() if k not in ("encoder_uri", "target_uri")}
+    ssl_finetune.python_func(**args, base=dsl.Model(name="base", uri="", metadata=describe(encoder)),
+                             target=dsl.Dataset(name="target", uri="", metadata=describe(target)), lr=2e-3,
+                             replay_ratio=0.0, radreg_weight=0.0, run_id="ddp", experiment="uft", model=model,
+                             gpus_per_node=2)
+    out = {"encoder_uri": model.metadata["manifest_uri"]}
     info = verify_manifest(out["encoder_uri"])["info"]
     assert info["losses"][-1][0] == 4 and info["resumed_from"] == 0
     assert all(torch.isfinite(torch.tensor([v for _, v in info["losses"]])))

@@ -71,6 +71,20 @@ def test_profile_of_a_tree_counts_colour_and_sizes(tmp_path):
     assert set(p.modes) == {"RGB", "L"}
 
 
+def test_profile_reuses_preflights_listing(tmp_path):
+    """`uft run` lists a folder once: preflight's listing feeds the profile (a file added after the
+    listing is not seen, and the layout carries every listed path)."""
+    from uft.preflight import inspect_dataset
+
+    root = _tree(tmp_path / "d", 8, lambda i: _grey(32))
+    layout = inspect_dataset(str(root), "source", remote=False)
+    assert len(layout.listing) == 8 and layout.files == 8
+    _save(_colour(32), root / "a" / "late.png")
+    p = profile_dataset(str(root), listing=layout.listing)
+    assert (p.total, p.colour) == (8, 0)
+    assert profile_dataset(str(root)).total == 9
+
+
 def test_profile_skips_bundled_and_manifests():
     assert profile_dataset("mnist") is None
     assert profile_dataset("s3://bucket/uft/datasets/abc/manifest.json") is None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,12 +112,14 @@ def test_manifests_are_checked_for_kind(tmp_path):
 # --- the whole check ------------------------------------------------------------------------------
 
 def test_typo_in_source_fails_fast_naming_the_input():
-    t0 = time.perf_counter()
-    with pytest.raises(UftError) as e:
-        pf.check({"source": "/nonexistent", "target": "optdigits"}, stages=("local",))
-    took = time.perf_counter() - t0
-    assert str(e.value).startswith("source: dataset path /nonexistent does not exist")
-    assert took < 5, took
+    """Fast by construction, not by stopwatch: in a fresh process the path typo is reported before
+    the config validation imports torch (seconds) — so nothing slow ran."""
+    code = ("import sys\nfrom uft.errors import UftError\nfrom uft import preflight as pf\n"
+            "try:\n    pf.check({'source': '/nonexistent', 'target': 'optdigits'}, stages=('local',))\n"
+            "except UftError as e:\n    print(e)\nprint('torch imported:', 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("source: dataset path /nonexistent does not exist"), out
+    assert "torch imported: False" in out, out
 
 
 def test_class_layouts_must_fit_for_holistic_transfer(tmp_path):
@@ -171,17 +174,21 @@ def test_remote_stage_lists_s3_prefixes(s3_env, bucket):
 
 @pytest.mark.s3
 def test_remote_stage_refuses_bad_keys_and_dead_endpoints_in_seconds(s3_env, bucket, monkeypatch):
+    """Bounded, not timed (wall time on a shared 2-core machine proves nothing): a dead endpoint is
+    given up after REMOTE_ATTEMPTS tries, each call waiting at most REMOTE_TIMEOUT s."""
     from uft.services import free_port
 
+    live = pf.bounded_s3(bucket, "")
+    assert live.attempts == pf.REMOTE_ATTEMPTS == 2
+    assert live.client.meta.config.connect_timeout <= pf.REMOTE_TIMEOUT
+    assert live.client.meta.config.read_timeout <= pf.REMOTE_TIMEOUT
     cfg = validate_config({"target": f"s3://{bucket}/imgs"})
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     with pytest.raises(UftError, match=rf"target: S3 refused the credentials for s3://{bucket}"):
         pf.preflight(cfg, stages=("remote",))
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-    t0 = time.perf_counter()
     with pytest.raises(TransientError, match=r"store: object store at http://127\.0\.0\.1:\d+ unreachable .* after 2 attempts"):
         pf.preflight(cfg, store_uri=f"s3://{bucket}/x", stages=("remote",))
-    assert time.perf_counter() - t0 < 5
 
 
 def test_cluster_preflight_checks_what_it_can_from_here():

@@ -11,6 +11,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -81,8 +82,10 @@ def profile_images(images: list[tuple[str, bytes]], *, spec: str, total: int | N
                        tuple(sizes), dict(modes))
 
 
-def profile_dataset(spec: str, *, sample: int = 256, seed: int = 0) -> DataProfile | None:
+def profile_dataset(spec: str, *, sample: int = 256, seed: int = 0, listing: Sequence[str] = ()) -> DataProfile | None:
     """Profile an ImageFolder directory or ``s3://`` prefix from ``sample`` seeded files.
+
+    ``listing``: the folder's relative file paths when already listed (preflight's), else listed here.
 
     → None for bundled names and manifest URIs (their shape is fixed by the bundle / earlier ingest).
     """
@@ -93,7 +96,7 @@ def profile_dataset(spec: str, *, sample: int = 256, seed: int = 0) -> DataProfi
     if spec in BUNDLED or path.endswith(".json"):
         return None
     reader = _Reader(path)
-    files = [f for f in reader.list() if Path(f).suffix.lower() in IMAGE_EXTS]
+    files = [f for f in (listing or reader.list()) if Path(f).suffix.lower() in IMAGE_EXTS]
     if not files:
         raise UftError(f"dataset {spec} has no image files: put PNG/JPEG/BMP/GIF/TIFF/WebP images in it")
     picked = random.Random(seed).sample(files, min(sample, len(files)))

@@ -6,6 +6,7 @@ gets exactly its pod's environment: the executor's own env plus the keys its ``s
 ``configMapAsEnv`` entries map, resolved against the Secret and ConfigMap data given (as applied
 to the cluster). A task whose spec does not mount the ConfigMap does not see it here either, and a
 missing non-optional Secret/ConfigMap or key fails the task, as the kubelet would refuse the pod.
+Labels mapped by ``fieldPathAsEnv`` get the values KFP gives them (``pipeline/runid``: the run id).
 Memory-backed ``emptyDir`` mounts become tmpfs (``/dev/shm`` its size), CPU and memory limits
 become Docker limits (CPU capped at this machine's cores); accelerators and node placement are
 ignored. Containers run on the host network, so services on 127.0.0.1 are reachable.
@@ -74,10 +75,20 @@ def _source(entry: dict, kind: str) -> str:
     return name
 
 
-def pod_env(platform: dict, executor: str, cluster: ClusterObjects) -> dict[str, str]:
-    """The env vars a pod of ``executor`` gets from Secrets and ConfigMaps (platform spec)."""
+_LABEL_FIELD = re.compile(r"metadata\.labels\['([^']+)'\]")
+
+
+def pod_env(platform: dict, executor: str, cluster: ClusterObjects, labels: dict[str, str] | None = None) -> dict[str, str]:
+    """The env vars a pod of ``executor`` gets from Secrets, ConfigMaps and its own labels (platform
+    spec ``fieldPathAsEnv``, downward API; ``labels``: the pod's, e.g. KFP's ``pipeline/runid``)."""
     spec = platform.get(executor, {})
     env: dict[str, str] = {}
+    for entry in spec.get("fieldPathAsEnv", []):
+        m = _LABEL_FIELD.fullmatch(entry["fieldPath"])
+        if not m:
+            raise UftError(f"task {executor}: field path {entry['fieldPath']!r} is not supported by this harness: "
+                           "use metadata.labels['<key>']")
+        env[entry["name"]] = (labels or {}).get(m.group(1), "")  # the kubelet, too, gives "" for a missing label
     for kind, store, key_field in (("secret", cluster.secrets, "secretKey"), ("configMap", cluster.config_maps, "configMapKey")):
         for entry in spec.get(f"{kind}AsEnv", []):
             name = _source(entry, kind)
@@ -146,7 +157,7 @@ def _pod_runner(spec: dict, platform: dict, cluster: ClusterObjects, record: lis
         def run(self) -> status.Status:
             executor = _current.executor
             container_spec = executors[executor]["container"]
-            env = {**self.env_vars, **pod_env(platform, executor, cluster)}
+            env = {**self.env_vars, **pod_env(platform, executor, cluster, _current.labels)}
             _current.env_keys = sorted(env)
             image = images.get(self.image, self.image)
             client = docker.from_env()
@@ -176,6 +187,8 @@ def _pod_runner(spec: dict, platform: dict, cluster: ClusterObjects, record: lis
     def timed(task_name, task_spec, pipeline_resource_name, components, *args, **kwargs):
         executor = components[task_spec.component_ref.name].executor_label
         _current.executor, _current.env_keys = executor, []
+        # KFP labels every pod of a run with its id, the value {{$.pipeline_job_uuid}} resolves to.
+        _current.labels = {"pipeline/runid": str(kwargs.get("unique_pipeline_id", ""))}
         t0 = time.perf_counter()
         outputs, task_status = original(task_name, task_spec, pipeline_resource_name, components, *args, **kwargs)
         image = executors[executor].get("container", {}).get("image", "")  # importers have none

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
+from uft.config import one_of
 from uft.errors import UftError
 from uft.evaluate.holistic_metrics import (
     ausuc,
@@ -109,9 +110,7 @@ class HolisticConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        if v not in HOLISTIC_METHODS:
-            raise ValueError(f"unknown holistic method {v!r}: choose one of {', '.join(HOLISTIC_METHODS)}")
-        return v
+        return one_of(v, HOLISTIC_METHODS, "holistic method")
 
     @model_validator(mode="after")
     def _consistent(self) -> "HolisticConfig":

@@ -12,8 +12,8 @@ reuse it; generation is not timed. Every measurement is a fresh ``python`` subpr
 what ``uft ingest`` / the pipeline's ingest step run — :func:`uft.data.imagefolder.load_imagefolder`
 then :func:`uft.data.ingest.ingest` — into a ``file://`` store (a local directory; no SeaweedFS,
 so the figures are decode + Parquet cost, not network). It reports wall and CPU time (user+sys of
-the ingest process and its decode workers) and peak RSS (``ru_maxrss``) of the ingest process
-and of its largest decode worker. Workers are forked, so a worker's RSS includes the pages it
+the ingest process and its decode workers) and peak RSS of the ingest process (``VmHWM``) and of
+its largest decode worker (``RUSAGE_CHILDREN`` ``ru_maxrss``). Workers are forked, so a worker's RSS includes the pages it
 shares copy-on-write with the ingest process (the listing).
 """
 
@@ -86,10 +86,17 @@ def child(root: str, workers: int) -> dict:
         uri = ingest(raw, LocalStore(Path(store)), name="bench", image_size=SIZE, channels=3)
         rows = read_manifest(uri)[0]["num_rows"]
     t2, c2 = time.perf_counter(), _cpu()
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     stats = getattr(raw, "decode_stats", None)  # absent in a checkout from before parallel decoding
     return {"rows": rows, "workers": stats["workers"] if stats else "1 (+I/O threads)", "decode_s": t1 - t0, "publish_s": t2 - t1,
-            "wall_s": t2 - t0, "cpu_s": c2 - c0, "rss_main_mb": me.ru_maxrss / 1024, "rss_worker_mb": kids.ru_maxrss / 1024}
+            "wall_s": t2 - t0, "cpu_s": c2 - c0, "rss_main_mb": _hwm_mb(), "rss_worker_mb": kids.ru_maxrss / 1024}
+
+
+def _hwm_mb() -> float:
+    """This process's peak RSS (``VmHWM``). Not ``ru_maxrss``: Linux carries that across ``exec``,
+    so a subprocess would report at least the RSS of the (torch-importing) parent it forked from."""
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM")).split()[1]) / 1024
 
 
 def _cpu() -> float:
@@ -144,7 +151,7 @@ def bookkeeping(n: int) -> dict:
 # --- report ---------------------------------------------------------------------------------------------
 
 def run(sizes: list[int], compare_at: int, cache: Path = DEFAULT_CACHE, baseline: Path | None = None,
-        bookkeeping_at: list[int] = ()) -> str:
+        bookkeeping_at: list[int] = (), baseline_sizes: list[int] | None = None) -> str:
     from bench.common import load_avg, table
     from uft.data.parallel import available_cpus
 
@@ -155,7 +162,7 @@ def run(sizes: list[int], compare_at: int, cache: Path = DEFAULT_CACHE, baseline
              f"- data cached under {cache} (10 classes of smooth random colour fields, JPEG q90)\n"]
     rows = []
     plan = [(n, cpus, None) for n in sizes] + ([(compare_at, 1, None)] if compare_at and cpus > 1 else [])
-    plan += [(n, 1, baseline) for n in sizes] if baseline else []
+    plan += [(n, 1, baseline) for n in (sizes if baseline_sizes is None else baseline_sizes)] if baseline else []
     for n, w, src in plan:
         t = time.perf_counter()
         root = make_folder(n, cache)
@@ -182,6 +189,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--compare-at", type=int, default=100000, help="also ingest this size with 1 worker (0: skip)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where generated ImageFolders are kept")
     ap.add_argument("--baseline", type=Path, help="also measure the uft under this src/ directory (e.g. main's)")
+    ap.add_argument("--baseline-sizes", default="", help="sizes for the baseline rows (default: --sizes); "
+                    "an in-memory baseline needs ~47 KB of RAM per 32 px image")
     ap.add_argument("--bookkeeping", default="", help="comma-separated file counts for the bookkeeping-only RSS table")
     ap.add_argument("--out", type=Path, help="also write the report to this file")
     args = ap.parse_args(argv)
@@ -189,7 +198,8 @@ def main(argv: list[str] | None = None) -> str:
 
     report = header("uft ingest at scale").replace("bench.run_all", "bench.ingest_scale") + "\n" + run(
         [int(s) for s in args.sizes.split(",") if s], args.compare_at, args.cache, args.baseline,
-        [int(s) for s in args.bookkeeping.split(",") if s])
+        [int(s) for s in args.bookkeeping.split(",") if s],
+        [int(s) for s in args.baseline_sizes.split(",") if s] or None)
     print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

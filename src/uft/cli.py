@@ -273,6 +273,7 @@ def ingest_cmd(
     strict: bool = typer.Option(False, "--strict", help="fail on the first unusable file instead of skipping it"),
     framing: str = typer.Option("auto", help="auto | content_box | keep: crop each image to its content (auto: "
                                 "bundled MNIST to its 20x20 box, user data kept)"),
+    workers: int = typer.Option(0, help="decode processes (0 = $UFT_INGEST_WORKERS, else the CPUs this process may use)"),
 ) -> None:
     """Read a dataset, print what was found and skipped, publish it; the last line is the manifest URI."""
     from uft.data.imagefolder import load_imagefolder, summary_lines
@@ -293,7 +294,7 @@ def ingest_cmd(
             raw = load_source(path, image_size=image_size, channels=channels, framing=framing)
         else:
             raw = load_imagefolder(path, image_size=image_size, channels=channels, strict=strict, unlabelled=unlabelled,
-                                   framing=framing)
+                                   framing=framing, workers=workers or None)
         for line in summary_lines(raw.info):
             console.print(line, soft_wrap=True, highlight=False, markup=False)
         dest = open_store(store, create_bucket=True)

@@ -316,3 +316,16 @@ def load_rows(uri: str, row_ids: np.ndarray | list[int], *, split: str | None = 
     parts = [b.images[torch.from_numpy(np.isin(b.row_ids.numpy(), wanted))].clone() for b in stream]
     h, w, c = stream.shape
     return torch.cat(parts) if parts else torch.empty((0, c, h, w), dtype=torch.uint8)
+
+
+def split_labels(uri: str) -> dict[str, np.ndarray]:
+    """Labels per split (int64, -1 unlabelled), in dataset order, without decoding any image: enough
+    to decide whether a dataset can be scored before extracting features."""
+    manifest, store, prefix = read_manifest(uri)
+    labels: dict[str, list[np.ndarray]] = {}
+    for name in sorted(manifest["files"]):
+        t = pq.read_table(io.BytesIO(read_verified(store, prefix, manifest, name, uri)), columns=["label", "split"])
+        lab, sp = t.column("label").to_numpy().astype(np.int64), t.column("split").to_numpy(zero_copy_only=False).astype(str)
+        for s in np.unique(sp):
+            labels.setdefault(str(s), []).append(lab[sp == s])
+    return {s: np.concatenate(v) for s, v in labels.items()}

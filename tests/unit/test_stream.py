@@ -116,3 +116,36 @@ def test_load_rows_keeps_only_the_asked_rows(sharded):
     ids = ds.row_ids[[3, 17, 40, 99]]
     got = load_rows(sharded, ids)
     assert torch.equal(got, ds.images[[3, 17, 40, 99]])
+
+
+def test_stream_features_equal_in_memory_features(sharded):
+    from uft.evaluate.features import extract_features, stream_features
+    from uft.models.encoders import build_encoder
+
+    torch.manual_seed(0)
+    enc = build_encoder("tiny", in_channels=1, width=8)
+    ds = load_dataset(sharded)
+    for split in ("train", "test"):
+        sub = ds.subset(split)
+        feats, labels = stream_features(enc, sharded, split, batch_size=12)
+        assert torch.equal(feats, extract_features(enc, sub.images, batch_size=12))  # same batches, same numbers
+        assert torch.equal(labels, sub.labels) and feats.dtype == torch.float32
+
+
+def test_split_labels_reads_labels_per_split(sharded):
+    from uft.data.stream import split_labels
+
+    ds = load_dataset(sharded)
+    got = split_labels(sharded)
+    assert sorted(got) == ["test", "train"]
+    for split, labels in got.items():
+        assert np.array_equal(labels, ds.subset(split).labels.numpy())
+
+
+def test_knn_chunk_cap_keeps_predictions():
+    from uft.evaluate.knn import knn_predict
+
+    g = torch.Generator().manual_seed(0)
+    tr, te = torch.randn(300, 8, generator=g), torch.randn(50, 8, generator=g)
+    y = torch.randint(0, 3, (300,), generator=g)
+    assert torch.equal(knn_predict(tr, y, te, 3, k=5, chunk=7), knn_predict(tr, y, te, 3, k=5))

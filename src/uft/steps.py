@@ -437,6 +437,7 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
     ``degenerate_start``; a warning is logged when it is near chance or collapsed).
     ``source_steps``: its training steps (None = HolisticConfig's default)."""
     from uft.data.dataset import load_dataset
+    from uft.data.stream import StreamSource, split_labels
     from uft.models.artifact import load_encoder
     from uft.preflight import holistic_class_problem
     from uft.transfer.holistic import (SOURCE_RECIPE, HolisticConfig, check_start, run_holistic, start_warning,
@@ -450,17 +451,20 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
               "source_recipe": SOURCE_RECIPE, "source_steps": source_steps or HolisticConfig().source_steps}
     with tracking.step_run(experiment, run_id, "holistic", params) as run:
         def compute(key: str) -> dict[str, Any]:
-            src = load_dataset(source_uri).subset("train")
+            # The source (large) streams; the target (small, finetuned on below) is held in memory.
+            src = StreamSource(source_uri, split="train")
+            src.num_rows()
+            src_classes = read_manifest(source_uri)[0]["classes"]
             tgt = load_dataset(target_uri)
-            if not (_labelled(target_uri) and bool((src.labels >= 0).any())):
+            if not (_labelled(target_uri) and bool((split_labels(source_uri)["train"] >= 0).any())):
                 metrics = {"results": {}, "flat": {}}
                 return {"metrics": metrics, "metrics_uri": _publish_metrics(store, "holistic", key, metrics)}
             num_classes = len(tgt.classes)
-            if problem := holistic_class_problem(src.classes, tgt.classes, seen_ids):  # also checked by preflight
+            if problem := holistic_class_problem(src_classes, tgt.classes, seen_ids):  # also checked by preflight
                 raise UftError(problem)
             cfg = HolisticConfig(steps=steps, seed=seed, source_steps=params["source_steps"])
             enc, _ = load_encoder(encoder_uri)
-            head = train_source_classifier(enc, src.floats(), src.labels, num_classes, cfg)
+            head = train_source_classifier(enc, src, None, num_classes, cfg)
             tr, te = tgt.subset("train"), tgt.subset("test")
             # First: is the source classifier meaningful on the target? (a collapsed start makes every row moot)
             check = check_start(enc, head, te.floats(), te.labels, num_classes)

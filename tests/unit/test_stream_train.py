@@ -177,3 +177,29 @@ def test_ddp_streamed_ranks_read_own_shards_and_resume_exactly(tmp_path):
     assert a0["resumed_from"] == a1["resumed_from"] == 4
     assert _same(a0["state"], r0["state"]) and _same(a1["state"], r0["state"])
     assert a0["losses"] == r0["losses"]
+
+
+def test_holistic_source_classifier_trains_from_a_stream(tmp_path, one_torch_thread, monkeypatch):
+    from uft.data import stream as stream_mod
+    from uft.data.stream import StreamSource
+    from uft.models.encoders import build_encoder
+    from uft.transfer.holistic import HolisticConfig, predict, train_source_classifier
+
+    uri = _publish(tmp_path / "data")
+    labels_seen = []
+    original = stream_mod.ShardStream._batches
+
+    def spy(self, windows, pos):
+        for b in original(self, windows, pos):
+            labels_seen.append(b.labels.clone())
+            yield b
+
+    monkeypatch.setattr(stream_mod.ShardStream, "_batches", spy)
+    torch.manual_seed(0)
+    enc = build_encoder("tiny", in_channels=1, width=8)
+    cfg = HolisticConfig(source_steps=6, source_batch_size=16, seed=0)
+    head = train_source_classifier(enc, StreamSource(uri, split="train"), None, 4, cfg)
+    assert head.out_features == 4 and len(labels_seen) >= 6  # the batches came from the stream, labels too
+    assert torch.cat(labels_seen).unique().tolist() == [0, 1, 2, 3]
+    x = torch.rand(5, 1, 16, 16)
+    assert torch.isfinite(predict(enc, head, x)[1]).all()

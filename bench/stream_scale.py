@@ -63,24 +63,34 @@ def _blob_images(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_blobs(root: Path, n: int, seed: int = 0) -> str:
+def make_blobs(root: Path, n: int, seed: int = 0, pool: int = 0) -> str:
     """Publish ``n`` generated images under ``root`` (a local store) → the manifest URI; reused when
-    already there. Shards are written one at a time (ingest's schema and writer), the manifest last."""
+    already there. Shards are written one at a time (ingest's schema and writer), the manifest last.
+
+    ``pool`` > 0: only the first ``pool`` shards' pixels (and labels) are generated; later shards
+    reuse them in turn with their own row ids and splits (so 1M rows cost ``pool`` shards of
+    generation, not 245; the reader does the same work per row either way)."""
     import pyarrow as pa
 
     from uft.data.ingest import FORMAT_VERSION, SCHEMA, SHARD_ROWS, _shard_bytes
     from uft.store import LocalStore, canonical_json, sha256_bytes
 
-    store, prefix = LocalStore(root), f"datasets/blobs-{n}-{seed}"
+    store, prefix = LocalStore(root), f"datasets/blobs-{n}-{seed}" + (f"-pool{pool}" if pool else "")
     if store.exists(f"{prefix}/manifest.json"):
         return store.url(f"{prefix}/manifest.json")
     rng = np.random.default_rng(seed)
     entries, class_counts, splits = {}, np.zeros(CLASSES, np.int64), {"train": 0, "test": 0}
+    made: list[tuple[np.ndarray, np.ndarray]] = []
     for s, start in enumerate(range(0, n, SHARD_ROWS)):
         rows = np.arange(start, min(n, start + SHARD_ROWS))
-        labels = rng.integers(0, CLASSES, len(rows))
+        if pool and s >= pool:
+            labels, flat = (a[: len(rows)] for a in made[s % pool])
+        else:
+            labels = rng.integers(0, CLASSES, len(rows))
+            flat = _blob_images(rng, labels).reshape(len(rows), -1)
+            if pool:
+                made.append((labels, flat))
         split = np.where(rows % TEST_EVERY == 0, "test", "train")
-        flat = _blob_images(rng, labels).reshape(len(rows), -1)
         data = _shard_bytes(pa.table({
             "row_id": pa.array(rows, pa.int64()), "label": pa.array(labels.astype(np.int16), pa.int16()),
             "split": pa.array(split.tolist(), pa.string()), "image": pa.array([r.tobytes() for r in flat], pa.binary()),
@@ -91,7 +101,7 @@ def make_blobs(root: Path, n: int, seed: int = 0) -> str:
         class_counts += np.bincount(labels, minlength=CLASSES)
         for k in splits:
             splits[k] += int((split == k).sum())
-    manifest = {"kind": "dataset", "format_version": FORMAT_VERSION, "name": f"blobs-{n}", "image_shape": [SIZE, SIZE, CHANNELS],
+    manifest = {"kind": "dataset", "format_version": FORMAT_VERSION, "name": f"blobs-{n}" + (f"-pool{pool}" if pool else ""), "image_shape": [SIZE, SIZE, CHANNELS],
                 "num_rows": n, "classes": [str(c) for c in range(CLASSES)], "class_counts": class_counts.tolist(),
                 "splits": splits, "schema": {f.name: str(f.type) for f in SCHEMA}, "origin": {"origin": "bench.stream_scale"},
                 "framing": "keep", "files": entries}
@@ -208,20 +218,22 @@ def _mb(r: dict) -> object:
 
 
 def run(sizes: list[int], data_dir: Path, *, device: str = "cpu", steps: int = 8, repeats: int = 2,
-        memory_baseline: int = 200_000) -> str:
+        memory_baseline: int = 200_000, knn_max: int = 200_000, pool_above: int = 200_000, pool: int = 16) -> str:
     """``memory_baseline``: the in-memory rows run only up to this size (above it they would need the
-    whole dataset, several GB, in RAM: the thing this path removes)."""
+    whole dataset, several GB, in RAM: the thing this path removes). ``knn_max``: the k-NN rows run
+    only up to this size (k-NN on 1M features is CPU-hours here). Above ``pool_above`` images the
+    data reuses ``pool`` generated shards of pixels (see :func:`make_blobs`)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     encoder_uri = make_encoder(data_dir)
     mem_rows, speed_rows, gen_rows = [], [], []
     for n in sizes:
         t0, c0 = time.perf_counter(), time.process_time()
-        uri = make_blobs(data_dir, n)
+        uri = make_blobs(data_dir, n, pool=pool if n > pool_above else 0)
         gen_rows.append([f"{n:,}", time.perf_counter() - t0, time.process_time() - c0,
                          sum(p.stat().st_size for p in Path(uri).parent.glob("*.parquet")) / 2**20])
         store = str(data_dir / f"store-{n}")
-        r = {k: run_child(k, uri, encoder_uri, store, device, steps) for k in ("finetune", "knn")}
-        if n <= memory_baseline:
+        r = {k: run_child(k, uri, encoder_uri, store, device, steps) for k in ("finetune",) + (("knn",) if n <= knn_max else ())}
+        if n <= memory_baseline and n <= knn_max:
             r["knn_memory"] = run_child("knn_memory", uri, encoder_uri, store, device, steps)
         # Training speed: in-memory and streamed alternate `repeats` times, each keeping its best run
         # (other jobs on a shared machine only ever slow a run down).
@@ -257,6 +269,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (training and loader rows)")
     ap.add_argument("--steps", type=int, default=8, help="timed training steps (after 2 warm-up steps)")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each training-speed row (best kept)")
+    ap.add_argument("--knn-max", type=int, default=200_000, help="largest size with k-NN rows")
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/uft-stream-bench"), help="generated data (reused)")
     ap.add_argument("--out", type=Path, help="also write the report here")
     ap.add_argument("--child", nargs=6, metavar=("KIND", "URI", "ENCODER", "STORE", "DEVICE", "STEPS"), help=argparse.SUPPRESS)
@@ -266,7 +279,8 @@ def main(argv: list[str] | None = None) -> str:
         print(json.dumps(child(kind, uri, enc, store, device, int(steps))), flush=True)
         return ""
     sizes = [int(s) for s in args.sizes.split(",") if s] + ([1_000_000] if args.million else [])
-    report = "\n".join([header("uft streamed data path"), run(sizes, args.data_dir, device=args.device, steps=args.steps, repeats=args.repeats),
+    report = "\n".join([header("uft streamed data path"), run(sizes, args.data_dir, device=args.device, steps=args.steps, repeats=args.repeats,
+                                                          knn_max=args.knn_max),
                         f"load average at end (1/5/15 min): {load_avg()}\n"])
     print(report)
     if args.out:

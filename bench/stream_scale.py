@@ -44,6 +44,7 @@ SIZE, CHANNELS, CLASSES = 32, 3, 10
 TEST_EVERY = 50  # 2 % test rows
 WIDTH = 16  # tiny convnet width (feature_dim 64)
 BATCH = 256
+DATA_DIR = Path("/tmp/uft-stream-bench")  # generated datasets, reused between runs
 
 
 # --- generated dataset ------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--steps", type=int, default=8, help="timed training steps (after 2 warm-up steps)")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each training-speed row (best kept)")
     ap.add_argument("--knn-max", type=int, default=200_000, help="largest size with k-NN rows")
-    ap.add_argument("--data-dir", type=Path, default=Path("/tmp/uft-stream-bench"), help="generated data (reused)")
+    ap.add_argument("--data-dir", type=Path, default=DATA_DIR, help="generated data (reused)")
     ap.add_argument("--out", type=Path, help="also write the report here")
     ap.add_argument("--child", nargs=6, metavar=("KIND", "URI", "ENCODER", "STORE", "DEVICE", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

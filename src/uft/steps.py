@@ -216,8 +216,9 @@ def _encoder_spec(name: str, width: int, in_channels: int) -> dict[str, Any]:
 def subsample_source(source_uri: str, source_sha: str, store_uri: str, *, rule: str = "uniform", size: int = 2000,
                      seed: int = 0, encoder_uri: str = "", target_uri: str = "", run_id: str = "local",
                      experiment: str = "uft") -> dict[str, Any]:
-    """Choose the sparse replay set S ⊂ source train → a manifest of row ids."""
-    from uft.data.dataset import load_dataset
+    """Choose the sparse replay set S ⊂ source train → a manifest of row ids (labels and row ids
+    from the shards' small columns; features, for the feature rules, extracted from the stream)."""
+    from uft.data.stream import split_rows
     from uft.transfer.replay import select_replay
 
     store = open_store(store_uri, create_bucket=True)
@@ -227,27 +228,28 @@ def subsample_source(source_uri: str, source_sha: str, store_uri: str, *, rule: 
               "target": manifest_sha(target_uri) if rule == "nearest_target" and target_uri else ""}
     with tracking.step_run(experiment, run_id, "subsample_source", params):
         def compute(key: str) -> dict[str, Any]:
-            src = load_dataset(source_uri).subset("train")
-            n = min(size, len(src))
+            if "train" not in (rows := split_rows(source_uri)):
+                raise UftError(f"dataset {source_uri} has no 'train' rows: ingest it with a train split")
+            src_labels, src_row_ids = rows["train"]
+            n = min(size, len(src_labels))
             if n == 0:
                 row_ids: list[int] = []
             else:
-                kw: dict[str, Any] = {"labels": src.labels.numpy()}
+                kw: dict[str, Any] = {"labels": src_labels}
                 if feature_rule:
                     if not encoder_uri:
                         raise UftError(f"replay rule {rule!r} needs an encoder for features: pass encoder_uri")
-                    from uft.evaluate.features import extract_features
+                    from uft.evaluate.features import stream_features
                     from uft.models.artifact import load_encoder
 
                     enc, _ = load_encoder(encoder_uri)
-                    kw["source_features"] = extract_features(enc, src.images, device=_device()).numpy()
+                    kw["source_features"] = stream_features(enc, source_uri, "train", device=_device())[0].numpy()
                     if rule == "nearest_target":
                         if not target_uri:
                             raise UftError("replay rule 'nearest_target' needs the target dataset: pass target_uri")
-                        tgt = load_dataset(target_uri).subset("train")
-                        kw["target_features"] = extract_features(enc, tgt.images, device=_device()).numpy()
+                        kw["target_features"] = stream_features(enc, target_uri, "train", device=_device())[0].numpy()
                 idx = select_replay(rule, n, seed=seed, **kw)
-                row_ids = src.row_ids[idx].tolist()
+                row_ids = src_row_ids[idx].tolist()
             uri = publish(store, f"replay/{key}", {"row_ids.json": canonical_json(row_ids)},
                           {"kind": "replay", "rule": rule, "size": len(row_ids), "source_uri": source_uri,
                            "source_sha": source_sha})

@@ -149,3 +149,33 @@ def test_knn_chunk_cap_keeps_predictions():
     tr, te = torch.randn(300, 8, generator=g), torch.randn(50, 8, generator=g)
     y = torch.randint(0, 3, (300,), generator=g)
     assert torch.equal(knn_predict(tr, y, te, 3, k=5, chunk=7), knn_predict(tr, y, te, 3, k=5))
+
+
+def test_split_rows_and_streamed_replay_selection_match_in_memory(sharded, tmp_path, monkeypatch):
+    """subsample_source reads labels/row ids from the small columns and features from the stream:
+    the replay set it picks is the one the in-memory path picks."""
+    import json
+
+    from uft import steps
+    from uft.data.stream import split_rows
+    from uft.evaluate.features import extract_features
+    from uft.models.artifact import publish_encoder
+    from uft.models.encoders import build_encoder
+    from uft.store import LocalStore, read_manifest, read_verified
+    from uft.transfer.replay import select_replay
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ds = load_dataset(sharded)
+    tr = ds.subset("train")
+    labels, row_ids = split_rows(sharded)["train"]
+    assert np.array_equal(labels, tr.labels.numpy()) and np.array_equal(row_ids, tr.row_ids)
+    torch.manual_seed(0)
+    enc = build_encoder("tiny", in_channels=1, width=8)
+    store = tmp_path / "out"
+    enc_uri = publish_encoder(LocalStore(store), "models/e", enc, {"name": "tiny", "in_channels": 1, "kwargs": {"width": 8}}, {})
+    out = steps.subsample_source(sharded, "sha", str(store), rule="kmeans", size=12, seed=3, encoder_uri=enc_uri)
+    manifest, st, prefix = read_manifest(out["replay_uri"])
+    got = json.loads(read_verified(st, prefix, manifest, "row_ids.json", out["replay_uri"]))
+    want = tr.row_ids[select_replay("kmeans", 12, seed=3, labels=tr.labels.numpy(),
+                                    source_features=extract_features(enc, tr.images).numpy())].tolist()
+    assert got == want and len(got) == 12

@@ -318,14 +318,21 @@ def load_rows(uri: str, row_ids: np.ndarray | list[int], *, split: str | None = 
     return torch.cat(parts) if parts else torch.empty((0, c, h, w), dtype=torch.uint8)
 
 
-def split_labels(uri: str) -> dict[str, np.ndarray]:
-    """Labels per split (int64, -1 unlabelled), in dataset order, without decoding any image: enough
-    to decide whether a dataset can be scored before extracting features."""
+def split_rows(uri: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(labels int64 (-1 unlabelled), row ids int64) per split, in dataset order, without decoding
+    any image (the label, split and row_id columns only)."""
     manifest, store, prefix = read_manifest(uri)
-    labels: dict[str, list[np.ndarray]] = {}
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for name in sorted(manifest["files"]):
-        t = pq.read_table(io.BytesIO(read_verified(store, prefix, manifest, name, uri)), columns=["label", "split"])
+        t = pq.read_table(io.BytesIO(read_verified(store, prefix, manifest, name, uri)), columns=["row_id", "label", "split"])
         lab, sp = t.column("label").to_numpy().astype(np.int64), t.column("split").to_numpy(zero_copy_only=False).astype(str)
+        rid = t.column("row_id").to_numpy().astype(np.int64)
         for s in np.unique(sp):
-            labels.setdefault(str(s), []).append(lab[sp == s])
-    return {s: np.concatenate(v) for s, v in labels.items()}
+            parts.setdefault(str(s), []).append((lab[sp == s], rid[sp == s]))
+    return {s: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for s, v in parts.items()}
+
+
+def split_labels(uri: str) -> dict[str, np.ndarray]:
+    """Labels per split (see :func:`split_rows`): enough to decide whether a dataset can be scored
+    before extracting features."""
+    return {s: labels for s, (labels, _) in split_rows(uri).items()}

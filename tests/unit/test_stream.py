@@ -179,3 +179,19 @@ def test_split_rows_and_streamed_replay_selection_match_in_memory(sharded, tmp_p
     want = tr.row_ids[select_replay("kmeans", 12, seed=3, labels=tr.labels.numpy(),
                                     source_features=extract_features(enc, tr.images).numpy())].tolist()
     assert got == want and len(got) == 12
+
+
+def test_promote_source_sample_is_read_without_loading_the_source(sharded):
+    """promote's held-out source sample (labels from the small columns, pixels of the picks only)
+    equals the sample the in-memory code drew."""
+    from uft.promote import _source_eval
+
+    ds = load_dataset(sharded)
+    got = _source_eval(sharded, max_images=10, seed=2)
+    lab = ds.labels >= 0
+    tr, te = ds.where(lab.numpy() & (ds.split == "train")), ds.where(lab.numpy() & (ds.split == "test"))
+    g = np.random.default_rng(2)
+    i = torch.from_numpy(np.sort(g.permutation(len(tr))[:20]))
+    j = torch.from_numpy(np.sort(g.permutation(len(te))[:5]))
+    want = (tr.images[i], tr.labels[i], te.images[j], te.labels[j], 10)
+    assert all(torch.equal(a, b) for a, b in zip(got[:4], want[:4])) and got[4] == 10

@@ -167,6 +167,8 @@ def child(kind: str, uri: str, encoder_uri: str, store: str, device: str, steps:
     import torch
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # tracking off: measure the step, not MLflow
+    if os.environ.get("UFT_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["UFT_BENCH_THREADS"]))
     out: dict = {}
     if kind == "finetune":
         from uft import steps as st
@@ -270,6 +272,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (training and loader rows)")
     ap.add_argument("--steps", type=int, default=8, help="timed training steps (after 2 warm-up steps)")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each training-speed row (best kept)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in every measured process (0: default)")
     ap.add_argument("--knn-max", type=int, default=200_000, help="largest size with k-NN rows")
     ap.add_argument("--data-dir", type=Path, default=DATA_DIR, help="generated data (reused)")
     ap.add_argument("--out", type=Path, help="also write the report here")
@@ -280,6 +283,8 @@ def main(argv: list[str] | None = None) -> str:
         print(json.dumps(child(kind, uri, enc, store, device, int(steps))), flush=True)
         return ""
     sizes = [int(s) for s in args.sizes.split(",") if s] + ([1_000_000] if args.million else [])
+    if args.threads:
+        os.environ["UFT_BENCH_THREADS"] = str(args.threads)  # read by the children
     report = "\n".join([header("uft streamed data path"), run(sizes, args.data_dir, device=args.device, steps=args.steps, repeats=args.repeats,
                                                           knn_max=args.knn_max),
                         f"load average at end (1/5/15 min): {load_avg()}\n"])

@@ -285,7 +285,10 @@ def main(argv: list[str] | None = None) -> str:
     sizes = [int(s) for s in args.sizes.split(",") if s] + ([1_000_000] if args.million else [])
     if args.threads:
         os.environ["UFT_BENCH_THREADS"] = str(args.threads)  # read by the children
-    report = "\n".join([header("uft streamed data path"), run(sizes, args.data_dir, device=args.device, steps=args.steps, repeats=args.repeats,
+        import torch
+
+        torch.set_num_threads(args.threads)  # so the report's device column says so too
+    report = "\n".join([header("uft streamed data path", "bench.stream_scale"), run(sizes, args.data_dir, device=args.device, steps=args.steps, repeats=args.repeats,
                                                           knn_max=args.knn_max),
                         f"load average at end (1/5/15 min): {load_avg()}\n"])
     print(report)

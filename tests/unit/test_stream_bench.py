@@ -34,5 +34,6 @@ def test_children_measure_loader_and_streamed_training(tmp_path, monkeypatch, on
     for kind in ("loader", "train_stream"):
         out = stream_scale.child(kind, uri, enc, str(tmp_path / "store"), "cpu", 2)
         assert out["ips"] > 0 and out["rss_mb"] > 0 and np.isfinite(out["cpu_s"])
+        assert kind == "loader" or out["cpu_ips"] > 0
     out = stream_scale.child("knn", uri, enc, str(tmp_path / "store"), "cpu", 2)
     assert 0 <= out["knn"] <= 1

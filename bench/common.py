@@ -56,8 +56,8 @@ def device_name(device: str | torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
 
 
-def header(title: str) -> str:
-    cmd = " ".join([Path(sys.executable).name, "-m", "bench.run_all", *sys.argv[1:]]) if sys.argv else "?"
+def header(title: str, module: str = "bench.run_all") -> str:
+    cmd = " ".join([Path(sys.executable).name, "-m", module, *sys.argv[1:]]) if sys.argv else "?"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (f"# {title}\n\n- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}\n- command: `{cmd}`\n"
             f"- CPU: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; GPU: {gpu}\n"

@@ -3,6 +3,7 @@
     python -m bench.run_all                 # CPU cases + GPU cases when CUDA is available (≤ 5 min on 2 cores)
     python -m bench.run_all --gpu           # the GPU benchmark alone: ResNet-18 at 32 px and 96 px
     python -m bench.run_all --out bench/results/perf_cpu.md
+    python -m bench.run_all --stream-scale  # + the streamed data path at 10k and 100k images (minutes)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bench import ceiling, data_path, pipeline_overhead, reference_loop
+from bench import ceiling, data_path, pipeline_overhead, reference_loop, stream_scale
 from bench.common import header, load_avg
 
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--steps", type=int, default=16, help="timed steps per measurement (after 2 warm-up steps)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--compile", action="store_true", help="also time the GPU cases with torch.compile")
+    ap.add_argument("--stream-scale", action="store_true",
+                    help="also the streamed data path at 10k and 100k images (bench.stream_scale; minutes)")
     ap.add_argument("--out", type=Path, help="also write the report to this file")
     args = ap.parse_args(argv)
     if args.threads:
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> str:
     parts.append(reference_loop.run(base, steps=args.steps))
     if not args.gpu:
         parts.append(pipeline_overhead.run())
+    if args.stream_scale:
+        parts.append(stream_scale.run([10_000, 100_000], stream_scale.DATA_DIR, device="cuda" if args.gpu else "cpu"))
     parts.append(f"load average at end (1/5/15 min): {load_avg()}\n")
     report = "\n".join(parts)
     print(report)

@@ -260,20 +260,24 @@ def _signals(encoder: torch.nn.Module, base: torch.nn.Module, tgt, source_eval, 
 
 def _source_eval(source_uri: str, max_images: int, seed: int):
     """(train images, labels, test images, labels, num classes) of the held-out labelled source, or None."""
-    from uft.data.dataset import load_dataset
+    from uft.data.stream import load_rows, split_rows
+    from uft.store import read_manifest
 
     if not source_uri:
         return None
-    src = load_dataset(source_uri)
-    lab = src.labels >= 0
-    tr = src.where(lab.numpy() & (src.split == "train"))
-    te = src.where(lab.numpy() & (src.split == "test"))
-    if len(tr) < 2 or len(te) < 1:
+    # Labels and row ids from the shards' small columns; pixels only for the sampled rows (the
+    # source may be far larger than memory).
+    rows = split_rows(source_uri)
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64))
+    (ytr, rtr), (yte, rte) = ((y[y >= 0], r[y >= 0]) for y, r in (rows.get("train", empty), rows.get("test", empty)))
+    if len(ytr) < 2 or len(yte) < 1:
         return None
     g = np.random.default_rng(seed)
-    i = torch.from_numpy(np.sort(g.permutation(len(tr))[: 2 * max_images]))
-    j = torch.from_numpy(np.sort(g.permutation(len(te))[: max_images // 2]))
-    return tr.images[i], tr.labels[i], te.images[j], te.labels[j], len(src.classes)
+    i = np.sort(g.permutation(len(ytr))[: 2 * max_images])
+    j = np.sort(g.permutation(len(yte))[: max_images // 2])
+    # load_rows returns rows in dataset order, as the sorted picks are
+    return (load_rows(source_uri, rtr[i]), torch.from_numpy(ytr[i]), load_rows(source_uri, rte[j]),
+            torch.from_numpy(yte[j]), len(read_manifest(source_uri)[0]["classes"]))
 
 
 def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: str = "",

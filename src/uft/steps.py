@@ -23,7 +23,8 @@ from uft.store import (Store, canonical_json, content_key, manifest_sha, publish
                        verify_manifest)
 
 log = logging.getLogger("uft")
-CODE_VERSION = "2"  # bump when a step's semantics change, to invalidate cached outputs (2: SSL head published/continued)
+CODE_VERSION = "3"  # bump when a step's semantics change, to invalidate cached outputs (2: SSL head published/continued,
+# 3: training streams its data shard by shard: epochs of a seeded shard order instead of per-step draws)
 
 
 def _cached(store: Store, step: str, key_parts: dict[str, Any], compute: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def _bundled() -> set[str]:
 
 # --- pretrain / finetune ---------------------------------------------------------------------------
 
-def _train(store: Store, key: str, step: str, *, encoder, method_name: str, images: torch.Tensor,
+def _train(store: Store, key: str, step: str, *, encoder, method_name: str, images,
            cfg, replay: torch.Tensor | None, plan, run, spec: dict[str, Any], info: dict[str, Any],
            head: tuple[str, dict[str, torch.Tensor]] | None = None, head_note: str = "") -> dict[str, Any]:
     """Build the method (continuing from ``head`` = (method, SSL head state) when it fits), train,
@@ -188,7 +189,7 @@ def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str =
              pretrained_encoder: str = "", checkpoint_every: int = 50, run_id: str = "local",
              experiment: str = "uft") -> dict[str, Any]:
     """SSL on the source train split → base encoder (or pass through ``pretrained_encoder``)."""
-    from uft.data.dataset import load_dataset
+    from uft.data.stream import StreamSource
     from uft.models.encoders import build_encoder
     from uft.ssl.train import TrainConfig
 
@@ -203,11 +204,12 @@ def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str =
               **cfg.model_dump(mode="json")}
     with tracking.step_run(experiment, run_id, "pretrain", params) as run:
         def compute(key: str) -> dict[str, Any]:
-            src = load_dataset(source_uri).subset("train")
-            spec = _encoder_spec(encoder, encoder_width, src.images.shape[1])
+            src = StreamSource(source_uri, split="train")  # streamed: never the whole source in memory
+            src.num_rows()  # no train rows → a one-line error before anything is built
+            spec = _encoder_spec(encoder, encoder_width, src.channels())
             torch.manual_seed(seed)  # deterministic init, so a rerun in a new process reproduces the encoder
             enc = build_encoder(spec["name"], in_channels=spec["in_channels"], **spec["kwargs"])
-            return _train(store, key, "pretrain", encoder=enc, method_name=method, images=src.images, cfg=cfg,
+            return _train(store, key, "pretrain", encoder=enc, method_name=method, images=src, cfg=cfg,
                           replay=None, plan=None, run=run, spec=spec,
                           info={"source_sha": source_sha, "method": method})
 
@@ -222,8 +224,9 @@ def _encoder_spec(name: str, width: int, in_channels: int) -> dict[str, Any]:
 def subsample_source(source_uri: str, source_sha: str, store_uri: str, *, rule: str = "uniform", size: int = 2000,
                      seed: int = 0, encoder_uri: str = "", target_uri: str = "", run_id: str = "local",
                      experiment: str = "uft") -> dict[str, Any]:
-    """Choose the sparse replay set S ⊂ source train → a manifest of row ids."""
-    from uft.data.dataset import load_dataset
+    """Choose the sparse replay set S ⊂ source train → a manifest of row ids (labels and row ids
+    from the shards' small columns; features, for the feature rules, extracted from the stream)."""
+    from uft.data.stream import split_rows
     from uft.transfer.replay import select_replay
 
     store = step_store(store_uri)
@@ -233,27 +236,28 @@ def subsample_source(source_uri: str, source_sha: str, store_uri: str, *, rule: 
               "target": manifest_sha(target_uri) if rule == "nearest_target" and target_uri else ""}
     with tracking.step_run(experiment, run_id, "subsample_source", params):
         def compute(key: str) -> dict[str, Any]:
-            src = load_dataset(source_uri).subset("train")
-            n = min(size, len(src))
+            if "train" not in (rows := split_rows(source_uri)):
+                raise UftError(f"dataset {source_uri} has no 'train' rows: ingest it with a train split")
+            src_labels, src_row_ids = rows["train"]
+            n = min(size, len(src_labels))
             if n == 0:
                 row_ids: list[int] = []
             else:
-                kw: dict[str, Any] = {"labels": src.labels.numpy()}
+                kw: dict[str, Any] = {"labels": src_labels}
                 if feature_rule:
                     if not encoder_uri:
                         raise UftError(f"replay rule {rule!r} needs an encoder for features: pass encoder_uri")
-                    from uft.evaluate.features import extract_features
+                    from uft.evaluate.features import stream_features
                     from uft.models.artifact import load_encoder
 
                     enc, _ = load_encoder(encoder_uri)
-                    kw["source_features"] = extract_features(enc, src.images, device=_device()).numpy()
+                    kw["source_features"] = stream_features(enc, source_uri, "train", device=_device())[0].numpy()
                     if rule == "nearest_target":
                         if not target_uri:
                             raise UftError("replay rule 'nearest_target' needs the target dataset: pass target_uri")
-                        tgt = load_dataset(target_uri).subset("train")
-                        kw["target_features"] = extract_features(enc, tgt.images, device=_device()).numpy()
+                        kw["target_features"] = stream_features(enc, target_uri, "train", device=_device())[0].numpy()
                 idx = select_replay(rule, n, seed=seed, **kw)
-                row_ids = src.row_ids[idx].tolist()
+                row_ids = src_row_ids[idx].tolist()
             uri = publish(store, f"replay/{key}", {"row_ids.json": canonical_json(row_ids)},
                           {"kind": "replay", "rule": rule, "size": len(row_ids), "source_uri": source_uri,
                            "source_sha": source_sha})
@@ -279,7 +283,7 @@ def mix_plan(store_uri: str, *, op: str = "none", alpha: float = 1.0, fraction: 
 
 
 def _load_replay(replay_uri: str, source_uri: str) -> torch.Tensor | None:
-    from uft.data.dataset import load_dataset
+    from uft.data.stream import load_rows
 
     if not replay_uri:
         return None
@@ -287,9 +291,7 @@ def _load_replay(replay_uri: str, source_uri: str) -> torch.Tensor | None:
     row_ids = json.loads(read_verified(store, prefix, manifest, "row_ids.json", replay_uri))
     if not row_ids:
         return None
-    src = load_dataset(source_uri)
-    mask = np.isin(src.row_ids, np.asarray(row_ids))
-    return src.images[torch.from_numpy(mask)]
+    return load_rows(source_uri, row_ids)  # only the replay rows are kept, shard by shard
 
 
 def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: str = "", replay_uri: str = "",
@@ -302,7 +304,7 @@ def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: s
     ``ssl_head="continue"``: when the base was pretrained with the same method, its SSL head
     (projector, predictor, momentum branch, queue) is loaded too; otherwise, or with ``"fresh"``,
     the head starts fresh (logged, MLflow tag ``uft.ssl_head``, manifest ``info.ssl_head``)."""
-    from uft.data.dataset import load_dataset
+    from uft.data.stream import StreamSource
     from uft.models.artifact import load_encoder, load_ssl_head
     from uft.models.encoders import build_encoder
     from uft.ssl.train import TrainConfig
@@ -329,7 +331,8 @@ def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: s
             if from_scratch:  # the "target-only SSL from scratch" baseline: same architecture, fresh weights
                 torch.manual_seed(seed)
                 enc = build_encoder(spec["name"], in_channels=spec["in_channels"], **spec.get("kwargs", {}))
-            tgt = load_dataset(target_uri).subset("train")
+            tgt = StreamSource(target_uri, split="train")  # streamed; the small replay set stays in memory
+            tgt.num_rows()
             replay = _load_replay(replay_uri, source_uri) if cfg.replay_ratio > 0 or plan.pairing == "target_source" and plan.op != "none" else None
             if plan.op != "none" and plan.pairing == "target_source" and replay is None:
                 raise UftError("mix_pairing=target_source needs source images: enable replay (replay_size > 0) or use mix_pairing=target_target")
@@ -344,7 +347,7 @@ def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: s
                 note = f"fresh head: base pretrained with {published[0]}, finetuning with {method}"
             else:
                 head = published
-            out = _train(store, key, "finetune", encoder=enc, method_name=method, images=tgt.images, cfg=cfg,
+            out = _train(store, key, "finetune", encoder=enc, method_name=method, images=tgt, cfg=cfg,
                          replay=replay, plan=plan, run=run, spec=spec, head=head, head_note=note,
                          info={"base": encoder_uri, "target_sha": manifest_sha(target_uri), "method": method})
             if run is not None:
@@ -378,8 +381,7 @@ def _publish_metrics(store: Store, step: str, key: str, metrics: dict[str, Any])
 def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, shots: str = "1,5,10",
                 draws: int = 5, seed: int = 0, run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """Linear probes on frozen features of the target: few-label (mean ± std over draws) and full."""
-    from uft.data.dataset import load_dataset
-    from uft.evaluate.features import extract_features
+    from uft.evaluate.features import stream_features
     from uft.evaluate.linear import few_label_probe, linear_probe_accuracy
     from uft.models.artifact import load_encoder, state_fingerprint
 
@@ -390,18 +392,17 @@ def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, 
         def compute(key: str) -> dict[str, Any]:
             enc, _ = load_encoder(encoder_uri)
             before = state_fingerprint(enc)
-            ds = load_dataset(target_uri)
-            if not _labelled(ds):
+            if not _labelled(target_uri):
                 return {"metrics": {}, "metrics_uri": _publish_metrics(store, f"linear_{tag}", key, {})}
-            tr, te = ds.subset("train"), ds.subset("test")
-            ftr, fte = extract_features(enc, tr.images, device=_device()), extract_features(enc, te.images, device=_device())
+            # Features batch by batch from the stream: (N, D) floats and labels in memory, images never.
+            (ftr, ytr), (fte, yte) = (stream_features(enc, target_uri, sp, device=_device()) for sp in ("train", "test"))
             if state_fingerprint(enc) != before:  # moco-style check: evaluation must not touch the backbone
                 raise UftError(f"encoder {encoder_uri} changed during linear evaluation: this is a bug, please report it")
             metrics: dict[str, Any] = {}
             for k in [int(s) for s in shots.split(",") if s.strip()]:
-                mean, std = few_label_probe(ftr, tr.labels, fte, te.labels, k, draws=draws, seed=seed)
+                mean, std = few_label_probe(ftr, ytr, fte, yte, k, draws=draws, seed=seed)
                 metrics[f"linear_{k}shot"], metrics[f"linear_{k}shot_std"] = mean, std
-            metrics["linear_full"] = linear_probe_accuracy(ftr.numpy(), tr.labels.numpy(), fte.numpy(), te.labels.numpy())
+            metrics["linear_full"] = linear_probe_accuracy(ftr.numpy(), ytr.numpy(), fte.numpy(), yte.numpy())
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, f"linear_{tag}", key, metrics)}
 
         out = tracking.log_outputs(_cached(store, "linear_eval", params, compute))
@@ -412,8 +413,7 @@ def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, 
 def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, source_uri: str = "", k: int = 20,
              run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """k-NN accuracy on the target test split, and source retention (k-NN on held-out source)."""
-    from uft.data.dataset import load_dataset
-    from uft.evaluate.features import extract_features
+    from uft.evaluate.features import stream_features
     from uft.evaluate.knn import knn_accuracy
     from uft.models.artifact import load_encoder
 
@@ -427,13 +427,10 @@ def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, sou
             for name, uri in (("knn", target_uri), ("source_knn", source_uri)):
                 if not uri:
                     continue
-                ds = load_dataset(uri)
-                if not _labelled(ds):
+                if not _labelled(uri):
                     continue
-                tr, te = ds.subset("train"), ds.subset("test")
-                ftr = extract_features(enc, tr.images, device=_device())
-                fte = extract_features(enc, te.images, device=_device())
-                metrics[name] = knn_accuracy(ftr, tr.labels, fte, te.labels, len(ds.classes), k=k)
+                (ftr, ytr), (fte, yte) = (stream_features(enc, uri, sp, device=_device()) for sp in ("train", "test"))
+                metrics[name] = knn_accuracy(ftr, ytr, fte, yte, len(read_manifest(uri)[0]["classes"]), k=k)
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, f"knn_{tag}", key, metrics)}
 
         out = tracking.log_outputs(_cached(store, "knn_eval", params, compute))
@@ -450,6 +447,7 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
     ``degenerate_start``; a warning is logged when it is near chance or collapsed).
     ``source_steps``: its training steps (None = HolisticConfig's default)."""
     from uft.data.dataset import load_dataset
+    from uft.data.stream import StreamSource, split_labels
     from uft.models.artifact import load_encoder
     from uft.preflight import holistic_class_problem
     from uft.transfer.holistic import (SOURCE_RECIPE, HolisticConfig, check_start, run_holistic, start_warning,
@@ -463,17 +461,20 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
               "source_recipe": SOURCE_RECIPE, "source_steps": source_steps or HolisticConfig().source_steps}
     with tracking.step_run(experiment, run_id, "holistic", params) as run:
         def compute(key: str) -> dict[str, Any]:
-            src = load_dataset(source_uri).subset("train")
+            # The source (large) streams; the target (small, finetuned on below) is held in memory.
+            src = StreamSource(source_uri, split="train")
+            src.num_rows()
+            src_classes = read_manifest(source_uri)[0]["classes"]
             tgt = load_dataset(target_uri)
-            if not (_labelled(tgt) and bool((src.labels >= 0).any())):
+            if not (_labelled(target_uri) and bool((split_labels(source_uri)["train"] >= 0).any())):
                 metrics = {"results": {}, "flat": {}}
                 return {"metrics": metrics, "metrics_uri": _publish_metrics(store, "holistic", key, metrics)}
             num_classes = len(tgt.classes)
-            if problem := holistic_class_problem(src.classes, tgt.classes, seen_ids):  # also checked by preflight
+            if problem := holistic_class_problem(src_classes, tgt.classes, seen_ids):  # also checked by preflight
                 raise UftError(problem)
             cfg = HolisticConfig(steps=steps, seed=seed, source_steps=params["source_steps"])
             enc, _ = load_encoder(encoder_uri)
-            head = train_source_classifier(enc, src.floats(), src.labels, num_classes, cfg)
+            head = train_source_classifier(enc, src, None, num_classes, cfg)
             tr, te = tgt.subset("train"), tgt.subset("test")
             # First: is the source classifier meaningful on the target? (a collapsed start makes every row moot)
             check = check_start(enc, head, te.floats(), te.labels, num_classes)
@@ -502,11 +503,15 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
         return out
 
 
-def _labelled(ds) -> bool:
-    """Evaluation needs labels on both splits; an unlabelled target is finetuned but not scored."""
-    has = [bool((ds.labels[torch.from_numpy(ds.split == sp)] >= 0).any()) for sp in ("train", "test")]
+def _labelled(uri: str) -> bool:
+    """Evaluation needs labels on both splits; an unlabelled target is finetuned but not scored.
+    Reads the label and split columns only (no image is decoded)."""
+    from uft.data.stream import split_labels
+
+    labels = split_labels(uri)
+    has = [bool((labels.get(sp, np.empty(0)) >= 0).any()) for sp in ("train", "test")]
     if not all(has):
-        log.warning("%s has no labelled train/test rows: evaluation on it is skipped", ds.uri)
+        log.warning("%s has no labelled train/test rows: evaluation on it is skipped", uri)
     return all(has)
 
 
@@ -570,21 +575,28 @@ def _projections(encoder_uris: dict[str, str], target_uri: str, max_points: int 
     """PCA of each encoder's features on (up to ``max_points``) labelled target test images."""
     from sklearn.decomposition import PCA
 
-    from uft.data.dataset import load_dataset
+    from uft.data.stream import StreamSource
     from uft.evaluate.features import extract_features
     from uft.models.artifact import load_encoder
 
     if not target_uri or not encoder_uris:
         return {}
-    ds = load_dataset(target_uri)
-    test = ds.where((ds.split == "test") & (ds.labels.numpy() >= 0))
-    if len(test) < 3:
+    # The first max_points labelled test rows (a bounded sample), read shard by shard until there are enough.
+    images, labels, have = [], [], 0
+    for batch in StreamSource(target_uri, split="test", window=1).open(1024, shuffle=False, epochs=1, drop_last=False):
+        keep = batch.labels >= 0
+        images.append(batch.images[keep][: max_points - have].clone())
+        labels.append(batch.labels[keep][: max_points - have])
+        have += len(labels[-1])
+        if have >= max_points:
+            break
+    if have < 3:
         return {}
-    test = test.where(np.arange(len(test)) < max_points)
+    x, y = torch.cat(images), torch.cat(labels).numpy()
     out = {}
     for name, uri in encoder_uris.items():
-        feats = extract_features(load_encoder(uri)[0], test.images, device=_device()).numpy()
-        out[name] = (PCA(n_components=2, random_state=0).fit_transform(feats), test.labels.numpy())
+        feats = extract_features(load_encoder(uri)[0], x, device=_device()).numpy()
+        out[name] = (PCA(n_components=2, random_state=0).fit_transform(feats), y)
     return out
 
 

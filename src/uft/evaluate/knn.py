@@ -13,6 +13,9 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
     Each of the k nearest neighbours (cosine) votes ``exp(sim / temperature)`` for its class.
     """
     k = min(k, len(train_feats))
+    # The (chunk, N) similarity block is the big buffer: cap it at 2**26 floats (256 MB) so memory
+    # stays flat when N grows (unchanged, 2048 rows, up to N = 32k).
+    chunk = max(1, min(chunk, 2**26 // max(1, len(train_feats))))
     tr = F.normalize(train_feats.float(), dim=1)
     preds = []
     for i in range(0, len(test_feats), chunk):

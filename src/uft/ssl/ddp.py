@@ -109,6 +109,28 @@ def view_generator(g: torch.Generator, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed + rank)
 
 
+def gather_batch(local: torch.Tensor, sizes: list[int], device: torch.device) -> torch.Tensor:
+    """The global batch on every rank: rank ``r``'s ``local`` ``(sizes[r], ...)`` concatenated in
+    rank order → ``(sum(sizes), ...)``. Streamed training reads a different slice on each rank;
+    gathering it (a few kB of uint8 per image, small beside the gradient all-reduce) lets replay,
+    mixing and :func:`local_slice` work on the same global batch as with in-memory data."""
+    top = max(sizes)
+    # NCCL gathers device tensors only; gloo host tensors.
+    where = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    padded = torch.zeros((top, *local.shape[1:]), dtype=local.dtype, device=where)
+    padded[: len(local)] = local
+    out = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(out, padded)
+    return torch.cat([o[:n] for o, n in zip(out, sizes)])
+
+
+def gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (small, picklable), in rank order, on every rank."""
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def mean(value: torch.Tensor) -> torch.Tensor:
     """Average of a scalar tensor over ranks (every rank gets the same value)."""
     out = value.detach().clone()

@@ -116,7 +116,7 @@ def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
 
 def train_ssl(
     method: SSLMethod,
-    target: torch.Tensor,
+    target: "torch.Tensor | StreamSource",
     cfg: TrainConfig,
     *,
     replay: torch.Tensor | None = None,
@@ -126,7 +126,11 @@ def train_ssl(
     on_log: Callable[[int, float], None] | None = None,
     resume: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train ``method`` in place. ``target``/``replay``: uint8 ``(N, C, H, W)`` images.
+    """Train ``method`` in place. ``target``/``replay``: uint8 ``(N, C, H, W)`` images, or for the
+    target a :class:`~uft.data.stream.StreamSource` read shard by shard (never whole in memory):
+    then each step takes the stream's next batch (epochs of a seeded shard order and window
+    shuffle, see :mod:`uft.data.stream`) instead of drawing ``B`` of ``N`` in-memory images, and the
+    stream's position goes into every checkpoint so a resumed run reads the same batches.
 
     Stops after ``cfg.steps`` optimiser steps, resuming from ``checkpointer`` if it holds a state
     (else from ``resume``, a checkpoint's state dict).
@@ -136,19 +140,22 @@ def train_ssl(
     rank draws the same global batch, trains its slice with its own augmentations in
     DistributedDataParallel, and only rank 0 checkpoints and calls ``on_log``.
     """
+    from uft.data.stream import StreamSource
     from uft.ssl.radreg import radreg_penalty
     from uft.transfer.mixing import MixPlan, make_mixed_batch
 
-    if len(target) < 2:
-        raise UftError(f"the training set has {len(target)} images: SSL needs at least 2 (check the target data)")
+    streamed = isinstance(target, StreamSource)
+    n_target = target.num_rows() if streamed else len(target)
+    if n_target < 2:
+        raise UftError(f"the training set has {n_target} images: SSL needs at least 2 (check the target data)")
     if cfg.replay_ratio > 0 and (replay is None or len(replay) == 0):
         raise UftError(f"replay_ratio={cfg.replay_ratio} but the replay set is empty: set replay_size > 0 or replay_ratio 0")
     plan = mix_plan or MixPlan()
     rank, world = ddp.rank_world()
     state = checkpointer.load() if checkpointer is not None and rank == 0 else resume
     if world > 1:
-        if min(cfg.batch_size, len(target)) < 2 * world:
-            raise UftError(f"batch_size {min(cfg.batch_size, len(target))} is too small for {world} processes: "
+        if min(cfg.batch_size, n_target) < 2 * world:
+            raise UftError(f"batch_size {min(cfg.batch_size, n_target)} is too small for {world} processes: "
                            f"use at least {2 * world} (each process trains on batch_size/processes images)")
         if rank == 0:  # the other ranks wait in ddp.serve for this job and its resume point
             ddp.send_job({"method": method, "target": target, "cfg": cfg, "replay": replay, "mix_plan": mix_plan,
@@ -176,11 +183,23 @@ def train_ssl(
     else:
         resumed_running = 0.0
 
-    target_f = target.to(device)
+    b = min(cfg.batch_size, n_target)
+    if streamed:  # each rank reads its own shards and its tensor_split share of the global batch
+        local_b = [len(c) for c in torch.arange(b).tensor_split(world)]
+        saved = state.get("stream") if state is not None else None
+        if state is not None and saved is None:
+            raise UftError("the checkpoint holds no stream position (written by in-memory training): delete it to restart")
+        if saved is not None and len(saved) != world:
+            raise UftError(f"the checkpoint was written by {len(saved)} training processes, this run has {world}: "
+                           "resume with the same number of processes or delete the checkpoint")
+        stream = target.open(local_b[rank], seed=cfg.seed, rank=rank, world=world,
+                             state=saved[rank] if saved is not None else None)
+        batches = iter(stream)
+    else:
+        target_f = target.to(device)
     replay_f = replay.to(device) if replay is not None else None
     # Mixing partners come from the whole replay set (floats once), not only this batch's replays.
     mix_source = replay_f.float().div(255) if replay_f is not None and plan.op != "none" else None
-    b = min(cfg.batch_size, len(target))
     k = math.ceil(cfg.replay_ratio * b) if replay_f is not None else 0
     running = torch.full((), float(resumed_running), device=device)
     n_views = getattr(method, "n_views", 2)
@@ -189,8 +208,14 @@ def train_ssl(
     if cfg.compile:
         loss_fn = torch.compile(loss_fn)
     for step in range(start, cfg.steps):
-        t_idx = to_device(torch.randperm(len(target_f), generator=g)[:b], device)
-        xt = target_f[t_idx].float().div_(255)
+        if streamed:
+            xt_u8 = next(batches).images
+            if world > 1:  # every rank gets the global batch, so replay/mixing/slicing run as in memory
+                xt_u8 = ddp.gather_batch(xt_u8, local_b, device)
+            xt = to_device(xt_u8, device).float().div_(255)
+        else:
+            t_idx = to_device(torch.randperm(len(target_f), generator=g)[:b], device)
+            xt = target_f[t_idx].float().div_(255)
         parts = [xt]
         xs = None
         if k > 0:
@@ -231,6 +256,9 @@ def train_ssl(
             running.zero_()
         if world > 1 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             partial = float(ddp.mean(running))  # the ranks' mean, so a resumed run logs what an uninterrupted one would
+            positions = ddp.gather_object(stream.state_dict()) if streamed else None
+        elif streamed and world == 1:
+            positions = [stream.state_dict()]
         if checkpointer is not None and rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             checkpointer.save(done, {
                 "method": method.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
@@ -238,7 +266,11 @@ def train_ssl(
                 # Without it, a checkpoint between log points would make the next logged mean differ
                 # from an uninterrupted run's.
                 "running": float(running) if world == 1 else partial,
+                # Where each rank's stream stands (epoch, window, offset): a resumed run reads on from there.
+                **({"stream": positions} if streamed else {}),
             })
+    if streamed:
+        batches.close()  # stops the stream's read-ahead thread now, not at garbage collection
     if world > 1:
         ddp.sync_buffers(method)
     result.images_seen = (cfg.steps - start) * (b + k)

@@ -349,7 +349,7 @@ def _warmup_cosine(t: int, steps: int, warmup: float) -> float:
 
 
 def train_source_classifier(
-    encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: HolisticConfig | None = None
+    encoder: nn.Module, images, labels: torch.Tensor | None, num_classes: int, cfg: HolisticConfig | None = None
 ) -> nn.Linear:
     """Train ``encoder`` (in place) and a new linear head with cross-entropy on labelled source data.
 
@@ -361,12 +361,20 @@ def train_source_classifier(
     image per step (:data:`SOURCE_AUGMENT`). Seeded by ``cfg.seed``; both modules are left in eval
     mode. (Without augmentation a TinyConvNet trained on MNIST predicts one class for every UCI
     digit: see :func:`start_check`.)
+
+    ``images`` may instead be a :class:`uft.data.stream.StreamSource` (``labels=None``): the
+    batches then come from the stream (seeded epochs of shard order + window shuffle, labels
+    from the shards), so the source is never whole in memory.
     """
     from uft.data.augment import AugmentConfig, augment
 
+    from uft.data.stream import StreamSource
+
     cfg = cfg or HolisticConfig()
-    x = _images(images, "source images")
-    y = _labels(labels, len(x), num_classes, "source labels")
+    streamed = isinstance(images, StreamSource)
+    if not streamed:
+        x = _images(images, "source images")
+        y = _labels(labels, len(x), num_classes, "source labels")
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         head = nn.Linear(encoder.feature_dim, num_classes)
@@ -379,17 +387,35 @@ def train_source_classifier(
     steps = cfg.source_steps
     encoder.train()
     head.train()
-    for t, idx in enumerate(_batches(len(x), cfg.source_batch_size, steps, gen)):
+    if streamed:
+        batches = _stream_batches(images, num_classes, cfg.source_batch_size, steps, cfg.seed)
+    else:
+        batches = ((x[idx], y[idx]) for idx in _batches(len(x), cfg.source_batch_size, steps, gen))
+    for t, (xb, yb) in enumerate(batches):
         for g in opt.param_groups:
             g["lr"] = cfg.source_lr * _warmup_cosine(t, steps, cfg.source_warmup)
-        xb = augment(x[idx], aug_cfg, aug_gen) if cfg.source_augment else x[idx]
-        loss = F.cross_entropy(head(encoder(xb)), y[idx], label_smoothing=cfg.source_label_smoothing)
+        xb = augment(xb, aug_cfg, aug_gen) if cfg.source_augment else xb
+        loss = F.cross_entropy(head(encoder(xb)), yb, label_smoothing=cfg.source_label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     encoder.eval()
     head.eval()
     return head
+
+
+def _stream_batches(source, num_classes: int, batch_size: int, steps: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``steps`` (float images (b, C, H, W) in [0, 1], labels (b,)) batches read from a StreamSource."""
+    n = source.num_rows()
+    if n < 2:
+        raise UftError(f"training set has {n} sample(s): BatchNorm training needs at least 2")
+    batches = iter(source.open(min(batch_size, n), seed=seed))
+    try:
+        for _ in range(steps):
+            b = next(batches)
+            yield b.images.float().div_(255), _labels(b.labels, len(b), num_classes, "source labels")
+    finally:
+        batches.close()
 
 
 # ----------------------------------------------------------------------------- degenerate starts

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.rss import peak_rss_mb
+
 CLASSES = 10
 SIZE = 32
 DEFAULT_CACHE = Path(os.environ.get("UFT_BENCH_CACHE", "~/.cache/uft/bench")).expanduser()
@@ -89,14 +91,7 @@ def child(root: str, workers: int) -> dict:
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     stats = getattr(raw, "decode_stats", None)  # absent in a checkout from before parallel decoding
     return {"rows": rows, "workers": stats["workers"] if stats else "1 (+I/O threads)", "decode_s": t1 - t0, "publish_s": t2 - t1,
-            "wall_s": t2 - t0, "cpu_s": c2 - c0, "rss_main_mb": _hwm_mb(), "rss_worker_mb": kids.ru_maxrss / 1024}
-
-
-def _hwm_mb() -> float:
-    """This process's peak RSS (``VmHWM``). Not ``ru_maxrss``: Linux carries that across ``exec``,
-    so a subprocess would report at least the RSS of the (torch-importing) parent it forked from."""
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith("VmHWM")).split()[1]) / 1024
+            "wall_s": t2 - t0, "cpu_s": c2 - c0, "rss_main_mb": peak_rss_mb(), "rss_worker_mb": kids.ru_maxrss / 1024}
 
 
 def _cpu() -> float:

@@ -13,7 +13,7 @@ uniform noise ±12: smooth, compressible and class-dependent, not pure noise. 2 
 test split.
 
 Every step runs in a fresh subprocess (``python -m bench.stream_scale --child ...``) that reports
-its own ``getrusage(RUSAGE_SELF).ru_maxrss`` (peak RSS) and CPU seconds, so one row's memory
+its own peak RSS (``VmHWM``, :func:`bench.common.peak_rss_mb`) and CPU seconds, so one row's memory
 never leaks into the next. Rows:
 
 - ``ssl_finetune`` (streamed): the real ``uft.steps.finetune`` step (tracking off).
@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import device_name, header, load_avg, table
+from bench.rss import peak_rss_mb
 
 SIZE, CHANNELS, CLASSES = 32, 3, 10
 TEST_EVERY = 50  # 2 % test rows
@@ -208,7 +209,7 @@ def child(kind: str, uri: str, encoder_uri: str, store: str, device: str, steps:
     else:
         raise SystemExit(f"unknown child {kind}")
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {**out, "rss_mb": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime, "threads": torch.get_num_threads()}
+    return {**out, "rss_mb": peak_rss_mb(), "cpu_s": ru.ru_utime + ru.ru_stime, "threads": torch.get_num_threads()}
 
 
 def run_child(kind: str, uri: str, encoder_uri: str, store: str, device: str, steps: int) -> dict:
@@ -267,7 +268,7 @@ def run(sizes: list[int], data_dir: Path, *, device: str = "cpu", steps: int = 8
     return "\n".join([
         "## Streamed data path at scale\n",
         "Generated 32 px RGB colour-blob datasets (10 classes, 2 % test), local `file://` store. "
-        "Peak RSS per step in a fresh process (`ru_maxrss`); goal: flat in size, < 3 GB at 1M.\n",
+        "Peak RSS per step in a fresh process (`VmHWM`); goal: flat in size, < 3 GB at 1M.\n",
         table(["images", "generate wall s", "generate CPU s", "shards MB"], gen_rows),
         table(["images", "step (fresh process)", "peak RSS MB", "CPU s", "wall s", "k-NN acc / img/s"], mem_rows),
         table(["images", "device", "train img/s in memory", "train img/s streamed", "streamed ÷ in memory (wall)",

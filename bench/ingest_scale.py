@@ -76,13 +76,12 @@ def make_folder(n: int, cache: Path = DEFAULT_CACHE, seed: int = 0) -> Path:
 
 def child(root: str, workers: int) -> dict:
     """Ingest ``root`` with ``workers`` decode processes into a temporary file store → figures."""
-    os.environ["UFT_PROGRESS"] = "off"
     from uft.data.imagefolder import load_imagefolder
     from uft.data.ingest import ingest
     from uft.store import LocalStore, read_manifest
 
     t0, c0 = time.perf_counter(), _cpu()
-    raw = load_imagefolder(root, image_size=SIZE, channels=3, workers=workers)
+    raw = load_imagefolder(root, image_size=SIZE, channels=3, workers=workers, progress=False)
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="uft-bench-store-") as store:
         uri = ingest(raw, LocalStore(Path(store)), name="bench", image_size=SIZE, channels=3)

@@ -306,9 +306,11 @@ def _many(root: Path, n_per_class: int = 12) -> Path:
     return root
 
 
-def test_worker_count_does_not_change_the_dataset(tmp_path, capsys):
+def test_worker_count_does_not_change_the_dataset(tmp_path, capsys, monkeypatch):
     from uft.data.ingest import ingest
     from uft.store import LocalStore, manifest_sha
+
+    monkeypatch.delenv("UFT_PROGRESS", raising=False)  # importing bench.common sets it "off" process-wide
 
     root = _many(tmp_path / "d")
     one = load_imagefolder(str(root), image_size=8, channels=3, progress=False, workers=1, chunk=4)

@@ -226,6 +226,10 @@ def publish_batches(batches: Iterable[Batch], store: Store, *, name: str, image_
     return writer.publish(store, name=name, classes=classes, origin=origin or {}, framing=framing)
 
 
+#: Mixed into the seed of the row order so it differs from the split's and the subset's draws.
+ROW_ORDER_SALT = 0x0D
+
+
 def ingest(raw: RawImages, store: Store, *, name: str, image_size: int, channels: int,
            test_fraction: float = 0.5, limit: int = 0, seed: int = 0) -> str:
     """Normalise, split and publish ``raw`` → the manifest URI (``datasets/<sha>/manifest.json``).
@@ -244,6 +248,11 @@ def ingest(raw: RawImages, store: Store, *, name: str, image_size: int, channels
     keep = _subset(raw.labels, limit, seed)
     labels = raw.labels[keep]
     splits = raw.splits[keep] if raw.splits is not None else stratified_split(labels, test_fraction, seed)
+    # Rows are written in a seeded random order: an ImageFolder (and the bundled MNIST) lists them
+    # class by class, and the streamed reader shuffles only within a window of a few shards, so
+    # file order would give single-class batches on large datasets. Row ids keep the file order.
+    order = np.random.default_rng([seed, ROW_ORDER_SALT]).permutation(len(keep))
+    keep, labels, splits = keep[order], labels[order], splits[order]
 
     def batches() -> Iterator[Batch]:
         for start in range(0, len(keep), SHARD_ROWS):

@@ -303,3 +303,21 @@ def manifest_sha(uri: str) -> str:
     """The content hash of a published artifact: sha256 of its manifest bytes."""
     store, key = split_uri(uri)
     return sha256_bytes(store.get(key))
+
+
+def manifests_intact(outputs: dict[str, Any]) -> bool:
+    """Whether every manifest URI among ``outputs``' string values still verifies: all its files
+    present with their recorded sha256 and, where a sibling ``<name>_sha`` is given for
+    ``<name>_uri``, the manifest itself unchanged. Used to trust a cache record (the step cache's
+    and kfp.local's task cache), so a deleted or corrupt output is recomputed instead of reused."""
+    for name, value in outputs.items():
+        if not (isinstance(value, str) and value.endswith("manifest.json")):
+            continue
+        sha = outputs.get(name.removesuffix("_uri") + "_sha") if name.endswith("_uri") else None
+        try:
+            if isinstance(sha, str) and sha and manifest_sha(value) != sha:
+                return False
+            verify_manifest(value)
+        except UftError:
+            return False
+    return True

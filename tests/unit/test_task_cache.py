@@ -1,0 +1,83 @@
+"""kfp.local's task cache under `uft run` (:func:`uft.orchestrate.local.checked_task_cache`): a rerun
+starts no process for a cached task, a salt change (code, S3, MLflow parent run) or a deleted or
+corrupt output makes the entry a miss, and the runner reports hits as "cached"."""
+
+# no `from __future__ import annotations`: kfp reads the component's annotations as types
+
+import contextlib
+import io
+
+from kfp import dsl, local
+from kfp.local import cache as cache_module
+from kfp.local import status
+from kfp.local.orchestrator import task_executor
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from uft.orchestrate.local import _ErrorTap, checked_task_cache, no_retry_on_bad_input
+from uft.store import LocalStore, manifest_sha, publish
+
+
+def _artifact(tmp_path) -> str:
+    """A published artifact (one data file + manifest) → its manifest URI."""
+    return publish(LocalStore(tmp_path / "store"), "models/x", {"w.bin": b"weights"}, {"kind": "encoder"})
+
+
+def test_entry_is_salted_and_trusted_only_while_its_outputs_verify(tmp_path):
+    uri = _artifact(tmp_path)
+    outputs = {"encoder_uri": uri, "encoder_sha": manifest_sha(uri)}
+    args = ("comp-pretrain", "img", ["python", "-m", "x"], {"steps": 3})
+    with checked_task_cache(tmp_path / "cache", {"UFT_CACHE_PARENT_RUN": "p1"}):
+        cache = cache_module.get_local_cache()
+        key = cache.compute_key(*args)
+        cache.put(key, outputs)
+        assert cache.get(key) == outputs
+    with checked_task_cache(tmp_path / "cache", {"UFT_CACHE_PARENT_RUN": "p2"}):  # e.g. a wiped mlflow.db
+        assert cache_module.get_local_cache().compute_key(*args) != key
+    with checked_task_cache(tmp_path / "cache", {"UFT_CACHE_PARENT_RUN": "p1"}):
+        cache = cache_module.get_local_cache()
+        (tmp_path / "store" / "models" / "x" / "w.bin").write_bytes(b"corrupt")
+        assert cache.get(key) is None  # a miss: the task runs and republishes
+    assert cache_module.get_local_cache() is None  # restored: kfp.local's cache is off by default
+
+
+def test_runner_reports_a_call_without_a_process_as_cached(monkeypatch):
+    events = []
+    tap = _ErrorTap(io.StringIO(), quiet=True, on_event=lambda t, s: events.append((t, s)))
+
+    def fake(*, task_name, task_spec, **kw):  # kfp answering from its cache: no "Executing task" line
+        return {"Output": "x"}, status.Status.SUCCESS
+
+    monkeypatch.setattr(task_executor, "execute_single_task", fake)
+    with no_retry_on_bad_input(tap):
+        assert task_executor.execute_single_task(task_name="report", task_spec=pipeline_spec_pb2.PipelineTaskSpec())[1] == status.Status.SUCCESS
+    assert events == [("report", "started"), ("report", "cached")]
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def echo(uri: str) -> str:
+    return uri
+
+
+@dsl.pipeline(name="cache-probe")
+def probe(uri: str):
+    echo(uri=uri).set_caching_options(True)
+
+
+def test_real_kfp_local_rerun_starts_no_process_until_an_output_breaks(tmp_path):
+    """Through kfp.local itself (SubprocessRunner): catches a kfp release that stops consulting
+    ``kfp.local.cache.get_local_cache``, which would silently turn the task cache off."""
+    uri = _artifact(tmp_path)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
+
+    def run() -> list:
+        events = []
+        tap = _ErrorTap(io.StringIO(), quiet=True, on_event=lambda t, s: events.append(s))
+        with checked_task_cache(tmp_path / "cache", {"UFT_CACHE_PARENT_RUN": "p"}), \
+                contextlib.redirect_stdout(tap), contextlib.redirect_stderr(tap), no_retry_on_bad_input(tap):
+            probe(uri=uri)
+        return events
+
+    assert run() == ["started", "success"]  # executed: a process ran
+    assert run() == ["started", "cached"]  # answered from the cache
+    (tmp_path / "store" / "models" / "x" / "w.bin").unlink()
+    assert run() == ["started", "success"]  # the output is gone: the task runs again

@@ -81,3 +81,26 @@ def test_real_kfp_local_rerun_starts_no_process_until_an_output_breaks(tmp_path)
     assert run() == ["started", "cached"]  # answered from the cache
     (tmp_path / "store" / "models" / "x" / "w.bin").unlink()
     assert run() == ["started", "success"]  # the output is gone: the task runs again
+
+
+def test_ingest_of_bundled_data_may_be_cached_user_data_never():
+    """Bundled datasets never change, so their ingest joins the task cache; an ImageFolder or s3://
+    spec may hold new data under the same name and keeps the pipeline's caching off."""
+    from kfp.local import io as kfp_io
+
+    from uft.orchestrate.local import _cache_bundled_ingest
+
+    def ingest_spec(spec: str) -> pipeline_spec_pb2.PipelineTaskSpec:
+        t = pipeline_spec_pb2.PipelineTaskSpec()
+        t.component_ref.name = "comp-ingest-2"
+        t.inputs.parameters["spec"].runtime_value.constant.string_value = spec
+        t.caching_options.enable_cache = False
+        return t
+
+    store = kfp_io.IOStore()
+    assert _cache_bundled_ingest(ingest_spec("mnist"), store).caching_options.enable_cache
+    for user in ("/data/my_images", "s3://bucket/images", "mnist#unlabelled"):
+        assert not _cache_bundled_ingest(ingest_spec(user), store).caching_options.enable_cache, user
+    other = ingest_spec("mnist")
+    other.component_ref.name = "comp-promote"  # only ingest tasks
+    assert not _cache_bundled_ingest(other, store).caching_options.enable_cache

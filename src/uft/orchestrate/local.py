@@ -302,6 +302,7 @@ def no_retry_on_bad_input(tap: _ErrorTap) -> Iterator[None]:
             tap.write(f"Not starting task '{task_name}': task '{failed[0]}' failed\n")
             return {}, status.Status.FAILURE
         policy = task_spec.retry_policy
+        task_spec = _cache_bundled_ingest(task_spec, kw.get("io_store"))
         once = copy.deepcopy(task_spec)
         once.ClearField("retry_policy")
         tap.begin_attempt(task_name)
@@ -393,6 +394,30 @@ def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
         yield
     finally:
         cache_module.get_local_cache = original
+
+
+def _cache_bundled_ingest(task_spec, io_store):
+    """The ingest tasks opt out of KFP's cache (an s3:// prefix or a directory may hold new data
+    under the same spec), but a bundled dataset never changes: its ingest may be answered from the
+    task cache too, as every later step is. → ``task_spec``, or a copy with caching on."""
+    import copy
+
+    from uft.data.sources import BUNDLED
+
+    if (io_store is None or task_spec.caching_options.enable_cache or "spec" not in task_spec.inputs.parameters
+            or not task_spec.component_ref.name.startswith("comp-ingest")):
+        return task_spec
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+
+    try:
+        spec = OrchestratorUtils.make_task_arguments(task_inputs_spec=task_spec.inputs, io_store=io_store).get("spec")
+    except Exception:  # an argument kfp cannot resolve yet: leave the task as the pipeline set it
+        return task_spec
+    if spec not in BUNDLED:
+        return task_spec
+    cached = copy.deepcopy(task_spec)
+    cached.caching_options.enable_cache = True
+    return cached
 
 
 def derive_run_id(cfg: RunConfig, store_uri: str) -> str:

@@ -104,3 +104,24 @@ def test_ingest_of_bundled_data_may_be_cached_user_data_never():
     other = ingest_spec("mnist")
     other.component_ref.name = "comp-promote"  # only ingest tasks
     assert not _cache_bundled_ingest(other, store).caching_options.enable_cache
+
+
+def test_code_fingerprint_follows_task_code_not_driver_code(tmp_path, monkeypatch):
+    """Copies of the three packages: an edit in a step changes the fingerprint, one in the CLI not."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import components
+    import pipelines
+    import uft
+    from uft.orchestrate import local as runner
+
+    for pkg in (uft, components, pipelines):
+        shutil.copytree(Path(pkg.__file__).parent, tmp_path / pkg.__name__, ignore=shutil.ignore_patterns("__pycache__"))
+        monkeypatch.setattr(sys.modules[pkg.__name__], "__file__", str(tmp_path / pkg.__name__ / "__init__.py"))
+    base = runner.code_fingerprint()
+    (tmp_path / "uft" / "cli.py").write_text((tmp_path / "uft" / "cli.py").read_text() + "\n# driver edit\n")
+    assert runner.code_fingerprint() == base
+    (tmp_path / "uft" / "steps.py").write_text((tmp_path / "uft" / "steps.py").read_text() + "\n# step edit\n")
+    assert runner.code_fingerprint() != base

@@ -332,9 +332,14 @@ def no_retry_on_bad_input(tap: _ErrorTap) -> Iterator[None]:
         task_executor.execute_single_task = original
 
 
+#: Modules only the driver runs (never a task): editing them leaves the task cache valid.
+DRIVER_ONLY = ("uft/cli.py", "uft/orchestrate/")
+
+
 def code_fingerprint() -> str:
-    """sha256 over the sources of ``uft``, ``components`` and ``pipelines``: an edit anywhere in them
-    invalidates every entry of the task cache (the step cache's CODE_VERSION is bumped by hand)."""
+    """sha256 over the sources that tasks run (``uft`` less :data:`DRIVER_ONLY`, ``components``,
+    ``pipelines``): an edit in them invalidates every entry of the task cache (the step cache's
+    CODE_VERSION is bumped by hand, so a task that runs may still reuse its step's outputs)."""
     import hashlib
 
     import components
@@ -345,7 +350,9 @@ def code_fingerprint() -> str:
     for pkg in (uft, components, pipelines):
         root = Path(pkg.__file__).parent
         for path in sorted(root.rglob("*.py")):
-            h.update(str(path.relative_to(root.parent)).encode() + b"\0" + path.read_bytes() + b"\0")
+            rel = path.relative_to(root.parent).as_posix()
+            if not rel.startswith(DRIVER_ONLY):
+                h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 

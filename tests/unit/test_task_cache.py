@@ -125,3 +125,15 @@ def test_code_fingerprint_follows_task_code_not_driver_code(tmp_path, monkeypatc
     assert runner.code_fingerprint() == base
     (tmp_path / "uft" / "steps.py").write_text((tmp_path / "uft" / "steps.py").read_text() + "\n# step edit\n")
     assert runner.code_fingerprint() != base
+
+
+def test_key_follows_the_content_of_the_manifests_a_task_reads(tmp_path):
+    """promote republishes its decision under the same URI: the report reading it must not be reused."""
+    store = LocalStore(tmp_path / "store")
+    uri = publish(store, "metrics/promote/k", {}, {"kind": "metrics", "metrics": {"promoted": True}})
+    with checked_task_cache(tmp_path / "cache", {}):
+        cache = cache_module.get_local_cache()
+        key = cache.compute_key("comp-report", "img", ["cmd"], {"promote": uri})
+        assert cache.compute_key("comp-report", "img", ["cmd"], {"promote": uri}) == key
+        publish(store, "metrics/promote/k", {}, {"kind": "metrics", "metrics": {"promoted": False}})
+        assert cache.compute_key("comp-report", "img", ["cmd"], {"promote": uri}) != key

@@ -370,6 +370,22 @@ def cache_salt(experiment: str, run_id: str) -> dict[str, str]:
             "UFT_CACHE_PARENT_RUN": tracking.parent_run_id(experiment, run_id) if tracking.enabled() else ""}
 
 
+def _argument_contents(arguments: dict[str, Any]) -> dict[str, str]:
+    """The content hash of every manifest a task reads (its manifest-URI arguments), for its cache
+    key: most outputs are content-addressed (same URI, same bytes), but promote republishes its
+    decision under one URI per run and encoder, and the report that reads it must follow."""
+    from uft.store import manifest_sha
+
+    out = {}
+    for name, value in sorted(arguments.items()):
+        if isinstance(value, str) and value.endswith("manifest.json"):
+            try:
+                out[f"UFT_CACHE_ARG_{name}"] = manifest_sha(value)
+            except UftError:  # missing: the task runs and reports it in its own words
+                out[f"UFT_CACHE_ARG_{name}"] = "missing"
+    return out
+
+
 @contextlib.contextmanager
 def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
     """kfp.local's own task cache (what ``local.init(enable_caching=True)`` turns on), keyed also on
@@ -385,9 +401,10 @@ def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
 
     class CheckedCache(cache_module.LocalCache):
         def compute_key(self, component_name, image, full_command, arguments, env_vars=None, custom_cache_key=None):
+            extra = {**salt, **_argument_contents(arguments)}
             if custom_cache_key:
-                custom_cache_key += json.dumps(salt, sort_keys=True)
-            return super().compute_key(component_name, image, full_command, arguments, {**(env_vars or {}), **salt},
+                custom_cache_key += json.dumps(extra, sort_keys=True)
+            return super().compute_key(component_name, image, full_command, arguments, {**(env_vars or {}), **extra},
                                        custom_cache_key)
 
         def get(self, key):

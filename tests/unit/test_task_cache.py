@@ -137,3 +137,16 @@ def test_key_follows_the_content_of_the_manifests_a_task_reads(tmp_path):
         assert cache.compute_key("comp-report", "img", ["cmd"], {"promote": uri}) == key
         publish(store, "metrics/promote/k", {}, {"kind": "metrics", "metrics": {"promoted": False}})
         assert cache.compute_key("comp-report", "img", ["cmd"], {"promote": uri}) != key
+
+
+def test_salt_survives_the_local_s3_server_changing_port(monkeypatch):
+    """The local SeaweedFS gets a new port each run: a salt holding the endpoint made every rerun a miss."""
+    from uft.orchestrate.local import cache_salt
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:40001")
+    first = cache_salt("uft", "cfg-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:40002")
+    assert cache_salt("uft", "cfg-1") == first
+    monkeypatch.setenv("UFT_BUCKET", "another-bucket")
+    assert cache_salt("uft", "cfg-1") != first

@@ -357,13 +357,14 @@ def code_fingerprint() -> str:
 
 
 def cache_salt(experiment: str, run_id: str) -> dict[str, str]:
-    """What a task's cache entry depends on beyond its command and arguments: the code, the S3 server
-    and bucket, the MLflow store and this run key's parent MLflow run. A new or wiped mlflow.db
-    makes a new parent run, so every task runs again and logs its MLflow run again."""
+    """What a task's cache entry depends on beyond its command and arguments: the code, the bucket,
+    the MLflow store and this run key's parent MLflow run. A new or wiped mlflow.db makes a new
+    parent run, so every task runs again and logs its MLflow run again. Not the S3 endpoint: the
+    local server gets a new port each run, and a hit is trusted only after its outputs verify in
+    the store the run uses now (:func:`checked_task_cache`)."""
     from uft import tracking
 
     return {"UFT_CACHE_CODE": code_fingerprint(),
-            "UFT_CACHE_S3": os.environ.get("AWS_ENDPOINT_URL", ""),
             "UFT_CACHE_BUCKET": default_bucket(),
             "UFT_CACHE_MLFLOW": os.environ.get("MLFLOW_TRACKING_URI", ""),
             "UFT_CACHE_MLFLOW_ARTIFACTS": os.environ.get("UFT_MLFLOW_ARTIFACTS", ""),

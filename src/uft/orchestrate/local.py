@@ -412,6 +412,18 @@ def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
             out = super().get(key)
             return out if out is not None and manifests_intact(out) else None
 
+        def put(self, key, outputs):
+            # kfp.local counts an entry whose artifact file is missing as a miss, but a Metrics
+            # artifact is all metadata (log_metric writes no file): without this empty file the
+            # evaluation tasks would never hit.
+            from kfp import dsl as kfp_dsl
+
+            for value in outputs.values():
+                if isinstance(value, kfp_dsl.Metrics) and value.uri and not value.uri.startswith(("s3://", "gs://")):
+                    Path(value.uri).parent.mkdir(parents=True, exist_ok=True)
+                    Path(value.uri).touch(exist_ok=True)
+            super().put(key, outputs)
+
     cache = CheckedCache(str(root))
     original = cache_module.get_local_cache
     cache_module.get_local_cache = lambda: cache

@@ -63,6 +63,8 @@ def _drop_s3_client_caches() -> None:
 
     if "boto3" in sys.modules:
         sys.modules["boto3"].DEFAULT_SESSION = None
+    if "uft.store" in sys.modules:  # split_uri's per-bucket stores (keyed by endpoint and credentials)
+        sys.modules["uft.store"]._BUCKETS.clear()
     repo = sys.modules.get("mlflow.store.artifact.s3_artifact_repo")
     if repo is not None and hasattr(repo, "_cached_get_s3_client"):
         repo._cached_get_s3_client.cache_clear()

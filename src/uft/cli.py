@@ -51,14 +51,14 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="stream every step's logs"),
 ) -> None:
     """Run the whole pipeline locally (kfp.local + local S3 + MLflow on sqlite) and print the results."""
-    from uft.orchestrate.local import DEFAULT_BUCKET, local_services, run_local, run_lock, signals_raise, state_dir
-    from uft.config import validate_config
+    from uft.orchestrate.local import local_services, run_local, run_lock, signals_raise, state_dir
+    from uft.config import default_bucket, validate_config
     from uft.preflight import check, needs_remote, preflight
 
     try:
         # Steps run in other processes (and directories): make local data paths absolute first.
         source, target = _absolute(source), _absolute(target)
-        store_uri = store or f"s3://{DEFAULT_BUCKET}/uft"
+        store_uri = store or f"s3://{default_bucket()}/uft"
         external = bool(os.environ.get("AWS_ENDPOINT_URL"))  # no local S3 server to wait for
         params = _params(param)
         state = state_dir()
@@ -135,26 +135,40 @@ def _infer_defaults(source: str, target: str, params: dict[str, str], listings: 
 
 
 class _TaskLog:
-    """One line per finished task (with its wall time) above a status line showing the running
-    task and its progress (pretrain 120/300 · loss 4.1 · eta_s 20)."""
+    """One line per finished task (its wall time, the CPU seconds of its process, or "cached" when
+    kfp.local's task cache answered it) above a status line showing the running task and its
+    progress (pretrain 120/300 · loss 4.1 · eta_s 20)."""
 
     def __init__(self, status, quiet_tasks: bool = False, label: str = "running the pipeline (kfp.local)"):
         self.status, self.started, self.done, self.quiet_tasks, self.label = status, {}, 0, quiet_tasks, label
+        self.rows: list[tuple[str, str, float, float]] = []  # (task, outcome, wall s, cpu s) in finishing order
 
     def __call__(self, task: str, text: str) -> None:
         import time
 
         if text == "started":
-            self.started[task] = time.perf_counter()
+            self.started[task] = (time.perf_counter(), _children_cpu())
             text = "…"
-        elif text in ("success", "failure"):
-            took = time.perf_counter() - self.started.pop(task, time.perf_counter())
-            self.done += text == "success"
-            if not self.quiet_tasks or text != "success":
-                mark = "[green]✓[/]" if text == "success" else "[red]✗[/]"
-                self.status.console.print(f"  {mark} {task:<22} {took:6.1f} s")
+        elif text in ("success", "failure", "cached"):
+            t0, c0 = self.started.pop(task, (time.perf_counter(), _children_cpu()))
+            # A task's process has been waited for when kfp reports its end: its CPU is in RUSAGE_CHILDREN.
+            took, cpu = time.perf_counter() - t0, _children_cpu() - c0
+            self.rows.append((task, text, took, cpu))
+            self.done += text != "failure"
+            if not self.quiet_tasks or text == "failure":
+                mark = "[red]✗[/]" if text == "failure" else "[green]✓[/]"
+                how = "cached (no process)" if text == "cached" else f"cpu {cpu:5.1f} s"
+                self.status.console.print(f"  {mark} {task:<22} {took:6.1f} s  [dim]{how}[/]")
             return
         self.status.update(f"{self.label} · {self.done} tasks done · {task}: {text}")
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished (waited-for) children."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _print_result(res, state: Path, config: dict | None = None) -> None:

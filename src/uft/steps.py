@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from uft import tracking
 from uft.progress import Progress
 from uft.errors import UftError
-from uft.store import (Store, canonical_json, content_key, manifest_sha, publish, read_manifest, read_verified, step_store,
-                       verify_manifest)
+from uft.store import (Store, canonical_json, content_key, manifest_sha, manifests_intact, publish, read_manifest,
+                       read_verified, step_store)
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("uft")
+# torch and numpy are imported inside the functions that compute: a step whose outputs are cached
+# then never pays torch's import (seconds per process).
 CODE_VERSION = "3"  # bump when a step's semantics change, to invalidate cached outputs (2: SSL head published/continued,
 # 3: training streams its data shard by shard: epochs of a seeded shard order instead of per-step draws)
 
@@ -45,19 +47,12 @@ def _outputs_intact(out: dict[str, Any]) -> bool:
     """A cache record is trusted only if every manifest it points to still has the recorded hash and
     all the files it lists are present and intact; otherwise the step recomputes and republishes
     (so "rerun the step" really repairs a deleted or corrupt shard instead of hitting the cache)."""
-    for name, value in out.items():
-        if name.endswith("_uri") and isinstance(value, str) and value.endswith("manifest.json"):
-            sha = out.get(name.removesuffix("_uri") + "_sha")
-            try:
-                if sha and manifest_sha(value) != sha:
-                    return False
-                verify_manifest(value)
-            except UftError:
-                return False
-    return True
+    return manifests_intact(out)
 
 
 def _device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -72,8 +67,6 @@ def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: i
     ``fingerprint``: :func:`uft.data.fingerprint.source_fingerprint` of ``spec`` taken just before; with
     it, user data are cached like bundled data (same files → same dataset, no re-decoding)."""
     from uft.data.framing import check_framing
-    from uft.data.ingest import ingest as ingest_raw
-    from uft.data.sources import load_source
 
     check_framing(framing)
     if not spec.strip():  # "" would otherwise resolve to the current directory as an ImageFolder
@@ -90,6 +83,9 @@ def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: i
               "test_fraction": test_fraction, "seed": seed, "framing": framing}
     with tracking.step_run(experiment, run_id, f"ingest_{role}", {**params, "role": role}) as run:
         def compute(_key: str) -> dict[str, Any]:
+            from uft.data.ingest import ingest as ingest_raw  # imports torch: only when there is work
+            from uft.data.sources import load_source
+
             raw = load_source(spec, image_size=image_size, channels=channels, framing=framing)
             uri = ingest_raw(raw, store, name=f"{role}:{spec}", image_size=image_size, channels=channels,
                              test_fraction=test_fraction, limit=limit, seed=seed)
@@ -125,6 +121,8 @@ def _train(store: Store, key: str, step: str, *, encoder, method_name: str, imag
            head: tuple[str, dict[str, torch.Tensor]] | None = None, head_note: str = "") -> dict[str, Any]:
     """Build the method (continuing from ``head`` = (method, SSL head state) when it fits), train,
     publish the encoder with the method's SSL head. ``head_note`` says why a finetune has no head."""
+    import torch
+
     from uft.models.artifact import publish_encoder, ssl_head_state
     from uft.ssl.base import build_method
     from uft.ssl.train import Checkpointer, train_ssl
@@ -204,6 +202,8 @@ def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str =
               **cfg.model_dump(mode="json")}
     with tracking.step_run(experiment, run_id, "pretrain", params) as run:
         def compute(key: str) -> dict[str, Any]:
+            import torch
+
             src = StreamSource(source_uri, split="train")  # streamed: never the whole source in memory
             src.num_rows()  # no train rows → a one-line error before anything is built
             spec = _encoder_spec(encoder, encoder_width, src.channels())
@@ -326,6 +326,8 @@ def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: s
               **cfg.model_dump(mode="json")}
     with tracking.step_run(experiment, run_id, "ssl_finetune", params) as run:
         def compute(key: str) -> dict[str, Any]:
+            import torch
+
             enc, manifest = load_encoder(encoder_uri)
             spec = manifest["spec"]
             if from_scratch:  # the "target-only SSL from scratch" baseline: same architecture, fresh weights
@@ -365,6 +367,8 @@ def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: s
 
 def _log_model(encoder: torch.nn.Module) -> None:
     import mlflow
+    import numpy as np
+    import torch
 
     in_ch = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
     example = np.zeros((1, in_ch, 16, 16), dtype=np.float32)
@@ -506,6 +510,8 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
 def _labelled(uri: str) -> bool:
     """Evaluation needs labels on both splits; an unlabelled target is finetuned but not scored.
     Reads the label and split columns only (no image is decoded)."""
+    import numpy as np
+
     from uft.data.stream import split_labels
 
     labels = split_labels(uri)
@@ -573,6 +579,7 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
 
 def _projections(encoder_uris: dict[str, str], target_uri: str, max_points: int = 2000) -> dict[str, tuple]:
     """PCA of each encoder's features on (up to ``max_points``) labelled target test images."""
+    import torch
     from sklearn.decomposition import PCA
 
     from uft.data.stream import StreamSource

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import sys
@@ -220,6 +221,7 @@ class _ErrorTap(io.TextIOBase):
         self.task_errors: dict[str, str] = {}  # task → the last uft error line it printed
         self.kinds: dict[str, str] = {}  # task → that error's class: UftError (bad input) or TransientError
         self.failed: list[str] = []  # tasks that finished with FAILURE, in order
+        self.executions = 0  # "Executing task" lines seen: a task call that adds none was a cache hit
 
     def write(self, s: str) -> int:
         for line in s.splitlines():
@@ -230,6 +232,7 @@ class _ErrorTap(io.TextIOBase):
                     self.task_errors[self.current_task], self.kinds[self.current_task] = self.last_error, m.group(1)
             if m := re.search(r"Executing task '([\w-]+)'", plain):
                 self.current_task = m.group(1)
+                self.executions += 1
                 self._emit(self.current_task, "started")
             elif m := re.search(r"Task '([\w-]+)' finished with status (\w+)", plain):
                 if m.group(2).upper() == "FAILURE":
@@ -240,6 +243,13 @@ class _ErrorTap(io.TextIOBase):
         if not self.quiet:
             self.inner.write(s)
         return len(s)
+
+    def cache_hit(self, task: str) -> None:
+        """``task`` was answered from kfp.local's task cache: no process ran (events "started", "cached")."""
+        self._emit(task, "started")
+        if not self.quiet:
+            self.inner.write(f"Task '{task}' reused from kfp.local's task cache (no process started)\n")
+        self._emit(task, "cached")
 
     def begin_attempt(self, task: str) -> None:
         self.task_errors.pop(task, None)
@@ -292,10 +302,14 @@ def no_retry_on_bad_input(tap: _ErrorTap) -> Iterator[None]:
             tap.write(f"Not starting task '{task_name}': task '{failed[0]}' failed\n")
             return {}, status.Status.FAILURE
         policy = task_spec.retry_policy
+        task_spec = _cache_bundled_ingest(task_spec, kw.get("io_store"))
         once = copy.deepcopy(task_spec)
         once.ClearField("retry_policy")
         tap.begin_attempt(task_name)
+        seen = tap.executions
         outputs, result = original(task_name=task_name, task_spec=once, **kw)
+        if result == status.Status.SUCCESS and tap.executions == seen:
+            tap.cache_hit(task_name)
         if result != status.Status.SUCCESS and policy.max_retry_count > 0 and not tap.bad_input(task_name):
             first = policy.backoff_duration.seconds if policy.HasField("backoff_duration") else 0
             factor = policy.backoff_factor if policy.backoff_factor > 0 else 2.0
@@ -318,6 +332,131 @@ def no_retry_on_bad_input(tap: _ErrorTap) -> Iterator[None]:
         task_executor.execute_single_task = original
 
 
+#: Modules only the driver runs (never a task): editing them leaves the task cache valid.
+DRIVER_ONLY = ("uft/cli.py", "uft/orchestrate/")
+
+
+def code_fingerprint() -> str:
+    """sha256 over the sources that tasks run (``uft`` less :data:`DRIVER_ONLY`, ``components``,
+    ``pipelines``): an edit in them invalidates every entry of the task cache (the step cache's
+    CODE_VERSION is bumped by hand, so a task that runs may still reuse its step's outputs)."""
+    import hashlib
+
+    import components
+    import pipelines
+    import uft
+
+    h = hashlib.sha256()
+    for pkg in (uft, components, pipelines):
+        root = Path(pkg.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root.parent).as_posix()
+            if not rel.startswith(DRIVER_ONLY):
+                h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def cache_salt(experiment: str, run_id: str) -> dict[str, str]:
+    """What a task's cache entry depends on beyond its command and arguments: the code, the bucket,
+    the MLflow store and this run key's parent MLflow run. A new or wiped mlflow.db makes a new
+    parent run, so every task runs again and logs its MLflow run again. Not the S3 endpoint: the
+    local server gets a new port each run, and a hit is trusted only after its outputs verify in
+    the store the run uses now (:func:`checked_task_cache`)."""
+    from uft import tracking
+
+    return {"UFT_CACHE_CODE": code_fingerprint(),
+            "UFT_CACHE_BUCKET": default_bucket(),
+            "UFT_CACHE_MLFLOW": os.environ.get("MLFLOW_TRACKING_URI", ""),
+            "UFT_CACHE_MLFLOW_ARTIFACTS": os.environ.get("UFT_MLFLOW_ARTIFACTS", ""),
+            "UFT_CACHE_PARENT_RUN": tracking.parent_run_id(experiment, run_id) if tracking.enabled() else ""}
+
+
+def _argument_contents(arguments: dict[str, Any]) -> dict[str, str]:
+    """The content hash of every manifest a task reads (its manifest-URI arguments), for its cache
+    key: most outputs are content-addressed (same URI, same bytes), but promote republishes its
+    decision under one URI per run and encoder, and the report that reads it must follow."""
+    from uft.store import manifest_sha
+
+    out = {}
+    for name, value in sorted(arguments.items()):
+        if isinstance(value, str) and value.endswith("manifest.json"):
+            try:
+                out[f"UFT_CACHE_ARG_{name}"] = manifest_sha(value)
+            except UftError:  # missing: the task runs and reports it in its own words
+                out[f"UFT_CACHE_ARG_{name}"] = "missing"
+    return out
+
+
+@contextlib.contextmanager
+def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
+    """kfp.local's own task cache (what ``local.init(enable_caching=True)`` turns on), keyed also on
+    ``salt`` and trusted only while every artifact a cached task returned is intact in the store.
+
+    A hit starts no process, as a KFP cluster skips the pod of a cached task; a task that
+    ``set_caching_options(False)`` (ingest, promote, the exit handler) always runs. A cached task's
+    MLflow run is the one its first execution logged under this run key (the salt holds the parent
+    run); a deleted or corrupt output makes the entry a miss, so the task runs and repairs it."""
+    from kfp.local import cache as cache_module
+
+    from uft.store import manifests_intact
+
+    class CheckedCache(cache_module.LocalCache):
+        def compute_key(self, component_name, image, full_command, arguments, env_vars=None, custom_cache_key=None):
+            extra = {**salt, **_argument_contents(arguments)}
+            if custom_cache_key:
+                custom_cache_key += json.dumps(extra, sort_keys=True)
+            return super().compute_key(component_name, image, full_command, arguments, {**(env_vars or {}), **extra},
+                                       custom_cache_key)
+
+        def get(self, key):
+            out = super().get(key)
+            return out if out is not None and manifests_intact(out) else None
+
+        def put(self, key, outputs):
+            # kfp.local counts an entry whose artifact file is missing as a miss, but a Metrics
+            # artifact is all metadata (log_metric writes no file): without this empty file the
+            # evaluation tasks would never hit.
+            from kfp import dsl as kfp_dsl
+
+            for value in outputs.values():
+                if isinstance(value, kfp_dsl.Metrics) and value.uri and not value.uri.startswith(("s3://", "gs://")):
+                    Path(value.uri).parent.mkdir(parents=True, exist_ok=True)
+                    Path(value.uri).touch(exist_ok=True)
+            super().put(key, outputs)
+
+    cache = CheckedCache(str(root))
+    original = cache_module.get_local_cache
+    cache_module.get_local_cache = lambda: cache
+    try:
+        yield
+    finally:
+        cache_module.get_local_cache = original
+
+
+def _cache_bundled_ingest(task_spec, io_store):
+    """The ingest tasks opt out of KFP's cache (an s3:// prefix or a directory may hold new data
+    under the same spec), but a bundled dataset never changes: its ingest may be answered from the
+    task cache too, as every later step is. → ``task_spec``, or a copy with caching on."""
+    import copy
+
+    from uft.data.sources import BUNDLED
+
+    if (io_store is None or task_spec.caching_options.enable_cache or "spec" not in task_spec.inputs.parameters
+            or not task_spec.component_ref.name.startswith("comp-ingest")):
+        return task_spec
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+
+    try:
+        spec = OrchestratorUtils.make_task_arguments(task_inputs_spec=task_spec.inputs, io_store=io_store).get("spec")
+    except Exception:  # an argument kfp cannot resolve yet: leave the task as the pipeline set it
+        return task_spec
+    if spec not in BUNDLED:
+        return task_spec
+    cached = copy.deepcopy(task_spec)
+    cached.caching_options.enable_cache = True
+    return cached
+
+
 def derive_run_id(cfg: RunConfig, store_uri: str) -> str:
     """The run key of a config on a store: the same config reruns as the same MLflow runs."""
     return "cfg-" + content_key(store_uri, cfg.model_dump(mode="json"))[:12]
@@ -325,8 +464,12 @@ def derive_run_id(cfg: RunConfig, store_uri: str) -> str:
 
 def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", run_id: str = "",
               quiet: bool = True, on_event: Callable[[str, str], None] | None = None,
-              extra_params: dict[str, str] | None = None) -> LocalRun:
+              extra_params: dict[str, str] | None = None, task_cache: bool | None = None) -> LocalRun:
     """Compile-free local run of :func:`pipelines.uft_pipeline.uft_pipeline` via kfp.local.
+
+    ``task_cache``: reuse tasks from kfp.local's task cache (:func:`checked_task_cache`, under
+    ``$UFT_STATE_DIR/kfp-cache``); None = on unless ``UFT_TASK_CACHE=0``. Off, every task runs
+    (each still finds its outputs in the step cache of :mod:`uft.steps`).
 
     ``extra_params`` (e.g. how the defaults were inferred) join the config on the parent MLflow run.
     ``on_event(task, text)`` hears each task's start ("started"), progress ("pretrain 40/200 ·
@@ -342,9 +485,16 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     tap = _ErrorTap(sys.stdout, quiet, on_event)
+    if task_cache is None:
+        task_cache = os.environ.get("UFT_TASK_CACHE", "1").strip() not in ("0", "false", "no", "off")
     t0 = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(tap), contextlib.redirect_stderr(tap), no_retry_on_bad_input(tap):
+        with contextlib.ExitStack() as stack:
+            if task_cache:
+                stack.enter_context(checked_task_cache(state_dir() / "kfp-cache", cache_salt(experiment, run_id)))
+            stack.enter_context(contextlib.redirect_stdout(tap))
+            stack.enter_context(contextlib.redirect_stderr(tap))
+            stack.enter_context(no_retry_on_bad_input(tap))
             _quiet_kfp_logs(quiet)
             uft_pipeline(store_uri=store_uri, experiment=experiment, run_id=run_id, **cfg.model_dump())
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP under signals_raise()

@@ -1,0 +1,153 @@
+"""kfp.local's task cache under `uft run` (:func:`uft.orchestrate.local.checked_task_cache`): a rerun
+starts no process for a cached task, a salt change (code, S3, MLflow parent run) or a deleted or
+corrupt output makes the entry a miss, and the runner reports hits as "cached"."""
+
+# no `from __future__ import annotations`: kfp reads the component's annotations as types
+
+import contextlib
+import io
+
+from kfp import dsl, local
+from kfp.local import cache as cache_module
+from kfp.local import status
+from kfp.local.orchestrator import task_executor
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from uft.orchestrate.local import _ErrorTap, checked_task_cache, no_retry_on_bad_input
+from uft.store import LocalStore, manifest_sha, publish
+
+
+def _artifact(tmp_path) -> str:
+    """A published artifact (one data file + manifest) → its manifest URI."""
+    return publish(LocalStore(tmp_path / "store"), "models/x", {"w.bin": b"weights"}, {"kind": "encoder"})
+
+
+def test_entry_is_salted_and_trusted_only_while_its_outputs_verify(tmp_path):
+    uri = _artifact(tmp_path)
+    outputs = {"encoder_uri": uri, "encoder_sha": manifest_sha(uri)}
+    args = ("comp-pretrain", "img", ["python", "-m", "x"], {"steps": 3})
+    with checked_task_cache(tmp_path / "cache", {"UFT_CACHE_PARENT_RUN": "p1"}):
+        cache = cache_module.get_local_cache()
+        key = cache.compute_key(*args)
+        cache.put(key, outputs)
+        assert cache.get(key) == outputs
+    with checked_task_cache(tmp_path / "cache", {"UFT_CACHE_PARENT_RUN": "p2"}):  # e.g. a wiped mlflow.db
+        assert cache_module.get_local_cache().compute_key(*args) != key
+    with checked_task_cache(tmp_path / "cache", {"UFT_CACHE_PARENT_RUN": "p1"}):
+        cache = cache_module.get_local_cache()
+        (tmp_path / "store" / "models" / "x" / "w.bin").write_bytes(b"corrupt")
+        assert cache.get(key) is None  # a miss: the task runs and republishes
+    assert cache_module.get_local_cache() is None  # restored: kfp.local's cache is off by default
+
+
+def test_runner_reports_a_call_without_a_process_as_cached(monkeypatch):
+    events = []
+    tap = _ErrorTap(io.StringIO(), quiet=True, on_event=lambda t, s: events.append((t, s)))
+
+    def fake(*, task_name, task_spec, **kw):  # kfp answering from its cache: no "Executing task" line
+        return {"Output": "x"}, status.Status.SUCCESS
+
+    monkeypatch.setattr(task_executor, "execute_single_task", fake)
+    with no_retry_on_bad_input(tap):
+        assert task_executor.execute_single_task(task_name="report", task_spec=pipeline_spec_pb2.PipelineTaskSpec())[1] == status.Status.SUCCESS
+    assert events == [("report", "started"), ("report", "cached")]
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def echo(uri: str, metrics: dsl.Output[dsl.Metrics]) -> str:
+    metrics.log_metric("x", 1.0)  # metadata only, as the evaluation steps' metrics: kfp.local writes no file
+    return uri
+
+
+@dsl.pipeline(name="cache-probe")
+def probe(uri: str):
+    echo(uri=uri).set_caching_options(True)
+
+
+def test_real_kfp_local_rerun_starts_no_process_until_an_output_breaks(tmp_path):
+    """Through kfp.local itself (SubprocessRunner): catches a kfp release that stops consulting
+    ``kfp.local.cache.get_local_cache``, which would silently turn the task cache off."""
+    uri = _artifact(tmp_path)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
+
+    def run() -> list:
+        events = []
+        tap = _ErrorTap(io.StringIO(), quiet=True, on_event=lambda t, s: events.append(s))
+        with checked_task_cache(tmp_path / "cache", {"UFT_CACHE_PARENT_RUN": "p"}), \
+                contextlib.redirect_stdout(tap), contextlib.redirect_stderr(tap), no_retry_on_bad_input(tap):
+            probe(uri=uri)
+        return events
+
+    assert run() == ["started", "success"]  # executed: a process ran
+    assert run() == ["started", "cached"]  # answered from the cache
+    (tmp_path / "store" / "models" / "x" / "w.bin").unlink()
+    assert run() == ["started", "success"]  # the output is gone: the task runs again
+
+
+def test_ingest_of_bundled_data_may_be_cached_user_data_never():
+    """Bundled datasets never change, so their ingest joins the task cache; an ImageFolder or s3://
+    spec may hold new data under the same name and keeps the pipeline's caching off."""
+    from kfp.local import io as kfp_io
+
+    from uft.orchestrate.local import _cache_bundled_ingest
+
+    def ingest_spec(spec: str) -> pipeline_spec_pb2.PipelineTaskSpec:
+        t = pipeline_spec_pb2.PipelineTaskSpec()
+        t.component_ref.name = "comp-ingest-2"
+        t.inputs.parameters["spec"].runtime_value.constant.string_value = spec
+        t.caching_options.enable_cache = False
+        return t
+
+    store = kfp_io.IOStore()
+    assert _cache_bundled_ingest(ingest_spec("mnist"), store).caching_options.enable_cache
+    for user in ("/data/my_images", "s3://bucket/images", "mnist#unlabelled"):
+        assert not _cache_bundled_ingest(ingest_spec(user), store).caching_options.enable_cache, user
+    other = ingest_spec("mnist")
+    other.component_ref.name = "comp-promote"  # only ingest tasks
+    assert not _cache_bundled_ingest(other, store).caching_options.enable_cache
+
+
+def test_code_fingerprint_follows_task_code_not_driver_code(tmp_path, monkeypatch):
+    """Copies of the three packages: an edit in a step changes the fingerprint, one in the CLI not."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import components
+    import pipelines
+    import uft
+    from uft.orchestrate import local as runner
+
+    for pkg in (uft, components, pipelines):
+        shutil.copytree(Path(pkg.__file__).parent, tmp_path / pkg.__name__, ignore=shutil.ignore_patterns("__pycache__"))
+        monkeypatch.setattr(sys.modules[pkg.__name__], "__file__", str(tmp_path / pkg.__name__ / "__init__.py"))
+    base = runner.code_fingerprint()
+    (tmp_path / "uft" / "cli.py").write_text((tmp_path / "uft" / "cli.py").read_text() + "\n# driver edit\n")
+    assert runner.code_fingerprint() == base
+    (tmp_path / "uft" / "steps.py").write_text((tmp_path / "uft" / "steps.py").read_text() + "\n# step edit\n")
+    assert runner.code_fingerprint() != base
+
+
+def test_key_follows_the_content_of_the_manifests_a_task_reads(tmp_path):
+    """promote republishes its decision under the same URI: the report reading it must not be reused."""
+    store = LocalStore(tmp_path / "store")
+    uri = publish(store, "metrics/promote/k", {}, {"kind": "metrics", "metrics": {"promoted": True}})
+    with checked_task_cache(tmp_path / "cache", {}):
+        cache = cache_module.get_local_cache()
+        key = cache.compute_key("comp-report", "img", ["cmd"], {"promote": uri})
+        assert cache.compute_key("comp-report", "img", ["cmd"], {"promote": uri}) == key
+        publish(store, "metrics/promote/k", {}, {"kind": "metrics", "metrics": {"promoted": False}})
+        assert cache.compute_key("comp-report", "img", ["cmd"], {"promote": uri}) != key
+
+
+def test_salt_survives_the_local_s3_server_changing_port(monkeypatch):
+    """The local SeaweedFS gets a new port each run: a salt holding the endpoint made every rerun a miss."""
+    from uft.orchestrate.local import cache_salt
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:40001")
+    first = cache_salt("uft", "cfg-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:40002")
+    assert cache_salt("uft", "cfg-1") == first
+    monkeypatch.setenv("UFT_BUCKET", "another-bucket")
+    assert cache_salt("uft", "cfg-1") != first

@@ -57,6 +57,7 @@ def main() -> None:
             rows.append([label, f"{cfg.image_size}×{cfg.image_size}×{cfg.channels}", cfg.encoder,
                          *[f"{m.get(f'base_{k}', float('nan')):.3f} → {m.get(f'finetuned_{k}', float('nan')):.3f}"
                            for k in METRICS], f"{wall:.0f}", f"{cpu:.0f}"])
+            print(f"{label}: " + " | ".join(rows[-1]), flush=True)  # each row as it lands: a later failure keeps it
     head = ["defaults", "ingested as", "encoder", *[f"{k} (base → finetuned)" for k in METRICS], "wall s", "CPU s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     text = (f"Colour pair from scikit-image photographs ({args.per_class} images per class and domain), "

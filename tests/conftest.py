@@ -44,6 +44,20 @@ def _fresh_s3_clients():
 
 
 @pytest.fixture(autouse=True)
+def _progress_env_restored():
+    """Importing ``bench.common`` sets ``UFT_PROGRESS=off`` for the process (benchmarks print tables,
+    not bars); a test that imports a bench module must not silence a later test's progress lines."""
+    import os
+
+    before = os.environ.get("UFT_PROGRESS")
+    yield
+    if before is None:
+        os.environ.pop("UFT_PROGRESS", None)
+    else:
+        os.environ["UFT_PROGRESS"] = before
+
+
+@pytest.fixture(autouse=True)
 def _no_active_mlflow_experiment():
     """``mlflow.set_experiment`` sets a process-global active experiment and exports it as
     ``MLFLOW_EXPERIMENT_ID``; left behind, it made a later test's ``start_run`` on another store

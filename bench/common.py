@@ -75,3 +75,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
+
+def emit(report: str, out: Path | None) -> str:
+    """Print a markdown report and, when ``out`` is given, write it there too → the report."""
+    print(report)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
+    return report

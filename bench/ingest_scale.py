@@ -188,17 +188,13 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--bookkeeping", default="", help="comma-separated file counts for the bookkeeping-only RSS table")
     ap.add_argument("--out", type=Path, help="also write the report to this file")
     args = ap.parse_args(argv)
-    from bench.common import header
+    from bench.common import emit, header
 
     report = header("uft ingest at scale").replace("bench.run_all", "bench.ingest_scale") + "\n" + run(
         [int(s) for s in args.sizes.split(",") if s], args.compare_at, args.cache, args.baseline,
         [int(s) for s in args.bookkeeping.split(",") if s],
         [int(s) for s in args.baseline_sizes.split(",") if s] or None)
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

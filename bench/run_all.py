@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from bench import ceiling, data_path, pipeline_overhead, reference_loop, stream_scale
-from bench.common import header, load_avg
+from bench.common import emit, header, load_avg
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -48,11 +48,7 @@ def main(argv: list[str] | None = None) -> str:
         parts.append(stream_scale.run([10_000, 100_000], stream_scale.DATA_DIR, device="cuda" if args.gpu else "cpu"))
     parts.append(f"load average at end (1/5/15 min): {load_avg()}\n")
     report = "\n".join(parts)
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import device_name, header, load_avg, table
+from bench.common import device_name, emit, header, load_avg, table
 from bench.rss import peak_rss_mb
 
 SIZE, CHANNELS, CLASSES = 32, 3, 10
@@ -303,11 +303,7 @@ def main(argv: list[str] | None = None) -> str:
     report = "\n".join([header("uft streamed data path", "bench.stream_scale"), run(sizes, args.data_dir, device=args.device, steps=args.steps, repeats=args.repeats,
                                                           knn_max=args.knn_max),
                         f"load average at end (1/5/15 min): {load_avg()}\n"])
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

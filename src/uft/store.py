@@ -195,13 +195,17 @@ class S3Store:
         return self._call(head, "head", key)
 
     def list(self, prefix: str = "") -> list[str]:
-        def run() -> list[str]:
-            keys: list[str] = []
+        return [key for key, _, _ in self.entries(prefix)]
+
+    def entries(self, prefix: str = "") -> list[tuple[str, int, str]]:
+        """(key relative to the store prefix, size, ETag) of every object under ``prefix``, sorted."""
+        def run() -> list[tuple[str, int, str]]:
+            out: list[tuple[str, int, str]] = []
             full = self._k(prefix)
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-                keys += [o["Key"] for o in page.get("Contents", [])]
             strip = len(self.prefix) + 1 if self.prefix else 0
-            return sorted(k[strip:] for k in keys)
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                out += [(o["Key"][strip:], int(o["Size"]), str(o.get("ETag", "")).strip('"')) for o in page.get("Contents", [])]
+            return sorted(out)
 
         return self._call(run, "list", prefix)
 

@@ -23,19 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from uft.errors import UftError
-from uft.store import S3Store, canonical_json, manifest_sha, open_store, sha256_bytes
-
-
-def s3_entries(store: S3Store) -> list[tuple[str, int, str]]:
-    """(key relative to the store prefix, size, ETag) of every object under it, via the store's retries."""
-    def run() -> list[tuple[str, int, str]]:
-        out = []
-        full = f"{store.prefix}/" if store.prefix else ""
-        for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=full):
-            out += [(o["Key"][len(full):], int(o["Size"]), str(o.get("ETag", "")).strip('"')) for o in page.get("Contents", [])]
-        return out
-
-    return store._call(run, "list", "")
+from uft.store import canonical_json, manifest_sha, open_store, sha256_bytes
 
 
 def dir_entries(root: Path) -> list[tuple[str, int, int]]:
@@ -68,7 +56,7 @@ def source_fingerprint(spec: str) -> str:
         entries = ["manifest", manifest_sha(spec)]
     elif spec.startswith("s3://"):
         store = open_store(spec.split("#")[0].rstrip("/"))
-        listing = s3_entries(store)  # type: ignore[arg-type]
+        listing = store.entries()  # type: ignore[union-attr]
         if not listing:
             raise UftError(f"dataset {spec} holds no objects: check the prefix (s3://bucket/path/to/images)")
         entries = ["s3", sorted(listing)]

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from uft.config import RunConfig, validate_config
-from uft.data.fingerprint import s3_entries
 from uft.errors import UftError
 from uft.orchestrate.submit import NAMESPACE, SERVICE_ACCOUNT, default_store, kfp_client, submit
 from uft.store import LocalStore, S3Store, canonical_json, open_store, sha256_bytes, split_uri
@@ -46,7 +45,7 @@ def target_hash(target_uri: str, *, exclude: frozenset[str] = frozenset()) -> tu
     store = open_store(target_uri)
     if isinstance(store, LocalStore) and not store.root.is_dir():
         raise UftError(f"--target {target_uri} is not a directory: pass s3://bucket/prefix or a local data directory")
-    entries = s3_entries(store) if isinstance(store, S3Store) else _local_entries(store)
+    entries = store.entries() if isinstance(store, S3Store) else _local_entries(store)
     entries = sorted(e for e in entries if store.url(e[0]) not in exclude)
     if not entries:
         raise UftError(f"--target {target_uri} holds no objects: check the URI (a prefix such as s3://bucket/data/target)")

@@ -6,6 +6,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -42,6 +43,19 @@ class ImageDataset:
         return self.images.float().div_(255.0)
 
 
+def image_rows(table: pa.Table, shape: tuple[int, int, int], where: str) -> np.ndarray:
+    """The ``image`` column of a shard table → uint8 ``(n, H, W, C)``, a view of one contiguous
+    buffer (rows have a fixed size, so no per-row Python work). ``where`` names it in the error."""
+    h, w, c = shape
+    col = table.column("image").combine_chunks()
+    n = len(col)
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset: col.offset + n + 1]
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]
+    if len(data) != n * h * w * c:
+        raise UftError(f"{where} has rows of the wrong size for image_shape {[h, w, c]}: rerun ingest")
+    return data.reshape(n, h, w, c)
+
+
 def load_dataset(uri: str) -> ImageDataset:
     """Load and verify every shard listed in the manifest at ``uri``."""
     manifest, store, prefix = read_manifest(uri)
@@ -51,13 +65,7 @@ def load_dataset(uri: str) -> ImageDataset:
     images, labels, splits, row_ids = [], [], [], []
     for name in sorted(manifest["files"]):
         table = pq.read_table(io.BytesIO(read_verified(store, prefix, manifest, name, uri)))
-        col = table.column("image").combine_chunks()
-        # Fixed-size rows: one contiguous buffer → (n, H, W, C) without per-row Python work.
-        offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset: col.offset + len(col) + 1]
-        data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]
-        if len(data) != len(col) * h * w * c:
-            raise UftError(f"{name} in {uri} has rows of the wrong size for image_shape {manifest['image_shape']}: rerun ingest")
-        images.append(data.reshape(len(col), h, w, c))
+        images.append(image_rows(table, (h, w, c), f"{name} in {uri}"))
         labels.append(table.column("label").to_numpy().astype(np.int64))
         splits.append(table.column("split").to_numpy(zero_copy_only=False).astype(str))
         row_ids.append(table.column("row_id").to_numpy())

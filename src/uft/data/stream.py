@@ -34,8 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from uft.data.dataset import image_rows
 from uft.errors import UftError
-from uft.store import Store, canonical_json, read_manifest, read_verified, sha256_bytes
+from uft.store import canonical_json, read_manifest, read_verified, sha256_bytes
 
 STATE_VERSION = 1
 
@@ -181,14 +182,7 @@ class ShardStream:
             empty = torch.empty(0, dtype=torch.int64)
             return _Window(epoch, index, torch.empty((0, c, h, w), dtype=torch.uint8), empty, empty,
                            np.empty(0, dtype=str), last)
-        col = table.column("image").combine_chunks()
-        # Fixed-size rows: one contiguous buffer → (n, H, W, C) without per-row Python work.
-        offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset: col.offset + n + 1]
-        data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]
-        if len(data) != n * h * w * c:
-            raise UftError(f"a shard of {names} in {self.source.uri} has rows of the wrong size for image_shape "
-                           f"{list(self.shape)}: rerun ingest")
-        images = torch.from_numpy(data.reshape(n, h, w, c))
+        images = torch.from_numpy(image_rows(table, (h, w, c), f"a shard of {names} in {self.source.uri}"))
         labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
         row_ids = torch.from_numpy(table.column("row_id").to_numpy().astype(np.int64))
         split = table.column("split").to_numpy(zero_copy_only=False).astype(str)

@@ -35,19 +35,14 @@ def _cached(store: Store, step: str, key_parts: dict[str, Any], compute: Callabl
     record = f"cache/{step}/{key}.json"
     if store.exists(record):
         out = json.loads(store.get(record))
-        if _outputs_intact(out):
+        # Trusted only if every output manifest still verifies: "rerun the step" then really repairs
+        # a deleted or corrupt shard instead of hitting the cache.
+        if manifests_intact(out):
             log.info("%s: cache hit %s", step, key)
             return {**out, "cached": True}
     out = compute(key)
     store.put(record, canonical_json(out))
     return {**out, "cached": False}
-
-
-def _outputs_intact(out: dict[str, Any]) -> bool:
-    """A cache record is trusted only if every manifest it points to still has the recorded hash and
-    all the files it lists are present and intact; otherwise the step recomputes and republishes
-    (so "rerun the step" really repairs a deleted or corrupt shard instead of hitting the cache)."""
-    return manifests_intact(out)
 
 
 def _device() -> str:

@@ -14,7 +14,7 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +24,9 @@ from uft.errors import UftError
 from uft.ssl import ddp
 from uft.ssl.base import SSLMethod
 from uft.store import Store
+
+if TYPE_CHECKING:
+    from uft.data.stream import StreamSource
 
 
 class TrainConfig(BaseModel):

@@ -17,7 +17,21 @@ the S3 Secret and the ``uft-config`` ConfigMap as environment, GPU steps a node 
 toleration, resources and a memory-backed /dev/shm; kfp.local ignores those platform settings.
 """
 
+import sys
+
 from kfp import dsl, kubernetes
+from kfp.dsl import pipeline_task
+
+
+def _ensure_container_spec_exists(self: pipeline_task.PipelineTask) -> None:
+    """kfp's check behind every ``task.set_*`` call, without its ``inspect.stack()`` (which reads
+    the source of every frame only to name the caller in the error): 7 s of building this DAG."""
+    if self.container_spec is None:
+        raise ValueError(f"{sys._getframe(1).f_code.co_name} can only be used on single-step components, not "
+                         "pipelines used as components, or special components like importers.")
+
+
+pipeline_task.PipelineTask._ensure_container_spec_exists = _ensure_container_spec_exists
 
 from components.finalize import finalize
 from components.fingerprint import fingerprint

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from uft.errors import UftError
+from uft.orchestrate.forkserver import CPU_LINE
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="Unsupervised finetuning of vision encoders, as a Kubeflow pipeline.")
 console = Console()
@@ -142,6 +143,7 @@ class _TaskLog:
     def __init__(self, status, quiet_tasks: bool = False, label: str = "running the pipeline (kfp.local)"):
         self.status, self.started, self.done, self.quiet_tasks, self.label = status, {}, 0, quiet_tasks, label
         self.rows: list[tuple[str, str, float, float]] = []  # (task, outcome, wall s, cpu s) in finishing order
+        self.forked_cpu: dict[str, float] = {}
 
     def __call__(self, task: str, text: str) -> None:
         import time
@@ -149,10 +151,14 @@ class _TaskLog:
         if text == "started":
             self.started[task] = (time.perf_counter(), _children_cpu())
             text = "…"
+        elif text.startswith(CPU_LINE):  # a task forked by the fork server: its CPU, as it ended
+            self.forked_cpu[task] = self.forked_cpu.get(task, 0.0) + float(text.split()[1])
+            return
         elif text in ("success", "failure", "cached"):
             t0, c0 = self.started.pop(task, (time.perf_counter(), _children_cpu()))
-            # A task's process has been waited for when kfp reports its end: its CPU is in RUSAGE_CHILDREN.
-            took, cpu = time.perf_counter() - t0, _children_cpu() - c0
+            # A task's process has been waited for when kfp reports its end: its CPU is in
+            # RUSAGE_CHILDREN, or (forked by the fork server, not our child) reported by its shim.
+            took, cpu = time.perf_counter() - t0, _children_cpu() - c0 + self.forked_cpu.pop(task, 0.0)
             self.rows.append((task, text, took, cpu))
             self.done += text != "failure"
             if not self.quiet_tasks or text == "failure":

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 from uft import progress
 from uft.config import RunConfig, default_bucket
 from uft.errors import UftError
+from uft.orchestrate import forkserver
 from uft.store import content_key
 
 
@@ -214,6 +215,7 @@ class _ErrorTap(io.TextIOBase):
 
     pattern = re.compile(r"uft\.errors\.(UftError|TransientError): (.*)")
     _ansi = re.compile(r"\x1b\[[0-9;]*m")
+    _cpu_line = re.compile(rf"^{forkserver.CPU_LINE} .*\n?", re.M)
 
     def __init__(self, inner, quiet: bool, on_event: Callable[[str, str], None] | None = None):
         self.inner, self.quiet, self.on_event, self.last_error = inner, quiet, on_event, None
@@ -238,10 +240,12 @@ class _ErrorTap(io.TextIOBase):
                 if m.group(2).upper() == "FAILURE":
                     self.failed.append(m.group(1))
                 self._emit(m.group(1), m.group(2).lower())
+            elif plain.startswith(forkserver.CPU_LINE):  # a forked task's CPU (not in RUSAGE_CHILDREN)
+                self._emit(self.current_task or "", plain)
             elif self.current_task and (ev := progress.parse(plain)):
                 self._emit(self.current_task, ev.describe())
         if not self.quiet:
-            self.inner.write(s)
+            self.inner.write(self._cpu_line.sub("", s))
         return len(s)
 
     def cache_hit(self, task: str) -> None:
@@ -465,7 +469,9 @@ def derive_run_id(cfg: RunConfig, store_uri: str) -> str:
 def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", run_id: str = "",
               quiet: bool = True, on_event: Callable[[str, str], None] | None = None,
               extra_params: dict[str, str] | None = None, task_cache: bool | None = None) -> LocalRun:
-    """Compile-free local run of :func:`pipelines.uft_pipeline.uft_pipeline` via kfp.local.
+    """Compile-free local run of :func:`pipelines.uft_pipeline.uft_pipeline` via kfp.local, each
+    task a fork of a warm server (:mod:`uft.orchestrate.forkserver`; ``UFT_FORKSERVER=0``: a fresh
+    interpreter per task).
 
     ``task_cache``: reuse tasks from kfp.local's task cache (:func:`checked_task_cache`, under
     ``$UFT_STATE_DIR/kfp-cache``); None = on unless ``UFT_TASK_CACHE=0``. Off, every task runs
@@ -483,13 +489,15 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     run_id = run_id or derive_run_id(cfg, store_uri)
     root = state_dir() / "kfp-root"
     root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     tap = _ErrorTap(sys.stdout, quiet, on_event)
     if task_cache is None:
         task_cache = os.environ.get("UFT_TASK_CACHE", "1").strip() not in ("0", "false", "no", "off")
     t0 = time.perf_counter()
     try:
         with contextlib.ExitStack() as stack:
+            if forkserver.enabled():  # first: it warms up while the DAG is built
+                stack.enter_context(forkserver.kfp_tasks_use(stack.enter_context(forkserver.serving())))
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
             if task_cache:
                 stack.enter_context(checked_task_cache(state_dir() / "kfp-cache", cache_salt(experiment, run_id)))
             stack.enter_context(contextlib.redirect_stdout(tap))

@@ -1,0 +1,311 @@
+"""Warm task processes for kfp.local: a fork server (a "zygote") that has already imported what
+every step imports (torch, MLflow, kfp's executor, pyarrow, boto3, ``uft``), so a task starts in
+milliseconds instead of the 5–10 s a fresh interpreter spends importing them.
+
+kfp.local still runs the real DAG: for each task its SubprocessRunner starts the component's own
+command (``sh -ec 'printf … > ephemeral_component.py; python3 -m kfp.dsl.executor_main …'``) and
+waits for it. Only ``python3`` in that command is replaced by a small launcher script (the
+*shim*): the shim hands its argv, working directory, environment and stdin/stdout/stderr to the
+server over a Unix socket; the server forks a waiter, the waiter forks the task, which takes the
+shim's file descriptors, directory and environment and runs ``kfp.dsl.executor_main`` as
+``__main__`` — what ``python3 -m kfp.dsl.executor_main`` would have run — and exits as Python
+exits (non-daemon threads joined, atexit handlers run, streams flushed). The waiter reports the
+task's pid (so the shim forwards SIGTERM/SIGINT/SIGHUP to it) and then its exit status and CPU
+seconds; the shim exits with that status, so kfp.local sees what it would have seen.
+
+The shim runs the real interpreter instead (``exec``) whenever the server cannot give a faithful
+copy: no server, another module than kfp's executor, or an environment variable read at
+interpreter start or import time (:data:`STARTUP_ENV`) that differs from the server's.
+``UFT_FORKSERVER=0`` turns the server off. On Kubernetes none of this exists: each step is a pod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+#: What a step imports (the preload): the server pays for it once per run instead of once per task.
+PRELOAD = (
+    "kfp.dsl.executor_main", "kfp.dsl", "torch", "torch.nn.functional", "numpy", "pyarrow", "pyarrow.parquet",
+    "boto3", "botocore.client", "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
+    "PIL.Image", "pydantic", "uft.steps", "uft.lineage", "uft.tracking", "uft.promote", "uft.report",
+    "uft.data.stream", "uft.ssl.train", "uft.evaluate.features",
+)
+#: Read when an interpreter starts or a module is imported: a task whose value differs from the
+#: server's gets a fresh interpreter.
+STARTUP_ENV = (
+    "PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONNOUSERSITE", "PYTHONUNBUFFERED", "PYTHONIOENCODING",
+    "PYTHONUTF8", "PYTHONWARNINGS", "PYTHONDONTWRITEBYTECODE", "LD_PRELOAD", "LD_LIBRARY_PATH",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "MPLBACKEND",
+    "CUDA_VISIBLE_DEVICES", "_KFP_RUNTIME", "LANG", "LC_ALL", "LC_CTYPE",
+)
+ENV_SOCKET = "UFT_FORKSERVER_SOCKET"
+#: A line the shim prints after its task: the task's CPU seconds (the task is not the shim's child,
+#: so they are not in the runner's RUSAGE_CHILDREN).
+CPU_LINE = "uft-task-cpu"
+_FALLBACK = -1
+
+_SHIM = '''#!{python} -S
+# uft fork-server shim (uft.orchestrate.forkserver): run `python3 -m kfp.dsl.executor_main …`
+# in a fork of the warm server, or exec the real interpreter when that is not possible.
+import json, os, signal, socket, struct, sys
+
+REAL = {real!r}
+
+
+def real():
+    os.execv(REAL, [REAL] + sys.argv[1:])
+
+
+def recv(s, n):
+    b = b""
+    while len(b) < n:
+        chunk = s.recv(n - len(b))
+        if not chunk:
+            return None
+        b += chunk
+    return b
+
+
+addr = os.environ.get({env!r})
+if not addr or sys.argv[1:3] != ["-m", "kfp.dsl.executor_main"]:
+    real()
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(addr)
+    socket.send_fds(s, [b"T"], [0, 1, 2])
+    body = json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
+    s.sendall(struct.pack("!Q", len(body)) + body)
+    head = recv(s, 8)
+except OSError:
+    head = None
+if head is None:
+    real()
+pid = struct.unpack("!q", head)[0]
+if pid == {fallback}:
+    real()
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, lambda n, f: os.kill(pid, n))
+tail = recv(s, 16)
+if tail is None:
+    sys.stderr.write("uft fork server: lost the task (the server stopped)\\n")
+    sys.exit(1)
+code, cpu = struct.unpack("!qd", tail)
+sys.stdout.write("{cpu_line} %.3f\\n" % cpu)
+sys.stdout.flush()
+sys.exit(code if code >= 0 else 128 - code)
+'''
+
+
+def enabled() -> bool:
+    return os.environ.get("UFT_FORKSERVER", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[str]:
+    """Start a fork server for this process's kfp.local tasks → the shim's path, to use as the
+    tasks' ``python3``. Stops the server (and removes its socket) on exit."""
+    workdir = Path(tempfile.mkdtemp(prefix="uft-fs-"))  # short: a Unix socket path has ≤ 107 bytes
+    sock, shim = workdir / "s", workdir / "python3"
+    shim.write_text(_SHIM.format(python=sys.executable, real=sys.executable, env=ENV_SOCKET,
+                                 fallback=_FALLBACK, cpu_line=CPU_LINE))
+    shim.chmod(0o755)
+    env = {**os.environ, "_KFP_RUNTIME": "true"}  # what the component command sets before python3
+    server = subprocess.Popen([sys.executable, "-m", "uft.orchestrate.forkserver", str(sock), str(os.getpid())],
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None,
+                              start_new_session=False)
+    deadline = time.monotonic() + 30
+    while not sock.exists() and server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server binds before it preloads: tasks queue while it warms up
+    previous = os.environ.get(ENV_SOCKET)
+    if sock.exists():
+        os.environ[ENV_SOCKET] = str(sock)
+    try:
+        yield str(shim)
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_SOCKET, None)
+        else:
+            os.environ[ENV_SOCKET] = previous
+        with contextlib.suppress(ProcessLookupError):
+            server.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=10)
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def kfp_tasks_use(python: str) -> Iterator[None]:
+    """Make kfp.local's SubprocessRunner start ``python`` where a component says ``python3``."""
+    from kfp.local import subprocess_task_handler as handler
+
+    original = handler.replace_python_executable
+    handler.replace_python_executable = lambda full_command, _executable: original(full_command, python)
+    try:
+        yield
+    finally:
+        handler.replace_python_executable = original
+
+
+# ---------------------------------------------------------------- server side (python -m …)
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("the shim hung up")
+        buf += chunk
+    return buf
+
+
+def _exit_like_python(code: int) -> None:
+    """End a forked task as the interpreter ends a process: join non-daemon threads, run the
+    atexit handlers (MLflow ends its active run there), flush the streams, then exit."""
+    import atexit
+    import threading
+
+    with contextlib.suppress(BaseException):
+        threading._shutdown()  # type: ignore[attr-defined]  # what Py_FinalizeEx calls first
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(code)
+
+
+def _run_task(request: dict, fds: list[int]) -> None:
+    """In the forked task: become the process the shim stands for, and run kfp's executor."""
+    import runpy
+    import traceback
+
+    for target, fd in zip((0, 1, 2), fds):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    argv = request["argv"]  # ["-m", "kfp.dsl.executor_main", *args]
+    sys.argv = [argv[1], *argv[2:]]
+    if sys.path and sys.path[0] != request["cwd"]:
+        sys.path[0] = request["cwd"]  # `python -m` puts the working directory first
+    code = 0
+    try:
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        if e.code is None:
+            code = 0
+        elif isinstance(e.code, int):
+            code = e.code
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 128 + signal.SIGINT
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    _exit_like_python(code)
+
+
+def _serve_one(conn: socket.socket, startup_env: dict[str, str | None]) -> int:
+    """In the waiter (a fork of the server): read the shim's request, fork the task, report its
+    pid, wait for it, report its exit status and CPU seconds."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the task; the waiter reports it
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    conn.settimeout(None)
+    _, fds, _, _ = socket.recv_fds(conn, 1, 3)
+    (n,) = struct.unpack("!Q", _recv_exact(conn, 8))
+    request = json.loads(_recv_exact(conn, n))
+    env = request["env"]
+    if len(fds) != 3 or request["argv"][:2] != ["-m", "kfp.dsl.executor_main"] or any(
+            env.get(k) != startup_env.get(k) for k in STARTUP_ENV):
+        conn.sendall(struct.pack("!q", _FALLBACK))
+        return 0
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        _run_task(request, fds)  # never returns
+    for fd in fds:
+        os.close(fd)
+    conn.sendall(struct.pack("!q", pid))
+    _, status, usage = os.wait4(pid, 0)
+    code = os.waitstatus_to_exitcode(status)  # negative: killed by that signal
+    with contextlib.suppress(OSError):
+        conn.sendall(struct.pack("!qd", code, usage.ru_utime + usage.ru_stime))
+    return 0
+
+
+def serve(path: str, parent: int) -> None:
+    """Bind ``path``, preload :data:`PRELOAD`, then fork a waiter per connection until SIGTERM or
+    until ``parent`` (the kfp.local driver) is gone."""
+    import importlib
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    stop = False
+
+    def on_term(signum, frame):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the server; Ctrl-C is the tasks'
+    startup_env = {k: os.environ.get(k) for k in STARTUP_ENV}
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    listener.settimeout(0.5)
+    waiters: set[int] = set()
+    try:
+        while not stop and os.getppid() == parent:
+            for pid in list(waiters):
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        waiters.discard(pid)
+            try:
+                conn, _ = listener.accept()
+            except (TimeoutError, InterruptedError):
+                continue
+            pid = os.fork()
+            if pid == 0:
+                listener.close()
+                code = 1
+                try:
+                    code = _serve_one(conn, startup_env)
+                finally:
+                    os._exit(code)
+            conn.close()
+            waiters.add(pid)
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], int(sys.argv[2]))

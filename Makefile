@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 2> >(grep -v "is ignored" >&2)
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]' 2> >(grep -v "is ignored" >&2)
 	$(BIN)/python -c "import torch, kfp, mlflow, boto3, pyarrow, uft" # fail here if anything is missing
+	$(BIN)/python -c "from uft.orchestrate.local import mlflow_schema_template as t; t()" # new local MLflow stores copy it
 	@touch $(STAMP)
 $(MNIST):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from uft.errors import UftError
+from uft.orchestrate import forkserver
 from uft.orchestrate.forkserver import CPU_LINE
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="Unsupervised finetuning of vision encoders, as a Kubeflow pipeline.")
@@ -65,6 +66,8 @@ def run(
         state = state_dir()
         with contextlib.ExitStack() as stack:
             stack.enter_context(run_lock(state))  # first: a second run is refused in a second, not after imports
+            if forkserver.enabled():  # warms up (imports torch, MLflow, …) while the services start
+                stack.enter_context(forkserver.serving())
             # Bad input fails here, in seconds, before any service or task starts.
             cfg, checked = check({"source": source, "target": target, **params}, store_uri=store_uri,
                                  stages=("local", "remote") if external else ("local",))
@@ -536,7 +539,17 @@ def methods() -> None:
 
 
 def main() -> None:  # pragma: no cover
-    app()
+    """The ``uft`` command: :data:`app`, then a quick exit (see :func:`forkserver.exit_like_python`)."""
+    try:
+        app()
+        code = 0
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    forkserver.exit_like_python(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,13 @@ REPLAY_RULES = ("uniform", "class_balanced", "kmeans", "nearest_target")
 MIX_OPS = ("none", "mixup", "cutmix")
 MIX_PAIRINGS = ("target_source", "target_target")
 CHOICES = {"replay_rule": REPLAY_RULES, "mix_op": MIX_OPS, "mix_pairing": MIX_PAIRINGS, "framing": FRAMINGS}
+#: The built-in encoders, SSL objectives and holistic methods by name, so that checking a config
+#: that uses them imports no torch (seconds, before `uft run` can even start its services). A name
+#: not listed is looked up in the registries themselves (uft.models, uft.ssl, uft.transfer.holistic);
+#: tests/unit/test_config.py keeps these lists equal to the registries.
+BUILTIN_ENCODERS = ("efficientnet_lite0", "resnet18", "resnet50", "tiny")
+BUILTIN_SSL_METHODS = ("act", "barlow", "byol", "moco", "simclr")
+BUILTIN_HOLISTIC_METHODS = ("source", "adabn", "naive", "frozen_head", "lolsgd", "distill", "rank_reg", "oracle")
 
 
 def one_of(value: str, choices: tuple[str, ...] | list[str], what: str) -> str:
@@ -110,25 +117,30 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _names(self) -> "RunConfig":
-        from uft.models.encoders import encoder_names
-        from uft.ssl.base import method_names, parse_method_spec
-
         for field in ("pretrain_method", "ssl_method"):  # a name, or name:knob=value,... (e.g. act:views=4)
             spec = getattr(self, field)
+            if spec in BUILTIN_SSL_METHODS:
+                continue
+            from uft.ssl.base import method_names, parse_method_spec
+
             if spec.partition(":")[0] not in method_names():
                 raise ValueError(f"unknown {field} {spec!r}; choose one of {', '.join(method_names())}")
             try:
-                parse_method_spec(spec)
+                parse_method_spec(spec)  # the knobs are the method's constructor keywords
             except UftError as e:
                 raise ValueError(f"{field}: {e}") from None
-        if self.encoder not in encoder_names():
-            raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(encoder_names())}")
+        if self.encoder not in BUILTIN_ENCODERS:
+            from uft.models.encoders import encoder_names
+
+            if self.encoder not in encoder_names():
+                raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(encoder_names())}")
         if self.channels == 2:
             raise ValueError("channels must be 1 (grey) or 3 (RGB)")
-        from uft.transfer.holistic import HOLISTIC_METHODS
-
         for m in self.methods():
-            one_of(m, HOLISTIC_METHODS, "holistic method")
+            if m not in BUILTIN_HOLISTIC_METHODS:
+                from uft.transfer.holistic import HOLISTIC_METHODS
+
+                one_of(m, HOLISTIC_METHODS, "holistic method")
         return self
 
     def shots(self) -> list[int]:

@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
 from uft.errors import UftError
+
+if TYPE_CHECKING:
+    import torch
+# torch is imported where a tensor is made: `uft run` reads the promotion verdict from here.
 
 DEFAULT_MODEL = "uft-encoder"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -173,6 +177,7 @@ def log_encoder_model(encoder: torch.nn.Module, image_size: int, channels: int, 
     without unpickling code; the example has batch 2 so the batch dimension stays dynamic.
     ``pickle`` stores the module itself (needs uft importable to load; much faster to write)."""
     import mlflow
+    import torch
 
     example = np.zeros((2, channels, image_size, image_size), dtype=np.float32)
 
@@ -260,6 +265,8 @@ def _signals(encoder: torch.nn.Module, base: torch.nn.Module, tgt, source_eval, 
 
 def _source_eval(source_uri: str, max_images: int, seed: int):
     """(train images, labels, test images, labels, num classes) of the held-out labelled source, or None."""
+    import torch
+
     from uft.data.stream import load_rows, split_rows
     from uft.store import read_manifest
 
@@ -280,6 +287,70 @@ def _source_eval(source_uri: str, max_images: int, seed: int):
             torch.from_numpy(yte[j]), len(read_manifest(source_uri)[0]["classes"]))
 
 
+class _GateInputs:
+    """What the signals are measured on, each loaded on first use: a rerun whose signals are all
+    recorded (:func:`_recorded_signals`) and whose encoder is already registered loads nothing."""
+
+    def __init__(self, encoder_uri: str, base_encoder_uri: str, target_uri: str, source_uri: str, max_images: int,
+                 seed: int):
+        self.encoder_uri, self.base_encoder_uri, self.target_uri = encoder_uri, base_encoder_uri, target_uri
+        self.source_uri, self.max_images, self.seed = source_uri, max_images, seed
+
+    @cached_property
+    def encoder(self) -> torch.nn.Module:
+        from uft.models.artifact import load_encoder
+
+        return load_encoder(self.encoder_uri)[0]
+
+    @cached_property
+    def base(self) -> torch.nn.Module:
+        from uft.models.artifact import load_encoder
+
+        return load_encoder(self.base_encoder_uri)[0]
+
+    @cached_property
+    def target(self):
+        from uft.data.dataset import load_dataset
+
+        return load_dataset(self.target_uri)
+
+    @cached_property
+    def labelled(self) -> bool:
+        import torch
+
+        tgt = self.target
+        return bool((tgt.labels >= 0).any()) and all(
+            bool((tgt.labels[torch.from_numpy(tgt.split == sp)] >= 0).any()) for sp in ("train", "test"))
+
+    @cached_property
+    def source_eval(self):
+        return _source_eval(self.source_uri, self.max_images, self.seed)
+
+    def signals(self, encoder: torch.nn.Module) -> dict[str, Any]:
+        return _signals(encoder, self.base, self.target, self.source_eval, self.labelled, self.seed, self.max_images)
+
+
+def _recorded_signals(store, scope: dict[str, Any], encoder_sha: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """An encoder's signals on ``scope`` (base, target, source content hashes, seed, sample size):
+    a pure function of those, so recorded under ``cache/signals/<key>.json`` and read back on a
+    rerun instead of re-extracting features (JSON keeps NaN/inf, so a diverged encoder reads back
+    as diverged)."""
+    import json
+
+    from uft.steps import CODE_VERSION
+    from uft.store import content_key
+
+    record = f"cache/signals/{content_key('signals', CODE_VERSION, scope, encoder_sha)}.json"
+    if store.exists(record):
+        try:
+            return json.loads(store.get(record))
+        except ValueError:  # a torn record: measure again and rewrite it
+            pass
+    signals = compute()
+    store.put(record, json.dumps(signals, sort_keys=True).encode())
+    return signals
+
+
 def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: str = "",
                  registered_model: str = DEFAULT_MODEL, margin: float = GatePolicy.margin,
                  retention_tolerance: float = GatePolicy.retention_tolerance,
@@ -290,25 +361,20 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
     same images) → registry version + champion/challenger decision. Without MLflow tracking the
     signals are still computed and published, and nothing is registered."""
     from uft import tracking
-    from uft.data.dataset import load_dataset
-    from uft.models.artifact import load_encoder
     from uft.store import content_key, manifest_sha, step_store, publish, read_manifest
 
     if not registered_model.strip():
         raise UftError("registered_model is empty: pass a registry model name, e.g. uft-encoder")
     policy = GatePolicy(margin, retention_tolerance, probe_tolerance)
     store = step_store(store_uri)
-    enc, manifest = load_encoder(encoder_uri)
-    base, _ = load_encoder(base_encoder_uri)
-    tgt = load_dataset(target_uri)
     h, _, c = read_manifest(target_uri)[0]["image_shape"]
-    labelled = bool((tgt.labels >= 0).any()) and all(
-        bool((tgt.labels[torch.from_numpy(tgt.split == sp)] >= 0).any()) for sp in ("train", "test"))
-    source_eval = _source_eval(source_uri, max_images, seed)
-    encoder_sha = manifest_sha(encoder_uri)
-    cand = _signals(enc, base, tgt, source_eval, labelled, seed, max_images)
-    base_sig = _signals(base, base, tgt, source_eval, labelled, seed, max_images)
-    params = {"encoder_sha": encoder_sha, "target_sha": manifest_sha(target_uri), "registered_model": registered_model,
+    encoder_sha, target_sha = manifest_sha(encoder_uri), manifest_sha(target_uri)
+    scope = {"base": manifest_sha(base_encoder_uri), "target": target_sha, "max_images": max_images, "seed": seed,
+             "source": manifest_sha(source_uri) if source_uri else ""}
+    data = _GateInputs(encoder_uri, base_encoder_uri, target_uri, source_uri, max_images, seed)
+    cand = _recorded_signals(store, scope, encoder_sha, lambda: data.signals(data.encoder))
+    base_sig = _recorded_signals(store, scope, scope["base"], lambda: data.signals(data.base))
+    params = {"encoder_sha": encoder_sha, "target_sha": target_sha, "registered_model": registered_model,
               "margin": margin, "retention_tolerance": retention_tolerance, "probe_tolerance": probe_tolerance}
     with tracking.step_run(experiment, run_id, "promote", params) as run:
         if run is None:
@@ -328,13 +394,17 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
             else:
                 champ = None
                 if champ_v is not None:
-                    champ_enc = mlflow.pytorch.load_model(f"models:/{registered_model}@{CHAMPION}")
-                    champ = _signals(champ_enc, base, tgt, source_eval, labelled, seed, max_images)
+                    def champion_signals() -> dict[str, Any]:
+                        return data.signals(mlflow.pytorch.load_model(f"models:/{registered_model}@{CHAMPION}"))
+
+                    champ_sha = champ_v.tags.get(TAG_KEY)
+                    champ = (_recorded_signals(store, scope, champ_sha, champion_signals) if champ_sha
+                             else champion_signals())
                 decision = decide(cand, champ, policy, force=force)
-                version = register(registered_model, enc, encoder_sha, image_size=h, channels=c, client=client,
-                                   serialization_format=model_format,
+                version = register(registered_model, data.encoder, encoder_sha, image_size=h, channels=c,
+                                   client=client, serialization_format=model_format,
                                    tags={"uft.pipeline_run_id": run_id, "uft.encoder_uri": encoder_uri,
-                                         "uft.target_sha": manifest_sha(target_uri)})
+                                         "uft.target_sha": target_sha})
                 apply(registered_model, version.version, decision, client)
                 alias = decision.alias
             mlflow.log_metrics({f"signal_{k}": float(v) for k, v in cand.items()

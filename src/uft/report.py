@@ -6,21 +6,28 @@ import html
 import io
 from typing import Any, Sequence
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from uft.errors import UftError  # noqa: E402
+from uft.errors import UftError
 
 PALETTE = {"base": "#8c8c8c", "finetuned": "#1f77b4"}
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, imported on first plot: `uft run` reads this module
+    for :func:`baseline_hint` and should not pay a second of matplotlib for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -66,6 +73,7 @@ def _metric_label(k: str) -> str:
 
 def _accuracy_plot(tags: dict[str, dict[str, float]]) -> bytes:
     metrics = sorted({k for m in tags.values() for k in m if not k.endswith("_std")}, key=_metric_order)
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(metrics)), 3.6))
     width = 0.8 / max(1, len(tags))
     for i, (tag, m) in enumerate(tags.items()):
@@ -88,6 +96,7 @@ def _accuracy_plot(tags: dict[str, dict[str, float]]) -> bytes:
 def _holistic_plot(results: dict[str, dict[str, Any]]) -> bytes:
     methods = list(results)
     keys = ["overall", "seen", "unseen"]
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(methods)), 3.6))
     width = 0.26
     colours = {"overall": "#4c72b0", "seen": "#55a868", "unseen": "#c44e52"}
@@ -125,6 +134,7 @@ def per_class_heatmap(panels: dict[str, dict[str, Sequence[Any]]], seen: Sequenc
     seen_set = {int(s) for s in seen} if seen else set()
     cols = [k for k in range(c) if k in seen_set] + [k for k in range(c) if k not in seen_set]
     n_rows = max(len(m) for m in panels.values())
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), squeeze=False,
                              figsize=(len(panels) * (2.2 + 0.62 * c), 1.2 + 0.36 * n_rows + (0.3 if seen_set else 0)))
     cmap = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
@@ -204,6 +214,7 @@ def _holistic_seen(holistic: dict[str, Any], config: dict[str, Any]) -> list[int
 
 
 def _loss_plot(curves: dict[str, list[tuple[int, float]]]) -> bytes:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for name, pts in curves.items():
         if pts:
@@ -224,6 +235,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _projection_plot(panels: dict[str, tuple[Any, Any]]) -> bytes:
     """One scatter per encoder: 2-D projection ``(N, 2)`` of target test features, coloured by class."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
     for ax, (name, (xy, labels)) in zip(axes[0], panels.items()):
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8, vmin=0, vmax=9)

@@ -532,6 +532,16 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
     from uft.report import build_report
 
     store = step_store(store_uri)
+    # Everything the report shows, by content, and the parent MLflow run it logs to: a rerun with
+    # the same of each (every step a cache hit) reads the published report instead of redrawing
+    # and re-logging it; a wiped MLflow db means a new parent run, which gets the report again.
+    inputs = {"metrics": [manifest_sha(u) for u in metrics_uris], "config": config,
+              "encoders": {n: manifest_sha(u) for n, u in sorted((encoder_uris or {}).items())},
+              "datasets": {r: manifest_sha(u) for r, u in sorted((dataset_uris or {}).items()) if u},
+              "run_id": run_id, "parent": tracking.parent_run_id(experiment, run_id) if tracking.enabled() else ""}
+    cache_key = content_key("report", CODE_VERSION, inputs)
+    if not out_dir and (hit := _recorded_report(store, cache_key)) is not None:
+        return hit
     collected = []
     for uri in metrics_uris:
         manifest, _, _ = read_manifest(uri)
@@ -568,8 +578,24 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
                 (Path(out_dir) / name).parent.mkdir(parents=True, exist_ok=True)
                 (Path(out_dir) / name).write_bytes(data)
         tracking.log_outputs({"report_uri": uri})
+        store.put(f"cache/report/{cache_key}.json", canonical_json({"report_uri": uri}))  # after every write above
         return {"report_uri": uri, "summary": summary, "markdown": files["report.md"].decode(),
                 "html": files["report.html"].decode()}
+
+
+def _recorded_report(store: Store, key: str) -> dict[str, Any] | None:
+    """The report recorded for ``key`` (see :func:`report`), read back and verified, or None."""
+    record = f"cache/report/{key}.json"
+    if not store.exists(record):
+        return None
+    try:
+        uri = json.loads(store.get(record))["report_uri"]
+        manifest, where, prefix = read_manifest(uri)
+        md, html = (read_verified(where, prefix, manifest, n, uri).decode() for n in ("report.md", "report.html"))
+    except (UftError, ValueError, KeyError):  # torn, deleted or corrupt: draw it again
+        return None
+    log.info("report: cache hit %s", key)
+    return {"report_uri": uri, "summary": manifest.get("summary", {}), "markdown": md, "html": html, "cached": True}
 
 
 def _projections(encoder_uris: dict[str, str], target_uri: str, max_points: int = 2000) -> dict[str, tuple]:

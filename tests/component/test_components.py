@@ -89,11 +89,12 @@ def _run_chain(tmp) -> dict:
                                          metrics=p, **RUN_JOB)
     md = dsl.Markdown(name="markdown", uri=str(tmp / "report.md"))
     ht = dsl.HTML(name="html", uri=str(tmp / "report.html"))
-    out["report"] = report.python_func(
+    out["report_kwargs"] = dict(
         linear_base=metrics["linear_base"], knn_base=metrics["knn_base"], linear_finetuned=metrics["linear_finetuned"],
         knn_finetuned=metrics["knn_finetuned"], holistic=out["holistic"], source=src, target=tgt, base_encoder=base,
         finetuned_encoder=ft, store_uri=store, ssl_method="simclr", replay_rule="uniform", replay_size=50,
-        replay_ratio=0.5, mix_op="mixup", finetune_steps=4, seed=0, markdown=md, html=ht, **RUN_JOB)
+        replay_ratio=0.5, mix_op="mixup", finetune_steps=4, seed=0, **RUN_JOB)
+    out["report"] = report.python_func(markdown=md, html=ht, **out["report_kwargs"])
     out["md_path"], out["html_path"] = md.path, ht.path
     return out
 
@@ -176,6 +177,32 @@ def test_report_written_with_plot(chain):
     assert "Target accuracy" in md and "Holistic transfer" in md and "accuracy.png" in md
     assert "## Data" in md and "projection.png" in md and "loss.png" in md
     assert "data:image/png;base64" in open(chain["html_path"]).read()
+
+
+def test_report_rerun_reads_the_recorded_report(chain, monkeypatch):
+    """The same inputs and parent MLflow run → the recorded report, read back (nothing drawn or
+    logged again); another input, or a deleted report file → drawn again."""
+    import uft.report
+    from uft.store import read_manifest
+
+    drawn = []
+    real = uft.report.build_report
+    monkeypatch.setattr(uft.report, "build_report", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    tmp, kw = chain["tmp"], chain["report_kwargs"]
+
+    def again(**changes):
+        md, ht = (kind(name=n, uri=str(tmp / f"again-{n}")) for kind, n in ((dsl.Markdown, "md"), (dsl.HTML, "html")))
+        uri = report.python_func(markdown=md, html=ht, **{**kw, **changes})
+        return uri, open(md.path).read()
+
+    uri, md = again()
+    assert drawn == [] and uri == chain["report"] and md == open(chain["md_path"]).read()
+    manifest, store, prefix = read_manifest(uri)
+    store.delete(f"{prefix}/report.md" if prefix else "report.md")  # no longer verifies: drawn again
+    assert again()[0] == uri and drawn == [1]
+    assert read_manifest(uri)[0] == manifest
+    again(replay_size=51)  # another config value: a new report
+    assert drawn == [1, 1]
 
 
 def test_mlflow_has_one_parent_and_nested_step_runs(chain):

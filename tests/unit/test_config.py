@@ -28,3 +28,27 @@ def test_invalid_values(values, message):
     with pytest.raises(UftError) as e:
         validate_config(values)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_builtin_name_lists_match_the_registries():
+    """config checks built-in names without importing torch: its lists must be the registries'."""
+    from uft.config import BUILTIN_ENCODERS, BUILTIN_HOLISTIC_METHODS, BUILTIN_SSL_METHODS
+    from uft.models.encoders import encoder_names
+    from uft.ssl.base import method_names
+    from uft.transfer.holistic import HOLISTIC_METHODS
+
+    assert sorted(BUILTIN_ENCODERS) == encoder_names()
+    assert sorted(BUILTIN_SSL_METHODS) == method_names()
+    assert BUILTIN_HOLISTIC_METHODS == HOLISTIC_METHODS
+
+
+def test_default_config_is_checked_without_importing_torch():
+    """`uft run` checks its config before it starts anything: built-in names must not cost a torch import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from uft.config import validate_config; "
+            "validate_config({'ssl_method': 'act', 'encoder': 'resnet18', 'holistic_methods': 'adabn,oracle'}); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -76,3 +76,36 @@ def test_promote_step_without_tracking_registers_nothing(published, one_torch_th
     store, base, ft, _, target, source = published
     out = promote_step(ft, base, target, store, source_uri=source, registered_model="x", max_images=60)
     assert out["version"] is None and "tracking is off" in out["summary"]
+
+
+def test_rerun_reads_recorded_signals_and_loads_nothing(published, one_torch_thread, monkeypatch):
+    """Signals are recorded by content: a rerun with the same inputs reads them back (no encoder,
+    dataset or source is loaded) and gets the same numbers as the first measurement; a torn record
+    is measured again; another encoder is measured, not served from the record."""
+    import uft.promote as promote
+    from pathlib import Path
+
+    from uft.store import LocalStore, read_manifest
+
+    store, base, ft, dead, target, source = published
+    kw = dict(source_uri=source, registered_model="x", max_images=60)
+    first = read_manifest(promote.promote_step(ft, base, target, store, **kw)["metrics_uri"])[0]["metrics"]
+    records = LocalStore(Path(store)).list("cache/signals/")
+    assert len(records) == 2  # the finetuned encoder's and the base's
+
+    loads: list[str] = []
+    for name in ("encoder", "base", "target", "source_eval"):
+        real = getattr(promote._GateInputs, name)
+        monkeypatch.setattr(promote._GateInputs, name, property(
+            lambda self, name=name, real=real: loads.append(name) or real.func(self)))
+    again = read_manifest(promote.promote_step(ft, base, target, store, **kw)["metrics_uri"])[0]["metrics"]
+    assert loads == [] and again["signals"] == first["signals"] and again["base_signals"] == first["base_signals"]
+
+    LocalStore(Path(store)).put(records[0], b'{"torn')  # a torn record is measured again and rewritten
+    third = read_manifest(promote.promote_step(ft, base, target, store, **kw)["metrics_uri"])[0]["metrics"]
+    assert "encoder" in loads or "base" in loads
+    assert third["signals"] == first["signals"] and third["base_signals"] == first["base_signals"]
+
+    loads.clear()
+    other = read_manifest(promote.promote_step(dead, base, target, store, **kw)["metrics_uri"])[0]["metrics"]
+    assert "encoder" in loads and other["signals"] != first["signals"]

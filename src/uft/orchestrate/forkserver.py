@@ -37,10 +37,16 @@ from typing import Iterator
 
 #: What a step imports (the preload): the server pays for it once per run instead of once per task.
 PRELOAD = (
-    "kfp.dsl.executor_main", "kfp.dsl", "torch", "torch.nn.functional", "numpy", "pyarrow", "pyarrow.parquet",
-    "boto3", "botocore.client", "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
-    "PIL.Image", "pydantic", "uft.steps", "uft.lineage", "uft.tracking", "uft.promote", "uft.report",
-    "uft.data.stream", "uft.ssl.train", "uft.evaluate.features",
+    # first what the first tasks (fingerprint, ingest) need, so they need not wait for the rest
+    "kfp.dsl.executor_main", "kfp.dsl", "numpy", "pyarrow", "pyarrow.parquet", "boto3", "botocore.client",
+    "PIL.Image", "pydantic", "uft.lineage", "uft.data.fingerprint", "uft.data.ingest",
+    "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "uft.tracking", "uft.steps",
+    "torch", "torch.nn.functional", "uft.data.stream", "uft.ssl.train", "uft.evaluate.features",
+    "uft.evaluate.linear", "uft.evaluate.knn", "uft.evaluate.label_free", "uft.transfer.replay",
+    "uft.transfer.holistic", "uft.models.artifact", "sklearn.linear_model", "sklearn.preprocessing",
+    "sklearn.cluster", "sklearn.datasets", "sklearn.decomposition",
+    "mlflow.pytorch", "torch._dynamo", "torch.export",  # registering an encoder exports it (pt2)
+    "uft.promote", "matplotlib.pyplot", "uft.report",
 )
 #: Read when an interpreter starts or a module is imported: a task whose value differs from the
 #: server's gets a fresh interpreter.
@@ -48,7 +54,8 @@ STARTUP_ENV = (
     "PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONNOUSERSITE", "PYTHONUNBUFFERED", "PYTHONIOENCODING",
     "PYTHONUTF8", "PYTHONWARNINGS", "PYTHONDONTWRITEBYTECODE", "LD_PRELOAD", "LD_LIBRARY_PATH",
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "MPLBACKEND",
-    "CUDA_VISIBLE_DEVICES", "_KFP_RUNTIME", "LANG", "LC_ALL", "LC_CTYPE",
+    "CUDA_VISIBLE_DEVICES", "_KFP_RUNTIME", "LANG", "LC_ALL", "LC_CTYPE", "HOME", "MPLCONFIGDIR",
+    "TORCHINDUCTOR_CACHE_DIR", "TORCH_HOME",
 )
 ENV_SOCKET = "UFT_FORKSERVER_SOCKET"
 #: A line the shim prints after its task: the task's CPU seconds (the task is not the shim's child,
@@ -108,8 +115,17 @@ sys.exit(code if code >= 0 else 128 - code)
 '''
 
 
+_RUNNING: list[str] = []  # the shims of the servers this process runs (innermost last)
+
+
 def enabled() -> bool:
     return os.environ.get("UFT_FORKSERVER", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def current() -> str | None:
+    """The shim of the fork server this process started and is still running, if any: `uft run`
+    starts it first thing, so it warms up while the services start and the DAG is built."""
+    return _RUNNING[-1] if _RUNNING else None
 
 
 @contextlib.contextmanager
@@ -131,9 +147,11 @@ def serving() -> Iterator[str]:
     previous = os.environ.get(ENV_SOCKET)
     if sock.exists():
         os.environ[ENV_SOCKET] = str(sock)
+    _RUNNING.append(str(shim))
     try:
         yield str(shim)
     finally:
+        _RUNNING.remove(str(shim))
         if previous is None:
             os.environ.pop(ENV_SOCKET, None)
         else:
@@ -146,6 +164,14 @@ def serving() -> Iterator[str]:
             server.kill()
             server.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_ready(shim: str, timeout: float = 300.0) -> bool:
+    """Wait until the server behind ``shim`` has preloaded everything → whether it did in time."""
+    ready, deadline = Path(shim).with_name("ready"), time.monotonic() + timeout
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ready.exists()
 
 
 @contextlib.contextmanager
@@ -174,9 +200,11 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return buf
 
 
-def _exit_like_python(code: int) -> None:
-    """End a forked task as the interpreter ends a process: join non-daemon threads, run the
-    atexit handlers (MLflow ends its active run there), flush the streams, then exit."""
+def exit_like_python(code: int) -> None:
+    """End the process as the interpreter would — join non-daemon threads, run the atexit handlers
+    (MLflow ends its active run there), flush the streams — but without tearing down every module
+    (over a second once MLflow, SQLAlchemy and torch are loaded) or, in a forked task, anything
+    the server's own exit path would do."""
     import atexit
     import threading
 
@@ -227,7 +255,7 @@ def _run_task(request: dict, fds: list[int]) -> None:
     except BaseException:
         traceback.print_exc()
         code = 1
-    _exit_like_python(code)
+    exit_like_python(code)
 
 
 def _serve_one(conn: socket.socket, startup_env: dict[str, str | None]) -> int:
@@ -260,8 +288,10 @@ def _serve_one(conn: socket.socket, startup_env: dict[str, str | None]) -> int:
 
 
 def serve(path: str, parent: int) -> None:
-    """Bind ``path``, preload :data:`PRELOAD`, then fork a waiter per connection until SIGTERM or
-    until ``parent`` (the kfp.local driver) is gone."""
+    """Bind ``path``, then preload :data:`PRELOAD` module by module, forking a waiter for each
+    connection as it comes (a task that arrives mid-preload gets what is loaded so far and imports
+    the rest itself), until SIGTERM or until ``parent`` (the kfp.local driver) is gone (checked
+    every 0.2 s). Ends with ``os._exit``: tearing down torch and MLflow would cost seconds."""
     import importlib
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -276,21 +306,19 @@ def serve(path: str, parent: int) -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the server; Ctrl-C is the tasks'
     startup_env = {k: os.environ.get(k) for k in STARTUP_ENV}
-    for name in PRELOAD:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
-    listener.settimeout(0.5)
     waiters: set[int] = set()
-    try:
-        while not stop and os.getppid() == parent:
-            for pid in list(waiters):
-                with contextlib.suppress(ChildProcessError):
-                    if os.waitpid(pid, os.WNOHANG)[0]:
-                        waiters.discard(pid)
+
+    def serve_pending(timeout: float) -> None:
+        for pid in list(waiters):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    waiters.discard(pid)
+        listener.settimeout(timeout)
+        while True:
             try:
                 conn, _ = listener.accept()
-            except (TimeoutError, InterruptedError):
-                continue
+            except (TimeoutError, BlockingIOError, InterruptedError):
+                return
             pid = os.fork()
             if pid == 0:
                 listener.close()
@@ -301,10 +329,27 @@ def serve(path: str, parent: int) -> None:
                     os._exit(code)
             conn.close()
             waiters.add(pid)
+            listener.settimeout(0.0)  # then only what is already waiting
+
+    try:
+        for name in PRELOAD:
+            if stop:
+                break
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # a task that needs it fails with its own error; the rest still gain
+                print(f"uft fork server: not preloaded {name}: {type(e).__name__}: {e}", file=sys.stderr)
+            serve_pending(0.0)
+        Path(path).with_name("ready").touch()
+        while not stop and os.getppid() == parent:
+            serve_pending(0.2)
     finally:
         listener.close()
         with contextlib.suppress(OSError):
             os.unlink(path)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

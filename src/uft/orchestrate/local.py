@@ -61,7 +61,10 @@ def local_services(state: Path, *, start_s3: bool = True, say: Callable[[str], N
 
 def _init_mlflow_db(state: Path, uri: str) -> None:
     """Create a new sqlite MLflow db under a lock: two processes creating its schema at once (a
-    run and `uft ui` started together) would collide; afterwards sqlite's own locking suffices."""
+    run and `uft ui` started together) would collide; afterwards sqlite's own locking suffices.
+    A new db is a copy of :func:`mlflow_schema_template` (MLflow's migrations take seconds)."""
+    import shutil
+
     if not uri.startswith("sqlite:///"):
         return
     db = Path(uri.removeprefix("sqlite:///"))
@@ -72,9 +75,40 @@ def _init_mlflow_db(state: Path, uri: str) -> None:
     with _locked(state / "mlflow.lock"):
         if db.exists() and db.stat().st_size > 0:
             return
-        from mlflow.tracking import MlflowClient
+        template = mlflow_schema_template()
+        if template is not None:
+            tmp = db.with_name(f".{db.name}.tmp{os.getpid()}")
+            shutil.copyfile(template, tmp)
+            os.replace(tmp, db)
+        else:
+            _create_mlflow_schema(f"sqlite:///{db}")
 
-        MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates the schema
+
+def _create_mlflow_schema(uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates the schema
+
+
+def mlflow_schema_template() -> Path | None:
+    """An empty MLflow sqlite db with this MLflow version's schema, kept beside the installed
+    packages (``make install`` writes it) and copied for each new local MLflow store; made here when
+    missing, None where it cannot be written (then each new store migrates its own schema)."""
+    import importlib.metadata
+    import tempfile
+
+    path = Path(sys.prefix) / "share" / "uft" / f"mlflow-schema-{importlib.metadata.version('mlflow')}.db"
+    if path.is_file() and path.stat().st_size > 0:
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            fresh = Path(tmp) / "schema.db"
+            _create_mlflow_schema(f"sqlite:///{fresh}")
+            os.replace(fresh, path)  # whole or not at all: a concurrent maker writes the same bytes
+    except OSError:
+        return None
+    return path
 
 
 @contextlib.contextmanager
@@ -495,8 +529,9 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     t0 = time.perf_counter()
     try:
         with contextlib.ExitStack() as stack:
-            if forkserver.enabled():  # first: it warms up while the DAG is built
-                stack.enter_context(forkserver.kfp_tasks_use(stack.enter_context(forkserver.serving())))
+            if forkserver.enabled():  # the caller's (`uft run` starts it first), else one for this run
+                shim = forkserver.current() or stack.enter_context(forkserver.serving())
+                stack.enter_context(forkserver.kfp_tasks_use(shim))
             local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
             if task_cache:
                 stack.enter_context(checked_task_cache(state_dir() / "kfp-cache", cache_salt(experiment, run_id)))

@@ -1,0 +1,142 @@
+"""The fork server runs kfp.local's tasks as forks of a warm interpreter, and each task still gets
+what a fresh ``python3`` would: its own environment (the task's env vars included), working
+directory, stdout, exit status and signals; a task whose start-up environment differs gets a fresh
+interpreter. Executed through kfp.local's SubprocessRunner, as `uft run` does."""
+
+# no `from __future__ import annotations`: kfp reads the component's annotations as types
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+from kfp import dsl, local
+
+from uft.orchestrate import forkserver
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def whoami(tag: str, out: dsl.Output[dsl.Artifact]):
+    """Record how this task was started: pid, parent, env, cwd, and whether torch came preloaded."""
+    import json
+    import os
+    import sys
+
+    print(f"hello from {tag}")
+    with open(out.path, "w") as f:
+        json.dump({"pid": os.getpid(), "ppid": os.getppid(), "tag_env": os.environ.get("WHOAMI_TAG"),
+                   "omp": os.environ.get("OMP_NUM_THREADS"), "cwd": os.getcwd(),
+                   "torch_preloaded": "torch" in sys.modules, "argv0": sys.argv[0]}, f)
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def fails():
+    raise RuntimeError("this task fails on purpose")
+
+
+@pytest.fixture(scope="module")
+def shim():
+    """One server for the tests that need no start-up environment of their own (each start costs
+    a preload: seconds)."""
+    with forkserver.serving() as path:
+        assert forkserver.wait_ready(path)
+        yield path
+
+
+def _run(tmp_path, shim: str, component) -> tuple[dict, str]:
+    """Run ``component`` as a one-task kfp.local pipeline through the fork server → (its record, output)."""
+    import contextlib
+    import io
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=False)
+    buf = io.StringIO()
+    with forkserver.kfp_tasks_use(shim), contextlib.redirect_stdout(buf):
+        task = component(tag="t1") if component is whoami else component()
+    record = {}
+    if component is whoami and task.outputs.get("out") is not None:
+        with open(task.outputs["out"].path) as f:
+            record = json.load(f)
+    return record, re.sub(r"\x1b\[[0-9;]*m", "", buf.getvalue())
+
+
+def test_task_is_a_fork_of_the_warm_server_with_its_own_env(tmp_path, monkeypatch, shim):
+    monkeypatch.setenv("WHOAMI_TAG", "set-after-the-server-started")
+    monkeypatch.chdir(tmp_path)
+    rec, out = _run(tmp_path, shim, whoami)
+    assert rec["torch_preloaded"], rec  # a fresh interpreter would not have torch loaded
+    assert rec["tag_env"] == "set-after-the-server-started" and rec["cwd"] == str(tmp_path)
+    assert rec["argv0"].endswith("executor_main.py")
+    assert "hello from t1" in out
+    assert f"{forkserver.CPU_LINE} " in out  # the shim reports the forked task's CPU seconds
+
+
+def test_failure_is_reported_as_failure(tmp_path, shim):
+    _, out = _run(tmp_path, shim, fails)
+    assert "this task fails on purpose" in out and "finished with status FAILURE" in out
+
+
+def test_startup_env_difference_gets_a_fresh_interpreter(tmp_path, monkeypatch):
+    """OMP_NUM_THREADS is read when torch starts: a task that sets another value must not inherit
+    the server's torch, so the shim runs the real interpreter."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with forkserver.serving() as shim:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the task's value differs from the server's
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+                   raise_on_error=True)
+        with forkserver.kfp_tasks_use(shim):
+            task = whoami(tag="fresh")
+        rec = json.loads(open(task.outputs["out"].path).read())
+    assert rec["omp"] == "2" and not rec["torch_preloaded"]
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def sleeper(marker: str):
+    import os
+    import time
+
+    with open(marker, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_sigterm_to_the_shim_reaches_the_task(tmp_path, shim):
+    """kfp.local and `uft run`'s stop signal the process they started (the shim): it must reach the task."""
+    import threading
+
+    from uft.orchestrate.local import descendants
+    from uft.services import pid_alive
+
+    marker = tmp_path / "pid"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=False)
+    with forkserver.kfp_tasks_use(shim):
+        done = threading.Event()
+        threading.Thread(target=lambda: (sleeper(marker=str(marker)), done.set()), daemon=True).start()
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        task = int(marker.read_text())
+        shims = [p for p in descendants() if shim in open(f"/proc/{p}/cmdline").read().split("\0")]
+        assert shims and task not in shims  # the task is the server's grandchild, not the shim
+        os.kill(shims[0], signal.SIGTERM)
+        assert done.wait(30), "kfp.local did not see the task end"
+        deadline = time.monotonic() + 10
+        while pid_alive(task) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(task)
+
+
+def test_shim_falls_back_to_the_real_interpreter(tmp_path, shim):
+    """No server at the socket: the shim execs the real interpreter (no CPU line); with the server,
+    the same command is forked (a CPU line)."""
+    cmd = [shim, "-m", "kfp.dsl.executor_main", "--help"]
+    env = {**os.environ, "_KFP_RUNTIME": "true"}  # as the component's command sets it
+    forked = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    bogus = {**env, forkserver.ENV_SOCKET: str(tmp_path / "no-server")}
+    fresh = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=bogus)
+    assert forked.returncode == 0 and "usage" in forked.stdout and forkserver.CPU_LINE in forked.stdout
+    assert fresh.returncode == 0 and "usage" in fresh.stdout and forkserver.CPU_LINE not in fresh.stdout

@@ -38,8 +38,11 @@ $(MNIST):
 install-data: ## Fashion-MNIST from Debian (for the distant-domain benchmark)
 	@test -d /usr/share/datasets/fashion-mnist || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }
 
+# The demo's training budget (README, "make run"; bench/demo_budget.py measures what it keeps):
+# `make run DEMO_BUDGET=` trains with the pipeline's full defaults instead.
+DEMO_BUDGET ?= -p pretrain_steps=60 -p finetune_steps=40 -p holistic_source_steps=200 -p holistic_steps=50
 run: install ## run the whole pipeline locally on bundled data (kfp.local + SeaweedFS + MLflow) and print results
-	$(BIN)/uft run $(RUN_ARGS)
+	$(BIN)/uft run $(DEMO_BUDGET) $(RUN_ARGS)
 
 test: install ## run the test suite (not the slow tests)
 	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)

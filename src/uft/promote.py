@@ -330,6 +330,18 @@ class _GateInputs:
         return _signals(encoder, self.base, self.target, self.source_eval, self.labelled, self.seed, self.max_images)
 
 
+def _recorded_decision(store, key: str) -> dict[str, Any] | None:
+    """The promotion metrics this run key published under ``metrics/promote/<key>``, or None."""
+    from uft.store import read_manifest
+
+    try:
+        manifest = read_manifest(store.url(f"metrics/promote/{key}/manifest.json"))[0]
+    except (UftError, ValueError, KeyError):
+        return None
+    metrics = manifest.get("metrics")
+    return metrics if isinstance(metrics, dict) and "decision" in metrics else None
+
+
 def _recorded_signals(store, scope: dict[str, Any], encoder_sha: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """An encoder's signals on ``scope`` (base, target, source content hashes, seed, sample size):
     a pure function of those, so recorded under ``cache/signals/<key>.json`` and read back on a
@@ -374,6 +386,7 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
     data = _GateInputs(encoder_uri, base_encoder_uri, target_uri, source_uri, max_images, seed)
     cand = _recorded_signals(store, scope, encoder_sha, lambda: data.signals(data.encoder))
     base_sig = _recorded_signals(store, scope, scope["base"], lambda: data.signals(data.base))
+    key = content_key("promote", run_id, encoder_sha, registered_model)  # where this run key's decision is published
     params = {"encoder_sha": encoder_sha, "target_sha": target_sha, "registered_model": registered_model,
               "margin": margin, "retention_tolerance": retention_tolerance, "probe_tolerance": probe_tolerance}
     with tracking.step_run(experiment, run_id, "promote", params) as run:
@@ -386,8 +399,17 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
             client = _client()
             mine = find_version(registered_model, encoder_sha, client)
             champ_v = version_by_alias(registered_model, CHAMPION, client)
-            if mine is not None and champ_v is not None and str(champ_v.version) == str(mine.version) and not force:
-                # A retry after the alias was set, or an identical rerun: keep the recorded decision.
+            recorded = _recorded_decision(store, key) if mine is not None and not force and (
+                mine.tags.get("uft.pipeline_run_id") == run_id) else None
+            if recorded is not None and recorded.get("version") == str(mine.version):
+                # This run key decided already (a rerun of the same config): its decision, as recorded,
+                # so the rerun's outputs — and the report that shows them — are the same.
+                decision = Decision(bool(recorded["promoted"]), list(recorded["reasons"]), cand,
+                                    recorded.get("champion_signals"), version=str(mine.version),
+                                    previous_champion=recorded.get("previous_champion"))
+                alias = recorded["decision"]
+            elif mine is not None and champ_v is not None and str(champ_v.version) == str(mine.version) and not force:
+                # A retry after the alias was set, or another run with the same encoder: nothing to decide.
                 decision = Decision(False, [f"unchanged: this encoder is already champion version {mine.version}"],
                                     cand, None, version=str(mine.version))
                 alias = "champion (unchanged)"
@@ -415,7 +437,6 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
                    "registered_model": registered_model, "reasons": decision.reasons, "signals": cand,
                    "base_signals": base_sig, "champion_signals": decision.champion,
                    "previous_champion": decision.previous_champion, "policy": asdict(policy)}
-        key = content_key("promote", run_id, encoder_sha, registered_model)
         uri = publish(store, f"metrics/promote/{key}", {}, {"kind": "metrics", "step": "promote",
                                                              "metrics": _jsonable(metrics)})
         out = {"metrics_uri": uri, "decision": alias, "promoted": decision.promote, "version": decision.version,

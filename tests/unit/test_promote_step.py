@@ -49,9 +49,12 @@ def test_promote_step_first_rerun_collapsed_force(published, mlflow_env, one_tor
     report = read_manifest(first["metrics_uri"])[0]["metrics"]
     assert report["signals"]["effective_rank"] > 1 and "probe" in report["signals"]  # target is labelled
 
-    for rid in ("r1", "r2"):  # a retried step, then an identical rerun under a new run id
-        again = promote_step(ft, base, target, store, run_id=rid, **kw)
-        assert not again["promoted"] and again["decision"] == "champion (unchanged)"
+    again = promote_step(ft, base, target, store, run_id="r1", **kw)  # a rerun of the same run key
+    assert again["promoted"] and again["decision"] == CHAMPION and again["summary"] == first["summary"]
+    assert again["metrics_uri"] == first["metrics_uri"]
+    assert read_manifest(again["metrics_uri"])[0]["metrics"] == report  # the same decision, as recorded
+    again = promote_step(ft, base, target, store, run_id="r2", **kw)  # another run with the same encoder
+    assert not again["promoted"] and again["decision"] == "champion (unchanged)"
     client = MlflowClient()
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
 

@@ -37,16 +37,18 @@ from typing import Iterator
 
 #: What a step imports (the preload): the server pays for it once per run instead of once per task.
 PRELOAD = (
-    # first what the first tasks (fingerprint, ingest) need, so they need not wait for the rest
+    # In the order tasks need them, so a task that arrives mid-preload (the server serves between
+    # two imports) rarely waits: a cached rerun's tasks (fingerprint, promote, report, finalize)
+    # need only the first half; training and evaluation the rest.
     "kfp.dsl.executor_main", "kfp.dsl", "numpy", "pyarrow", "pyarrow.parquet", "boto3", "botocore.client",
-    "PIL.Image", "pydantic", "uft.lineage", "uft.data.fingerprint", "uft.data.ingest",
-    "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "uft.tracking", "uft.steps",
-    "torch", "torch.nn.functional", "uft.data.stream", "uft.ssl.train", "uft.evaluate.features",
-    "uft.evaluate.linear", "uft.evaluate.knn", "uft.evaluate.label_free", "uft.transfer.replay",
-    "uft.transfer.holistic", "uft.models.artifact", "sklearn.linear_model", "sklearn.preprocessing",
-    "sklearn.cluster", "sklearn.datasets", "sklearn.decomposition",
+    "pydantic", "uft.lineage", "uft.data.fingerprint", "mlflow", "mlflow.tracking",
+    "mlflow.store.tracking.sqlalchemy_store", "uft.tracking", "uft.steps", "uft.promote", "uft.report",
+    "PIL.Image", "uft.data.ingest", "torch", "torch.nn.functional", "uft.data.stream", "uft.ssl.train",
+    "uft.evaluate.features", "uft.evaluate.linear", "uft.evaluate.knn", "uft.evaluate.label_free",
+    "uft.transfer.replay", "uft.transfer.holistic", "uft.models.artifact", "sklearn.linear_model",
+    "sklearn.preprocessing", "sklearn.cluster", "sklearn.datasets", "sklearn.decomposition",
     "mlflow.pytorch", "torch._dynamo", "torch.export",  # registering an encoder exports it (pt2)
-    "uft.promote", "matplotlib.pyplot", "uft.report",
+    "matplotlib.pyplot",
 )
 #: Read when an interpreter starts or a module is imported: a task whose value differs from the
 #: server's gets a fresh interpreter.

@@ -431,7 +431,12 @@ def _sweep_local(configs, axes: dict[str, list[str]], experiment: str) -> None:
     from uft.orchestrate.sweep import describe, run_sweep
 
     state = state_dir()
-    with run_lock(state, "uft sweep"), signals_raise(), local_services(state):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(run_lock(state, "uft sweep"))
+        if forkserver.enabled():  # one warm server for every run of the sweep
+            stack.enter_context(forkserver.serving())
+        stack.enter_context(signals_raise())
+        stack.enter_context(local_services(state))
         live = Console(file=sys.stdout)  # bound before run_local redirects sys.stdout
 
         def one(cfg):

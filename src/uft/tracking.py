@@ -123,6 +123,9 @@ def _sigterm_raises() -> Iterator[None]:
         return
 
     def handler(signum, frame):
+        # Once: a repeat (the local runner signals a task and, forked, its launcher forwards it)
+        # must not interrupt the unwinding that marks the run FAILED.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, handler)

@@ -10,7 +10,7 @@ server over a Unix socket; the server forks a waiter, the waiter forks the task,
 shim's file descriptors, directory and environment and runs ``kfp.dsl.executor_main`` as
 ``__main__`` — what ``python3 -m kfp.dsl.executor_main`` would have run — and exits as Python
 exits (non-daemon threads joined, atexit handlers run, streams flushed). The waiter reports the
-task's pid (so the shim forwards SIGTERM/SIGINT/SIGHUP to it) and then its exit status and CPU
+task's pid (so the shim forwards SIGTERM/SIGHUP to it) and then its exit status and CPU
 seconds; the shim exits with that status, so kfp.local sees what it would have seen.
 
 The shim runs the real interpreter instead (``exec``) whenever the server cannot give a faithful
@@ -104,7 +104,10 @@ if head is None:
 pid = struct.unpack("!q", head)[0]
 if pid == {fallback}:
     real()
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+# SIGTERM/SIGHUP are forwarded (kfp.local, `timeout` or `uft run` may signal only this process);
+# Ctrl-C's SIGINT already reaches the task through the terminal's process group.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+for sig in (signal.SIGTERM, signal.SIGHUP):
     signal.signal(sig, lambda n, f: os.kill(pid, n))
 tail = recv(s, 16)
 if tail is None:

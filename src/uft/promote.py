@@ -401,14 +401,17 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
             champ_v = version_by_alias(registered_model, CHAMPION, client)
             recorded = _recorded_decision(store, key) if mine is not None and not force and (
                 mine.tags.get("uft.pipeline_run_id") == run_id) else None
-            if recorded is not None and recorded.get("version") == str(mine.version):
-                # This run key decided already (a rerun of the same config): its decision, as recorded,
-                # so the rerun's outputs — and the report that shows them — are the same.
+            is_champion = champ_v is not None and mine is not None and str(champ_v.version) == str(mine.version)
+            if (recorded is not None and recorded.get("version") == str(mine.version)
+                    and bool(recorded.get("promoted")) == is_champion):
+                # This run key decided already (a rerun of the same config) and the registry still
+                # agrees: its decision, as recorded, so the rerun's outputs — and the report that
+                # shows them — are the same.
                 decision = Decision(bool(recorded["promoted"]), list(recorded["reasons"]), cand,
                                     recorded.get("champion_signals"), version=str(mine.version),
                                     previous_champion=recorded.get("previous_champion"))
                 alias = recorded["decision"]
-            elif mine is not None and champ_v is not None and str(champ_v.version) == str(mine.version) and not force:
+            elif is_champion and not force:
                 # A retry after the alias was set, or another run with the same encoder: nothing to decide.
                 decision = Decision(False, [f"unchanged: this encoder is already champion version {mine.version}"],
                                     cand, None, version=str(mine.version))

@@ -72,6 +72,11 @@ def test_promote_step_first_rerun_collapsed_force(published, mlflow_env, one_tor
     res = CliRunner().invoke(app, ["promote", "nope", "--force", "--registered-model", name, "--experiment", "promote"])
     assert res.exit_code != 0 and "nope" in res.output
 
+    # the registry moved since r1 decided (the forced version is champion now): a rerun of r1 decides
+    # again instead of repeating its recorded "empty registry" decision
+    moved = promote_step(ft, base, target, store, run_id="r1", **kw)
+    assert "empty registry" not in moved["summary"] and moved["version"] == first["version"]
+
 
 def test_promote_step_without_tracking_registers_nothing(published, one_torch_thread):
     from uft.promote import promote_step

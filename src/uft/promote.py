@@ -344,22 +344,12 @@ def _recorded_decision(store, key: str) -> dict[str, Any] | None:
 
 def _recorded_signals(store, scope: dict[str, Any], encoder_sha: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """An encoder's signals on ``scope`` (base, target, source content hashes, seed, sample size):
-    a pure function of those, so recorded under ``cache/signals/<key>.json`` and read back on a
-    rerun instead of re-extracting features (JSON keeps NaN/inf, so a diverged encoder reads back
-    as diverged)."""
-    import json
+    a pure function of those, so kept in the step cache (``cache/signals/``) and read back on a rerun
+    instead of re-extracting features (JSON keeps NaN/inf: a diverged encoder reads back diverged)."""
+    from uft.steps import _cached
 
-    from uft.steps import CODE_VERSION
-    from uft.store import content_key
-
-    record = f"cache/signals/{content_key('signals', CODE_VERSION, scope, encoder_sha)}.json"
-    if store.exists(record):
-        try:
-            return json.loads(store.get(record))
-        except ValueError:  # a torn record: measure again and rewrite it
-            pass
-    signals = compute()
-    store.put(record, json.dumps(signals, sort_keys=True).encode())
+    signals = _cached(store, "signals", {**scope, "encoder": encoder_sha}, lambda _key: compute())
+    signals.pop("cached")
     return signals
 
 

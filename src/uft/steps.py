@@ -34,10 +34,13 @@ def _cached(store: Store, step: str, key_parts: dict[str, Any], compute: Callabl
     key = content_key(step, CODE_VERSION, key_parts)
     record = f"cache/{step}/{key}.json"
     if store.exists(record):
-        out = json.loads(store.get(record))
+        try:
+            out = json.loads(store.get(record))
+        except ValueError:  # an unreadable record: compute again and rewrite it
+            out = None
         # Trusted only if every output manifest still verifies: "rerun the step" then really repairs
         # a deleted or corrupt shard instead of hitting the cache.
-        if manifests_intact(out):
+        if out is not None and manifests_intact(out):
             log.info("%s: cache hit %s", step, key)
             return {**out, "cached": True}
     out = compute(key)
@@ -529,73 +532,67 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
            dataset_uris: dict[str, str] | None = None, run_id: str = "local", experiment: str = "uft",
            out_dir: str | None = None) -> dict[str, Any]:
     """Collect every step's metrics into a markdown + HTML report with plots; log it to MLflow."""
-    from uft.report import build_report
-
     store = step_store(store_uri)
-    # Everything the report shows, by content, and the parent MLflow run it logs to: a rerun with
-    # the same of each (every step a cache hit) reads the published report instead of redrawing
-    # and re-logging it; a wiped MLflow db means a new parent run, which gets the report again.
+    # Keyed on everything the report shows, by content, and on the parent MLflow run it logs to: a
+    # rerun with the same of each (every step a cache hit) reads the published report instead of
+    # redrawing and re-logging it; a wiped MLflow db means a new parent run, which gets it again.
     inputs = {"metrics": [manifest_sha(u) for u in metrics_uris], "config": config,
               "encoders": {n: manifest_sha(u) for n, u in sorted((encoder_uris or {}).items())},
               "datasets": {r: manifest_sha(u) for r, u in sorted((dataset_uris or {}).items()) if u},
               "run_id": run_id, "parent": tracking.parent_run_id(experiment, run_id) if tracking.enabled() else ""}
-    cache_key = content_key("report", CODE_VERSION, inputs)
-    if not out_dir and (hit := _recorded_report(store, cache_key)) is not None:
-        return hit
-    collected = []
-    for uri in metrics_uris:
-        manifest, _, _ = read_manifest(uri)
-        collected.append({"step": manifest["step"], "metrics": manifest["metrics"], "uri": uri})
-    with tracking.step_run(experiment, run_id, "report") as run:
-        curves, shown = {}, dict(config)
-        for name, uri in (encoder_uris or {}).items():
-            info = read_manifest(uri)[0].get("info", {})
-            if info.get("losses"):
-                curves[name] = [tuple(p) for p in info["losses"]]
-            if info.get("ssl_head"):  # continued / fresh projector of the finetune
-                shown["ssl_head_note"] = f"SSL head of the {name}: {info['ssl_head']}."
-        datasets = {role: read_manifest(uri)[0] for role, uri in (dataset_uris or {}).items() if uri}
-        projections = _projections(encoder_uris or {}, (dataset_uris or {}).get("target", ""))
-        files, summary = build_report(collected, shown, curves, datasets, projections)
-        key = content_key("report", run_id, sorted(metrics_uris))
-        uri = publish(store, f"reports/{run_id}/{key}", files, {"kind": "report", "summary": summary})
-        if run is not None:
-            import mlflow
+    drawn: dict[str, bytes] = {}
 
-            for name, data in files.items():
-                mlflow.log_text(data.decode(), name) if name.endswith((".md", ".html", ".json")) else _log_bytes(name, data)
-            parent_id = tracking.log_parent_params(experiment, run_id, config)  # for `uft compare`
-            if parent_id is not None:
-                client = tracking._client()
-                for k, v in summary.items():
-                    if isinstance(v, (int, float)):
-                        client.log_metric(parent_id, k, float(v))
-                client.log_text(parent_id, files["report.md"].decode(), "report.md")
-        if out_dir:
-            from pathlib import Path
+    def compute(_key: str) -> dict[str, Any]:
+        from uft.report import build_report
 
-            for name, data in files.items():
-                (Path(out_dir) / name).parent.mkdir(parents=True, exist_ok=True)
-                (Path(out_dir) / name).write_bytes(data)
-        tracking.log_outputs({"report_uri": uri})
-        store.put(f"cache/report/{cache_key}.json", canonical_json({"report_uri": uri}))  # after every write above
-        return {"report_uri": uri, "summary": summary, "markdown": files["report.md"].decode(),
-                "html": files["report.html"].decode()}
+        collected = []
+        for uri in metrics_uris:
+            manifest, _, _ = read_manifest(uri)
+            collected.append({"step": manifest["step"], "metrics": manifest["metrics"], "uri": uri})
+        with tracking.step_run(experiment, run_id, "report") as run:
+            curves, shown = {}, dict(config)
+            for name, uri in (encoder_uris or {}).items():
+                info = read_manifest(uri)[0].get("info", {})
+                if info.get("losses"):
+                    curves[name] = [tuple(p) for p in info["losses"]]
+                if info.get("ssl_head"):  # continued / fresh projector of the finetune
+                    shown["ssl_head_note"] = f"SSL head of the {name}: {info['ssl_head']}."
+            datasets = {role: read_manifest(uri)[0] for role, uri in (dataset_uris or {}).items() if uri}
+            projections = _projections(encoder_uris or {}, (dataset_uris or {}).get("target", ""))
+            files, summary = build_report(collected, shown, curves, datasets, projections)
+            drawn.update(files)
+            key = content_key("report", run_id, sorted(metrics_uris))
+            uri = publish(store, f"reports/{run_id}/{key}", files, {"kind": "report", "summary": summary})
+            if run is not None:
+                import mlflow
+
+                for name, data in files.items():
+                    mlflow.log_text(data.decode(), name) if name.endswith((".md", ".html", ".json")) else _log_bytes(name, data)
+                parent_id = tracking.log_parent_params(experiment, run_id, config)  # for `uft compare`
+                if parent_id is not None:
+                    client = tracking._client()
+                    for k, v in summary.items():
+                        if isinstance(v, (int, float)):
+                            client.log_metric(parent_id, k, float(v))
+                    client.log_text(parent_id, files["report.md"].decode(), "report.md")
+            tracking.log_outputs({"report_uri": uri})
+        return {"report_uri": uri, "summary": summary}
+
+    out = _cached(store, "report", inputs, compute)
+    files = drawn or _published_files(out["report_uri"], None if out_dir else ("report.md", "report.html"))
+    if out_dir:
+        from pathlib import Path
+
+        for name, data in files.items():
+            (Path(out_dir) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / name).write_bytes(data)
+    return {**out, "markdown": files["report.md"].decode(), "html": files["report.html"].decode()}
 
 
-def _recorded_report(store: Store, key: str) -> dict[str, Any] | None:
-    """The report recorded for ``key`` (see :func:`report`), read back and verified, or None."""
-    record = f"cache/report/{key}.json"
-    if not store.exists(record):
-        return None
-    try:
-        uri = json.loads(store.get(record))["report_uri"]
-        manifest, where, prefix = read_manifest(uri)
-        md, html = (read_verified(where, prefix, manifest, n, uri).decode() for n in ("report.md", "report.html"))
-    except (UftError, ValueError, KeyError):  # torn, deleted or corrupt: draw it again
-        return None
-    log.info("report: cache hit %s", key)
-    return {"report_uri": uri, "summary": manifest.get("summary", {}), "markdown": md, "html": html, "cached": True}
+def _published_files(uri: str, names: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """The files (all, or ``names``) of the published artifact whose manifest is ``uri``, verified."""
+    manifest, where, prefix = read_manifest(uri)
+    return {n: read_verified(where, prefix, manifest, n, uri) for n in (names or manifest["files"])}
 
 
 def _projections(encoder_uris: dict[str, str], target_uri: str, max_points: int = 2000) -> dict[str, tuple]:

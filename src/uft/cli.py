@@ -83,6 +83,7 @@ def run(
                                      listings={r: d.listing for r, d in layouts.items()})
             if choice.values:
                 cfg = validate_config({**cfg.model_dump(), **choice.values})
+            console.print(f"[dim]{_estimate_line(cfg)}[/]", soft_wrap=True)
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
                           f"  ·  MLflow: {os.environ['MLFLOW_TRACKING_URI']}[/]")
             extra = choice.params()
@@ -114,6 +115,16 @@ def _interrupted(e: KeyboardInterrupt) -> None:
     raise typer.Exit(128 + signum)
 
 
+def _estimate_line(cfg) -> str:
+    """The run's training time, estimated from two steps timed here (a failure to time is not fatal)."""
+    from uft.budget import estimate_seconds
+
+    try:
+        return estimate_seconds(cfg)[1]
+    except Exception as e:  # noqa: BLE001 — an estimate must never stop a run
+        return f"estimated training time: unknown ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+
+
 def _infer_defaults(source: str, target: str, params: dict[str, str], listings: dict[str, tuple[str, ...]] | None = None):
     """Image size / channels / encoder from the data when not given; print the choice and any loss.
 
@@ -122,10 +133,11 @@ def _infer_defaults(source: str, target: str, params: dict[str, str], listings: 
     from uft.data.profile import profile_dataset
     from uft.defaults import infer_defaults, has_accelerator
 
-    current = {k: params.get(k, RunConfig.model_fields[k].default) for k in ("image_size", "channels", "encoder")}
-    for k in ("image_size", "channels"):  # a malformed value is the config check's to report
-        try:
-            current[k] = int(current[k])
+    current = {k: params.get(k, RunConfig.model_fields[k].default)
+               for k in ("image_size", "channels", "encoder", "source_test_fraction", "target_test_fraction")}
+    for k, kind in (("image_size", int), ("channels", int), ("source_test_fraction", float), ("target_test_fraction", float)):
+        try:  # a malformed value is the config check's to report
+            current[k] = kind(current[k])
         except (TypeError, ValueError):
             current[k] = RunConfig.model_fields[k].default
     listings = listings or {}
@@ -194,6 +206,11 @@ def _print_result(res, state: Path, config: dict | None = None) -> None:
             return "–" if v is None else f"{v:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
         t.add_row(n, cell("base"), cell("finetuned"))
     console.print(t)
+    from uft.verdict import finetune_verdicts, summary_line
+
+    for line in [*finetune_verdicts(res.metrics), summary_line(res.metrics)]:  # did finetuning change anything?
+        if line:
+            console.print(line, soft_wrap=True, highlight=False)
     if config and (hint := baseline_hint(config)):  # replay/mixing vs plain target-only finetuning
         console.print(f"[dim]{hint}[/]", soft_wrap=True)
     hol = sorted({k for k in res.metrics if k.startswith("holistic_") and not k.startswith("holistic_start_")})

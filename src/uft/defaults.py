@@ -13,6 +13,9 @@ The rule (documented in the README, printed by `uft run`):
   and colour images of at least 32 px, the ImageNet-pretrained EfficientNet-Lite0 (its weights ship
   in a package) — pretrained features beat anything a short run learns from scratch.
 
+- **budget** (pretrain_steps, finetune_steps, batch_size), when both source and target are folders:
+  passes over each domain's train images, scaled by the input size (:mod:`uft.budget`).
+
 Bundled datasets and manifest URIs have a fixed shape: the digit-demo defaults apply to them.
 Whatever was chosen, settings that throw away colour or more than half of the resolution are
 reported as warnings before the run starts.
@@ -23,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from uft.budget import BUDGET_FIELDS, infer_budget
 from uft.data.profile import DataProfile
 
 COLOUR_SHARE = 0.10
@@ -30,7 +34,7 @@ SIZE_LADDER = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224)
 CPU_MAX_SIZE = 32
 GPU_MAX_SIZE = 224
 PRETRAINED_COLOUR_ENCODER = "efficientnet_lite0"
-INFERRED_FIELDS = ("image_size", "channels", "encoder")
+INFERRED_FIELDS = ("image_size", "channels", "encoder", *BUDGET_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class DefaultsChoice:
             return "defaults: " + ("; ".join(self.reasons) or "image_size, channels and encoder set by hand")
         chosen = ", ".join(f"{k}={v}" for k, v in self.values.items())
         return (f"inferred from the data: {chosen} — {'; '.join(self.reasons)} "
-                f"(override with -p KEY=VALUE, e.g. -p image_size=64)")
+                f"(override with -p KEY=VALUE, e.g. -p image_size=64 -p pretrain_steps=500 -p batch_size=128)")
 
     def params(self) -> dict[str, str]:
         """MLflow params recording the choice, so `uft compare` can group by it."""
@@ -95,6 +99,16 @@ def infer_defaults(source: DataProfile | None, target: DataProfile | None, *, ex
         values["encoder"] = PRETRAINED_COLOUR_ENCODER if strong else "tiny"
         reasons.append("ImageNet-pretrained encoder for colour images on an accelerator" if strong else
                        "tiny convnet" + ("" if accelerator else " (no accelerator)"))
+
+    if source is not None and source.sampled and target is not None and target.sampled:
+        free = [f for f in BUDGET_FIELDS if f not in explicit]
+        if free:
+            b = infer_budget(source.total, target.total, image_size=size, channels=channels,
+                             source_test_fraction=float(current.get("source_test_fraction", 0.1)),
+                             target_test_fraction=float(current.get("target_test_fraction", 0.5)),
+                             batch_size=int(explicit["batch_size"]) if "batch_size" in explicit else None)
+            values.update({f: getattr(b, f) for f in free})
+            reasons.append(b.reason)
 
     warnings = []
     if channels == 1 and colour >= COLOUR_SHARE:

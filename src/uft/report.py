@@ -271,6 +271,16 @@ def baseline_hint(config: dict[str, Any]) -> str:
             "(`uft compare`); `bench/uft_sweep.py` measures both over seeds (README, Method comparison).")
 
 
+def _verdict_lines(tags: dict[str, dict[str, float]]) -> list[str]:
+    """Whether finetuning changed the target metrics beyond the few-label probes' spread (:mod:`uft.verdict`)."""
+    from uft.verdict import finetune_verdicts, summary_line
+
+    flat = {f"{tag}_{k}": v for tag, m in tags.items() for k, v in m.items()}
+    lines = finetune_verdicts(flat)
+    head = [f"**{line}**", ""] if (line := summary_line(flat)) else []
+    return [*head, *[f"- {s}" for s in lines], ""] if lines else []
+
+
 def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
                  loss_curves: dict[str, list[tuple[int, float]]] | None = None,
                  datasets: dict[str, dict[str, Any]] | None = None,
@@ -286,6 +296,7 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
     if tags:
         header, rows = accuracy_table(tags)
         md += ["## Target accuracy (frozen encoder)", "", _md_table(header, rows), ""]
+        md += _verdict_lines(tags)
         md += [line for line in (baseline_hint(config), config.get("ssl_head_note", "")) if line]
         md += ["", "![accuracy](accuracy.png)", ""]
         files["accuracy.png"] = _accuracy_plot(tags)

@@ -24,6 +24,10 @@ class AugmentConfig(BaseModel):
     contrast: float = Field(0.4, ge=0, le=1)
     blur_prob: float = Field(0.3, ge=0, le=1)
     noise_std: float = Field(0.05, ge=0, le=1)
+    # Colour views (3-channel inputs only; off by default, so grey runs draw the same random numbers):
+    # without them SimCLR can match two views by their colour histogram alone.
+    saturation: float = Field(0.0, ge=0, le=1, description="saturation jitter: scale chroma by U(1-s, 1+s)")
+    grayscale_prob: float = Field(0.0, ge=0, le=1, description="probability of a grey view")
 
 
 def _uniforms(k: int, n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -86,9 +90,19 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
                 out[idx] = _gaussian_blur(out[idx], sigma=0.8)
         else:  # on a GPU, blurring all is cheaper than a host sync to find the chosen ones
             out = torch.where(do.view(n, 1, 1, 1), _gaussian_blur(out, sigma=0.8), out)
+    if x.shape[1] == 3 and (cfg.saturation > 0 or cfg.grayscale_prob > 0):
+        out = _colour_jitter(out, cfg, _uniforms(2, n, g, dev))
     if cfg.noise_std > 0:
         out = out.add_(_device_normal(out.shape, g, dev), alpha=cfg.noise_std)
     return out.clamp_(0, 1)
+
+
+def _colour_jitter(x: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor) -> torch.Tensor:
+    """Saturation jitter and random grey views of ``(N, 3, H, W)`` ``x``; ``u``: ``(2, N)`` uniforms."""
+    luma = (x * torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    s = 1 + (2 * u[0] - 1) * cfg.saturation
+    s = torch.where(u[1] < cfg.grayscale_prob, torch.zeros_like(s), s)  # saturation 0 = a grey view
+    return torch.lerp(luma.expand_as(x), x, s.view(-1, 1, 1, 1))
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

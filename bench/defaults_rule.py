@@ -57,7 +57,7 @@ class Cell:
 GREY_CELLS = [Cell("16", False), Cell("S", False), Cell("S", False, 2)]
 COLOUR_CELLS = [Cell("16", False), Cell("S", False), Cell("16", True), Cell("S", True), Cell("S", True, 2),
                 Cell("S", True, views=True)]
-EXTRA = {"sprites": [Cell("S", True, bg=128)]}
+EXTRA = {"sprites": [Cell("16", True, bg=128)]}
 
 # Candidate rules: dataset profile (is it colour?) → cell. "old" is the baseline every rule is scored against.
 RULES = {
@@ -178,13 +178,17 @@ def main() -> None:
     roots = build_all(work / "pairs", PER_CLASS, pairs=pairs)
     seeds = [int(s) for s in args.seeds.split(",")]
     inferred = {p: _inferred(*roots[p]) for p in pairs}
-    # The cells every comparison needs first (old, inferred, size and colour alone) for every seed, then
-    # the candidate causes (budget, colour views, alpha background): a run cut short still has whole seeds.
+    # First the cells every comparison needs (old, inferred, size and colour alone) for every seed, then
+    # the candidate causes (budget, colour views, alpha background): sprites, the grey pairs, photographs
+    # last; a run cut short has whole seeds of the comparisons.
     cells = {p: (COLOUR_CELLS if inferred[p][1] else GREY_CELLS) + EXTRA.get(p, []) for p in pairs}
     first = [(p, c, s) for s in seeds for p in pairs for c in cells[p] if c.budget == 1 and not c.views and not c.bg]
-    plan = first + [(p, c, s) for s in seeds for p in pairs for c in cells[p] if (p, c, s) not in first]
-    cache_path = work / "cells.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    rest = [(p, c, s) for p in sorted(pairs, key=lambda p: p == "photographs") for s in seeds for c in cells[p]
+            if (p, c, s) not in first]
+    plan = first + rest
+    # One cache file per --seeds, so runs for different seeds can share the machine; all are read.
+    cache_path = work / f"cells.{args.seeds.replace(',', '-')}.json"
+    cache = {k: v for f in sorted(work.glob("cells*.json")) for k, v in json.loads(f.read_text()).items()}
     conf = f"{args.pretrain_steps}/{args.finetune_steps}/{args.batch}"
 
     def key(p, c, s):
@@ -226,7 +230,8 @@ def main() -> None:
             data_cache[dk] = (src, *_split(tx, ty))
         res = run_cell(data_cache[dk], c, s, args)
         cache[k] = res
-        cache_path.write_text(json.dumps(cache))
+        own = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+        cache_path.write_text(json.dumps({**own, k: res}))
         b, f = res["base"], res["finetuned"]
         print(f"[{i + 1}/{len(plan)} {time.perf_counter() - t_all:5.0f} s] {p:11s} {c.name:12s} seed {s}: "
               f"knn {b['knn']:.3f}→{f['knn']:.3f} probe5 {b['probe5']:.3f}→{f['probe5']:.3f} "

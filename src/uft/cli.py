@@ -289,6 +289,7 @@ def ingest_cmd(
     image_size: int = typer.Option(16, help="square side every image is resized to"),
     channels: int = typer.Option(1, help="1 (grey) or 3 (RGB)"),
     test_fraction: float = typer.Option(0.5, help="held-out share per class when the data has no train/ and test/"),
+    val_fraction: float = typer.Option(0.2, help="share of the non-test rows per class held out from training for decisions"),
     limit: int = typer.Option(0, help="keep at most this many images (class-proportional; 0 = all)"),
     seed: int = typer.Option(0, help="seed of the split and of --limit"),
     name: str = typer.Option("", help="dataset name in the manifest (default: PATH)"),
@@ -323,7 +324,7 @@ def ingest_cmd(
         dest = open_store(store, create_bucket=True)
         with console.status(f"publishing to {dest.uri} …", spinner="dots"):
             uri = ingest_raw(raw, dest, name=name or path, image_size=image_size, channels=channels,
-                             test_fraction=test_fraction, limit=limit, seed=seed)
+                             test_fraction=test_fraction, val_fraction=val_fraction, limit=limit, seed=seed)
         manifest, _, _ = read_manifest(uri)
         console.print(f"published {manifest['num_rows']} rows ({', '.join(f'{k} {v}' for k, v in sorted(manifest['splits'].items()))}) "
                       f"at {image_size}x{image_size}x{channels}:", highlight=False)

@@ -68,6 +68,10 @@ class RunConfig(BaseModel):
     target_limit: int = Field(0, ge=0, description="0 = all target images")
     target_test_fraction: float = Field(0.5, gt=0, lt=1)
     source_test_fraction: float = Field(0.1, gt=0, lt=1, description="held out for source retention")
+    target_val_fraction: float = Field(0.2, ge=0, lt=1, description="share of the non-test target rows held out "
+                                       "from finetuning for decisions (promotion signals, γ, hyperparameters)")
+    source_val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the non-test source rows held out "
+                                       "from pretraining for decisions (source retention in the promotion gate)")
     framing: str = Field("auto", description="auto | content_box | keep: crop images to their content at ingest")
 
     encoder: str = "tiny"

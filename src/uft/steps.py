@@ -57,13 +57,15 @@ def _device() -> str:
 # --- ingest ----------------------------------------------------------------------------------------
 
 def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: int, limit: int = 0,
-           test_fraction: float = 0.5, seed: int = 0, framing: str = "auto", fingerprint: str = "",
-           run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
+           test_fraction: float = 0.5, val_fraction: float = 0.2, seed: int = 0, framing: str = "auto",
+           fingerprint: str = "", run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """Bundled name / ImageFolder dir / s3:// prefix / manifest URI → published dataset, framed by
     ``framing`` (auto / content_box / keep, :mod:`uft.data.framing`; a manifest URI passes through).
 
     ``fingerprint``: :func:`uft.data.fingerprint.source_fingerprint` of ``spec`` taken just before; with
-    it, user data are cached like bundled data (same files → same dataset, no re-decoding)."""
+    it, user data are cached like bundled data (same files → same dataset, no re-decoding).
+    ``val_fraction`` of the non-test rows become the "val" split that no training step reads
+    (:data:`uft.data.ingest.SPLITS`)."""
     from uft.data.framing import check_framing
 
     check_framing(framing)
@@ -78,7 +80,7 @@ def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: i
         return {"dataset_uri": spec, "dataset_sha": manifest_sha(spec), "num_rows": manifest["num_rows"], "cached": True}
 
     params = {"spec": spec, "image_size": image_size, "channels": channels, "limit": limit,
-              "test_fraction": test_fraction, "seed": seed, "framing": framing}
+              "test_fraction": test_fraction, "val_fraction": val_fraction, "seed": seed, "framing": framing}
     with tracking.step_run(experiment, run_id, f"ingest_{role}", {**params, "role": role}) as run:
         def compute(_key: str) -> dict[str, Any]:
             from uft.data.ingest import ingest as ingest_raw  # imports torch: only when there is work
@@ -86,7 +88,7 @@ def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: i
 
             raw = load_source(spec, image_size=image_size, channels=channels, framing=framing)
             uri = ingest_raw(raw, store, name=f"{role}:{spec}", image_size=image_size, channels=channels,
-                             test_fraction=test_fraction, limit=limit, seed=seed)
+                             test_fraction=test_fraction, val_fraction=val_fraction, limit=limit, seed=seed)
             manifest, _, _ = read_manifest(uri)
             return {"dataset_uri": uri, "dataset_sha": manifest_sha(uri), "num_rows": manifest["num_rows"],
                     "splits": manifest["splits"], "skipped": raw.info.get("skipped", [])}

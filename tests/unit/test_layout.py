@@ -112,3 +112,26 @@ def test_no_machine_paths_or_build_traces_in_committed_files():
             if MACHINE_PATH.search(line.replace('"$root"/', "")) or re.search(r"\bthe lead\b", line, re.I):
                 found.append(f"{name}:{n}: {line.strip()[:100]}")
     assert found == []
+
+
+def _readme_layout() -> tuple[list[str], list[str]]:
+    """(top-level entries, entries indented under src/uft/) of the README's layout block."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    lines = [line for line in block.splitlines() if line.strip()]
+    top = [line.split()[0] for line in lines if not line.startswith(" ")]
+    nested = [line.split()[0] for line in lines if line.startswith("  ")]
+    return top, nested
+
+
+def test_the_readme_layout_matches_the_tree():
+    top, nested = _readme_layout()
+    listed_uft = {e.rstrip("/") for e in nested}
+    actual_uft = {p.stem if p.suffix == ".py" else p.name for p in (SRC / "uft").iterdir()
+                  if (p.suffix == ".py" and p.name != "__init__.py") or (p.is_dir() and (p / "__init__.py").exists())}
+    listed_uft = {e.removesuffix(".py") for e in listed_uft}
+    assert listed_uft == actual_uft, (f"in src/uft but not in the README's layout: {sorted(actual_uft - listed_uft)}; "
+                                      f"listed but missing: {sorted(listed_uft - actual_uft)}")
+    assert "src/uft/" in top
+    for entry in top:
+        assert (ROOT / entry).exists(), f"README's layout lists {entry}, which is not in the tree"

@@ -52,7 +52,7 @@ def _method():
 
 def _train(uri: str, store: Path, steps: int, crash_at: int = -1, **kw):
     from uft.data.stream import StreamSource
-    from uft.ssl.train import Checkpointer, serve, train_ssl
+    from uft.ssl.train import Checkpointer, train_ssl
     from uft.store import LocalStore
 
     def on_log(step: int, loss: float) -> None:

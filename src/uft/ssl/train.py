@@ -281,7 +281,7 @@ def train_ssl(
     return result
 
 
-def serve(device: str | torch.device) -> list[tuple[nn.Module, Any]]:
+def serve(device: str | torch.device) -> list[tuple[torch.nn.Module, Any]]:
     """DDP workers (rank > 0): train every job rank 0 sends until :func:`uft.ssl.ddp.finish`.
 
     Returns (trained method, TrainResult) per job; they equal rank 0's, which alone publishes."""

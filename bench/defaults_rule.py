@@ -167,6 +167,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="build/defaults_rule")
     ap.add_argument("--pairs", default="digits,clothing,photographs,sprites")
+    ap.add_argument("--no-estimate", action="store_true", help="skip timing the shapes before the run")
     ap.add_argument("--report-only", action="store_true", help="tabulate the cached cells only (a run cut short)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -183,8 +184,9 @@ def main() -> None:
     # last; a run cut short has whole seeds of the comparisons.
     cells = {p: (COLOUR_CELLS if inferred[p][1] else GREY_CELLS) + EXTRA.get(p, []) for p in pairs}
     first = [(p, c, s) for s in seeds for p in pairs for c in cells[p] if c.budget == 1 and not c.views and not c.bg]
-    rest = [(p, c, s) for p in sorted(pairs, key=lambda p: p == "photographs") for s in seeds for c in cells[p]
-            if (p, c, s) not in first]
+    cause_order = {"sprites": 0, "photographs": 1}  # colour views (cheapest), alpha, then ×2 steps (dearest)
+    rest = sorted(((p, c, s) for s in seeds for p in pairs for c in cells[p] if (p, c, s) not in first),
+                  key=lambda t: (not t[1].views, not t[1].bg, cause_order.get(t[0], 2), t[2]))
     plan = first + rest
     # One cache file per --seeds, so runs for different seeds can share the machine; all are read.
     cache_path = work / f"cells.{args.seeds.replace(',', '-')}.json"
@@ -199,7 +201,7 @@ def main() -> None:
 
     # Time estimate before anything trains: 2 steps per input shape, scaled by the plan's steps.
     rates = {}
-    for p, c, s in plan:
+    for p, c, s in plan if not args.no_estimate else []:
         size = 16 if c.size == "16" else inferred[p][0]
         shape = (size, 3 if c.colour else 1)
         if shape not in rates and key(p, c, s) not in cache:
@@ -210,7 +212,7 @@ def main() -> None:
             train_ssl_steps(m, x, 2, args.batch)
             rates[shape] = (time.perf_counter() - t) / 2
     todo = [(p, c, s) for p, c, s in plan if key(p, c, s) not in cache]
-    est = sum(rates[(16 if c.size == "16" else inferred[p][0], 3 if c.colour else 1)] * c.budget
+    est = 0.0 if args.no_estimate else sum(rates[(16 if c.size == "16" else inferred[p][0], 3 if c.colour else 1)] * c.budget
               * (args.pretrain_steps + args.finetune_steps) for p, c, s in todo)
     print(f"{len(plan)} cells ({len(plan) - len(todo)} cached); estimated training time {est / 60:.0f} min "
           f"(+ evaluation) at {args.threads} threads", flush=True)

@@ -184,9 +184,12 @@ def main() -> None:
     # last; a run cut short has whole seeds of the comparisons.
     cells = {p: (COLOUR_CELLS if inferred[p][1] else GREY_CELLS) + EXTRA.get(p, []) for p in pairs}
     first = [(p, c, s) for s in seeds for p in pairs for c in cells[p] if c.budget == 1 and not c.views and not c.bg]
-    cause_order = {"sprites": 0, "photographs": 1}  # colour views (cheapest), alpha, then ×2 steps (dearest)
+    # The candidate causes, cheapest informative first: colour views, ×2 steps where size alone lost
+    # (clothing), alpha on grey, then ×2 steps on the colour pairs (dearest).
+    order = [("sprites", "Sc +cv"), ("clothing", "Sg ×2"), ("photographs", "Sc +cv"), ("sprites", "16c bg128"),
+             ("sprites", "Sc ×2"), ("photographs", "Sc ×2"), ("digits", "Sg ×2")]
     rest = sorted(((p, c, s) for s in seeds for p in pairs for c in cells[p] if (p, c, s) not in first),
-                  key=lambda t: (not t[1].views, not t[1].bg, cause_order.get(t[0], 2), t[2]))
+                  key=lambda t: (order.index((t[0], t[1].name)) if (t[0], t[1].name) in order else len(order), t[2]))
     plan = first + rest
     # One cache file per --seeds, so runs for different seeds can share the machine; all are read.
     cache_path = work / f"cells.{args.seeds.replace(',', '-')}.json"

@@ -179,14 +179,16 @@ def main() -> None:
     roots = build_all(work / "pairs", PER_CLASS, pairs=pairs)
     seeds = [int(s) for s in args.seeds.split(",")]
     inferred = {p: _inferred(*roots[p]) for p in pairs}
-    # First the cells every comparison needs (old, inferred, size and colour alone) for every seed, then
+    # First the cells every comparison needs (old, inferred, colour alone; size alone on grey pairs), then
     # the candidate causes (budget, colour views, alpha background): sprites, the grey pairs, photographs
     # last; a run cut short has whole seeds of the comparisons.
     cells = {p: (COLOUR_CELLS if inferred[p][1] else GREY_CELLS) + EXTRA.get(p, []) for p in pairs}
-    first = [(p, c, s) for s in seeds for p in pairs for c in cells[p] if c.budget == 1 and not c.views and not c.bg]
+    first = [(p, c, s) for s in seeds for p in pairs for c in cells[p]
+             if c.budget == 1 and not c.views and not c.bg and not (inferred[p][1] and c.name == "Sg")]
     # The candidate causes, cheapest informative first: colour views, ×2 steps where size alone lost
     # (clothing), alpha on grey, then ×2 steps on the colour pairs (dearest).
-    order = [("sprites", "Sc +cv"), ("clothing", "Sg ×2"), ("photographs", "Sc +cv"), ("sprites", "16c bg128"),
+    order = [("sprites", "Sc +cv"), ("clothing", "Sg ×2"), ("photographs", "Sc +cv"), ("sprites", "Sg"),
+             ("photographs", "Sg"), ("sprites", "16c bg128"),
              ("sprites", "Sc ×2"), ("photographs", "Sc ×2"), ("digits", "Sg ×2")]
     rest = sorted(((p, c, s) for s in seeds for p in pairs for c in cells[p] if (p, c, s) not in first),
                   key=lambda t: (order.index((t[0], t[1].name)) if (t[0], t[1].name) in order else len(order), t[2]))

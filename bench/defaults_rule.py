@@ -37,7 +37,6 @@ import torch
 from bench.common import RESULTS
 
 PER_CLASS = {"digits": 80, "clothing": 80, "photographs": 80, "sprites": 160}
-COLOUR_VIEWS = {"saturation": 0.4, "grayscale_prob": 0.2}
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def _evaluate(enc, tr, te) -> dict[str, float]:
 
 def run_cell(data, cell: Cell, seed: int, args) -> dict:
     """Pretrain on the source, finetune on the target's train half → base/finetuned metrics."""
-    from uft.data.augment import AugmentConfig
+    from uft.data.augment import COLOUR_VIEWS, AugmentConfig
     from uft.models.encoders import build_encoder
     from uft.ssl.base import build_method
     from uft.ssl.train import TrainConfig, train_ssl

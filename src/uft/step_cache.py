@@ -15,8 +15,9 @@ from uft.store import Store, canonical_json, content_key, manifests_intact
 
 log = logging.getLogger("uft")
 
-CODE_VERSION = "3"  # bump when a step's semantics change, to invalidate cached outputs (2: SSL head published/continued,
-# 3: training streams its data shard by shard: epochs of a seeded shard order instead of per-step draws)
+CODE_VERSION = "4"  # bump when a step's semantics change, to invalidate cached outputs (2: SSL head published/continued,
+# 3: training streams its data shard by shard: epochs of a seeded shard order instead of per-step draws,
+# 4: 3-channel SSL training gets colour views)
 
 
 def cached(store: Store, step: str, key_parts: dict[str, Any], compute: Callable[[str], dict[str, Any]]) -> dict[str, Any]:

@@ -109,6 +109,10 @@ def _train(store: Store, key: str, step: str, *, encoder, method_name: str, imag
     from uft.ssl.base import build_method
     from uft.ssl.train import Checkpointer, train_ssl
 
+    from uft.data.augment import with_colour_views
+
+    # Colour images get colour views, else SimCLR-style methods can match two views by colour alone.
+    cfg = cfg.model_copy(update={"augment": with_colour_views(cfg.augment, int(spec["in_channels"]))})
     torch.manual_seed(cfg.seed)  # the projector/predictor init: same config → same weights in every process
     method = build_method(method_name, encoder)
     if head is not None:

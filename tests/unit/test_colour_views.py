@@ -29,3 +29,12 @@ def test_one_channel_images_ignore_colour_views_and_draw_the_same_numbers():
     a = augment(x, AugmentConfig(), g1)
     b = augment(x, AugmentConfig(saturation=0.5, grayscale_prob=0.5), g2)
     assert torch.equal(a, b) and torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_training_steps_give_colour_images_colour_views_unless_set():
+    from uft.data.augment import COLOUR_VIEWS, with_colour_views
+
+    assert with_colour_views(AugmentConfig(), 1) == AugmentConfig()
+    assert with_colour_views(AugmentConfig(), 3).saturation == COLOUR_VIEWS["saturation"]
+    mine = AugmentConfig(saturation=0.1)
+    assert with_colour_views(mine, 3) == mine

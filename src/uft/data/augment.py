@@ -30,6 +30,18 @@ class AugmentConfig(BaseModel):
     grayscale_prob: float = Field(0.0, ge=0, le=1, description="probability of a grey view")
 
 
+#: Colour views for 3-channel SSL: measured in bench/defaults_rule.py (docs/results.md, "Defaults
+#: across datasets"), where colour inputs without them lost to grey ones on drawings.
+COLOUR_VIEWS = {"saturation": 0.4, "grayscale_prob": 0.2}
+
+
+def with_colour_views(cfg: AugmentConfig, channels: int) -> AugmentConfig:
+    """``cfg`` with :data:`COLOUR_VIEWS` for colour images when it sets none (grey images: unchanged)."""
+    if channels != 3 or cfg.saturation > 0 or cfg.grayscale_prob > 0:
+        return cfg
+    return cfg.model_copy(update=COLOUR_VIEWS)
+
+
 def _uniforms(k: int, n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
     """``(k, n)`` uniforms from ``g`` in one draw (the same stream as ``k`` calls of ``rand(n)``) and
     one host→device copy; pinned + non-blocking on CUDA so the host never waits for the GPU."""

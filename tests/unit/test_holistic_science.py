@@ -35,15 +35,16 @@ def _floats(images: np.ndarray) -> torch.Tensor:
 
 
 def bundled_pair(source_limit: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The pipeline's data path (framing auto, 16 px, target split 50/50 seed 0) without a store."""
+    """The pipeline's data path (framing auto, 16 px, target split 50/50 seed 0, 20 % of the
+    non-test rows as val) without a store."""
     src = load_source("mnist", image_size=16, channels=1)
     keep = _subset(src.labels, source_limit, 0)
     tgt = load_source("optdigits", image_size=16, channels=1)
-    split = stratified_split(tgt.labels, 0.5, 0)
+    split = stratified_split(tgt.labels, 0.5, 0, val_fraction=0.2)
     xt, yt = _floats(tgt.images), torch.from_numpy(tgt.labels)
-    tr, te = torch.from_numpy(split == "train"), torch.from_numpy(split == "test")
+    part = {name: torch.from_numpy(split == name) for name in ("train", "val", "test")}
     return {"source": (_floats(src.images[keep]), torch.from_numpy(src.labels[keep])),
-            "train": (xt[tr], yt[tr]), "test": (xt[te], yt[te])}
+            **{name: (xt[m], yt[m]) for name, m in part.items()}}
 
 
 def source_model(data, seed: int, width: int, **cfg):

@@ -471,8 +471,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow-degenerate", action="store_true",
                    help="write the tables even when a source classifier is degenerate on the target (marked as such; "
                         "never for the results page)")
-    p.add_argument("--from-json", default="", metavar="PATH",
-                   help="re-render holistic.md/.png/.json into --out from a saved holistic.json (no training)")
+    p.add_argument("--from-json", default="", metavar="PATH[,PATH...]",
+                   help="re-render holistic.md/.png/.json into --out from saved holistic.json files (no training); "
+                        "several files of one configuration on disjoint seeds are merged")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; 1 is ~10x faster than 2 when the 2 cores are shared (measured)")
     args = p.parse_args(argv)
@@ -494,11 +495,52 @@ def _write(out: Path, summary: dict, meta: dict, runs: dict, classes: Sequence[s
     return md
 
 
+def merge_saved(saved: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, list[dict]]]]:
+    """(meta, runs) of several holistic.json files of the same configuration measured on disjoint
+    seeds (e.g. run in parallel) → one (meta, runs): runs concatenated per start and variant in seed
+    order, start checks united, seeds united; wall = the longest run, CPU = the sum, commands listed."""
+    if not saved:
+        raise UftError("no holistic.json given: pass one or more paths to --from-json")
+    fixed = ("seen", "inits", "encoders", "config", "pretrain_steps", "finetune_steps", "finetune_batch", "width")
+    first = saved[0]["meta"]
+    for other in saved[1:]:
+        diff = [k for k in fixed if other["meta"].get(k) != first.get(k)]
+        if diff:
+            raise UftError(f"holistic.json files differ in {diff}: merge only runs of one configuration")
+    seeds = [sd for x in saved for sd in x["meta"]["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise UftError(f"holistic.json files share seeds {sorted(seeds)}: merge only disjoint seeds")
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for x in saved:
+        for start, rows in x["runs"].items():
+            for name, results in rows.items():
+                runs.setdefault(start, {}).setdefault(name, []).extend(results)
+    for rows in runs.values():
+        for results in rows.values():
+            results.sort(key=lambda r: r["seed"])
+    meta = dict(first)
+    metas = [x["meta"] for x in saved]
+    meta.update(seeds=sorted(seeds), commands=[m["command"] for m in metas],
+                command=" & ".join(m["command"] for m in metas),
+                wall_seconds=max(m["wall_seconds"] for m in metas),
+                cpu_seconds=round(sum(m.get("cpu_seconds") or 0.0 for m in metas), 1),
+                pretrain_seconds=max(m["pretrain_seconds"] for m in metas),
+                finetune_seconds={k: v for m in metas for k, v in (m.get("finetune_seconds") or {}).items()},
+                start_checks={st: {sd: c for m in metas for sd, c in m["start_checks"].get(st, {}).items()}
+                              for st in {st for m in metas for st in m["start_checks"]}},
+                degenerate=any(m.get("degenerate") for m in metas),
+                date_utc=max(m["date_utc"] for m in metas))
+    meta["start_checks"] = {st: dict(sorted(c.items(), key=lambda kv: int(kv[0])))
+                            for st, c in sorted(meta["start_checks"].items())}
+    return meta, runs
+
+
 def rerender(path: str, out: Path) -> str:
-    """Summary, tables and plot recomputed from the runs saved in a holistic.json (same measurements,
-    current rendering) → the markdown. Refuses a degenerate run like the benchmark itself."""
-    saved = json.loads(Path(path).read_text())
-    meta, runs = saved["meta"], saved["runs"]
+    """Summary, tables and plot recomputed from the runs saved in one or more (comma-separated)
+    holistic.json files (same measurements, current rendering; several files are merged by
+    :func:`merge_saved`) → the markdown. Refuses a degenerate run like the benchmark itself."""
+    paths = [p for p in path.split(",") if p.strip()]
+    meta, runs = merge_saved([json.loads(Path(p).read_text()) for p in paths])
     if meta.get("degenerate"):
         raise DegenerateStart(f"{path} was measured around a degenerate source classifier: it cannot be re-rendered "
                               "as a table (rerun the benchmark)")
@@ -709,9 +751,13 @@ def render_markdown(summary: dict[str, dict[str, dict[str, Any]]], meta: dict[st
         *reading(summary, comparison),
         "![per-class accuracy](holistic_per_class.png)",
         "",
-        f"Command: `{meta['command']}` — wall {meta['wall_seconds']:.0f} s, CPU {meta.get('cpu_seconds', float('nan')):.0f} s "
-        f"(SSL pretraining {meta['pretrain_seconds']:.0f} s wall of it, cached in the store after the first run), torch "
-        f"threads {meta['threads']}, {meta['date_utc']}.",
+        (f"Command: `{meta['command']}` — wall {meta['wall_seconds']:.0f} s" if len(meta.get("commands", [])) < 2 else
+         "Commands (run in parallel on disjoint seeds, then merged with `.venv/bin/python -m bench.holistic_table "
+         "--from-json <their holistic.json, comma-separated>`): " + "; ".join(f"`{c}`" for c in meta["commands"])
+         + f" — wall {meta['wall_seconds']:.0f} s (the longest)")
+        + f", CPU {meta.get('cpu_seconds', float('nan')):.0f} s in all (SSL pretraining "
+        f"{meta['pretrain_seconds']:.0f} s wall, cached in the store after the first run), torch threads "
+        f"{meta['threads']}, {meta['date_utc']}.",
         "",
     ])
 

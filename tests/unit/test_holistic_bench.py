@@ -224,3 +224,33 @@ def test_report_without_per_class_has_no_plot():
         del r["per_class"]
     files, _ = build_report(collected, {})
     assert "holistic.png" in files and "holistic_per_class.png" not in files
+
+
+def test_runs_on_disjoint_seeds_merge_into_one_table(tmp_path, micro_data):
+    """Two saved runs (seeds 0 and 1, run apart) re-render as one table over both seeds; runs that
+    share a seed or differ in configuration are refused."""
+    from bench.holistic_table import merge_saved, rerender
+
+    torch.manual_seed(0)
+    enc = TinyConvNet(width=8).eval()
+    saved = []
+    for seed in (0, 1):
+        checks: dict = {}
+        runs = run_bench(micro_data, enc, seen=SEEN, seeds=[seed], variants=["source", "naive"], base=MICRO,
+                         allow_degenerate=True, checks=checks)
+        meta = {"command": f"cmd {seed}", "wall_seconds": 10.0 + seed, "cpu_seconds": 5.0, "pretrain_seconds": 0.0,
+                "seeds": [seed], "seen": SEEN, "inits": ["source"], "encoders": ["base"], "config": MICRO,
+                "width": 8, "start_checks": {st: {str(k): v for k, v in c.items()} for st, c in checks.items()},
+                "degenerate": False, "date_utc": f"2026-12-0{seed + 1}", "data": {}, "threads": 1,
+                "pretrain_steps": 0}
+        saved.append({"meta": meta, "runs": json.loads(json.dumps(runs))})
+    meta, runs = merge_saved(saved)
+    assert meta["seeds"] == [0, 1] and meta["wall_seconds"] == 11.0 and meta["cpu_seconds"] == 10.0
+    assert [r["seed"] for r in runs["base"]["naive"]] == [0, 1] and set(meta["start_checks"]["base"]) == {"0", "1"}
+    assert summarise(runs)["base"]["naive"]["overall"]["n"] == 2
+    with pytest.raises(Exception, match="share seeds"):
+        merge_saved([saved[0], saved[0]])
+    other = json.loads(json.dumps(saved[1]))
+    other["meta"]["width"] = 16
+    with pytest.raises(Exception, match="differ in"):
+        merge_saved([saved[0], other])

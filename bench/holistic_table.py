@@ -496,20 +496,22 @@ def _write(out: Path, summary: dict, meta: dict, runs: dict, classes: Sequence[s
 
 
 def merge_saved(saved: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, list[dict]]]]:
-    """(meta, runs) of several holistic.json files of the same configuration measured on disjoint
-    seeds (e.g. run in parallel) → one (meta, runs): runs concatenated per start and variant in seed
-    order, start checks united, seeds united; wall = the longest run, CPU = the sum, commands listed."""
+    """(meta, runs) of several holistic.json files of the same configuration, each (start, seed) in one
+    file only (e.g. seeds or encoders run in parallel) → one (meta, runs): runs concatenated per start
+    and variant in seed order, start checks, seeds and encoders united; wall = the longest run, CPU =
+    the sum, commands listed."""
     if not saved:
         raise UftError("no holistic.json given: pass one or more paths to --from-json")
-    fixed = ("seen", "inits", "encoders", "config", "pretrain_steps", "finetune_steps", "finetune_batch", "width")
+    fixed = ("seen", "inits", "config", "pretrain_steps", "finetune_steps", "finetune_batch", "width")
     first = saved[0]["meta"]
     for other in saved[1:]:
         diff = [k for k in fixed if other["meta"].get(k) != first.get(k)]
         if diff:
             raise UftError(f"holistic.json files differ in {diff}: merge only runs of one configuration")
-    seeds = [sd for x in saved for sd in x["meta"]["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise UftError(f"holistic.json files share seeds {sorted(seeds)}: merge only disjoint seeds")
+    pairs = [(st, sd) for x in saved for st, c in x["meta"]["start_checks"].items() for sd in c]
+    if len(set(pairs)) != len(pairs):
+        raise UftError(f"holistic.json files share (start, seed) pairs {sorted(pairs)}: merge only disjoint runs")
+    seeds = sorted({sd for x in saved for sd in x["meta"]["seeds"]})
     runs: dict[str, dict[str, list[dict]]] = {}
     for x in saved:
         for start, rows in x["runs"].items():
@@ -520,7 +522,8 @@ def merge_saved(saved: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, 
             results.sort(key=lambda r: r["seed"])
     meta = dict(first)
     metas = [x["meta"] for x in saved]
-    meta.update(seeds=sorted(seeds), commands=[m["command"] for m in metas],
+    encoders = [e for e in ENCODERS if any(e in m.get("encoders", ["base"]) for m in (x["meta"] for x in saved))]
+    meta.update(seeds=seeds, encoders=encoders, commands=[m["command"] for m in metas],
                 command=" & ".join(m["command"] for m in metas),
                 wall_seconds=max(m["wall_seconds"] for m in metas),
                 cpu_seconds=round(sum(m.get("cpu_seconds") or 0.0 for m in metas), 1),

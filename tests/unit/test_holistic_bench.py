@@ -248,7 +248,7 @@ def test_runs_on_disjoint_seeds_merge_into_one_table(tmp_path, micro_data):
     assert meta["seeds"] == [0, 1] and meta["wall_seconds"] == 11.0 and meta["cpu_seconds"] == 10.0
     assert [r["seed"] for r in runs["base"]["naive"]] == [0, 1] and set(meta["start_checks"]["base"]) == {"0", "1"}
     assert summarise(runs)["base"]["naive"]["overall"]["n"] == 2
-    with pytest.raises(Exception, match="share seeds"):
+    with pytest.raises(Exception, match="share .start, seed. pairs"):
         merge_saved([saved[0], saved[0]])
     other = json.loads(json.dumps(saved[1]))
     other["meta"]["width"] = 16

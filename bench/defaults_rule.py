@@ -55,7 +55,7 @@ class Cell:
 
 GREY_CELLS = [Cell("16", False), Cell("S", False), Cell("S", False, 2)]
 COLOUR_CELLS = [Cell("16", False), Cell("S", False), Cell("16", True), Cell("S", True), Cell("S", True, 2),
-                Cell("S", True, views=True)]
+                Cell("S", True, views=True), Cell("S", True, 2, views=True)]
 EXTRA = {"sprites": [Cell("16", True, bg=128)]}
 
 # Candidate rules: dataset profile (is it colour?) → cell. "old" is the baseline every rule is scored against.
@@ -65,6 +65,7 @@ RULES = {
     "inferred size + colour (so far)": lambda c: Cell("S", c),
     "inferred size + colour, ×2 steps": lambda c: Cell("S", c, 2),
     "inferred size + colour + colour views": lambda c: Cell("S", c, views=c),
+    "inferred size + colour + colour views, ×2 steps (uft run now)": lambda c: Cell("S", c, 2, views=c),
     "16 px + colour": lambda c: Cell("16", c),
 }
 

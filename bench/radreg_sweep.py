@@ -150,8 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--store", default=".uft/uft_grid_store_mnist-optdigits")
     p.add_argument("--out", default=str(RESULTS / "radreg_sweep"))
     p.add_argument("--render-only", action="store_true")
+    p.add_argument("--merge", default="", help="comma list of result .json files (seed chunks run in parallel) → OUT")
     a = p.parse_args(argv)
     out = Path(a.out)
+    if a.merge:
+        parts = [json.loads(Path(f).read_text()) for f in a.merge.split(",")]
+        merged = {**parts[0], "command": " ; ".join(x["command"] for x in parts),
+                  "wall_s": max(x["wall_s"] for x in parts), "cells": [c for x in parts for c in x["cells"]]}
+        Path(f"{out}.json").write_text(json.dumps(merged, indent=1))
+        a.render_only = True
     if a.render_only:
         saved = json.loads(Path(f"{out}.json").read_text())
         Path(f"{out}.md").write_text(render(saved["cells"], saved))

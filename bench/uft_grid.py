@@ -64,7 +64,7 @@ class GridConfig:
     pretrain_batch: int = 128
     pretrain_lr: float = 2e-3
     finetune_steps: int = 60
-    finetune_lr: float = 2e-3
+    finetune_lr: float = 0.1  # the budget chosen on val: the one where naive finetuning damages the base most clearly (docs/results.md)
     batch_size: int = 64
     replay_ratio: float = 0.5
     replay_mult: int = 4
@@ -321,8 +321,9 @@ def render(cells: list[dict[str, Any]], cfg: GridConfig, command: str, wall: flo
         "",
         f"Setup: tiny convnet width {cfg.encoder_width}, {cfg.image_size} px grey. Base: the objective's own "
         f"pretraining on the source train split, {cfg.pretrain_steps} steps × batch {cfg.pretrain_batch}, lr "
-        f"{cfg.pretrain_lr}, one per (pair, objective, seed). Finetune: {cfg.finetune_steps} steps × batch "
-        f"min({cfg.batch_size}, size), lr {cfg.finetune_lr}, continuing the base's SSL head; unlabelled target set = "
+        f"{cfg.pretrain_lr}, one per (pair, objective, seed). Finetune: "
+        + ("steps@lr as in the objective column" if cfg.budgets else f"{cfg.finetune_steps} steps, lr {cfg.finetune_lr}")
+        + f", batch min({cfg.batch_size}, size), continuing the base's SSL head; unlabelled target set = "
         f"first `size` images of a per-seed permutation of the target train split. Replay: uniform S of "
         f"{cfg.replay_mult}× size per seed, ρ = {cfg.replay_ratio}. Mixing: {cfg.mix_op} α = {cfg.mix_alpha}, "
         f"fraction {cfg.mix_fraction}, target × source (partners from S). Probes on the {cfg.split} split capped at "
@@ -379,6 +380,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[GridConfig, argparse.Name
     p.add_argument("--store", default=".uft/uft_grid_store", help="local store dir for the ingested pairs")
     p.add_argument("--out", default=str(RESULTS / "uft_grid"), help="output path without extension (.md, .json)")
     p.add_argument("--render-only", action="store_true", help="rewrite OUT.md from OUT.json")
+    p.add_argument("--merge", type=_strs, default=[],
+                   help="comma list of result .json files (e.g. one per pair, run in parallel) → OUT.json/.md")
     a = p.parse_args(argv)
     cfg = GridConfig(**{k: getattr(a, k) for k in asdict(d)})
     bad = [x for x in cfg.pairs if x not in PAIRS] + [x for x in cfg.variants if x not in VARIANTS]
@@ -390,6 +393,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[GridConfig, argparse.Name
 def main(argv: list[str] | None = None) -> None:
     cfg, a = parse_args(argv)
     out = Path(a.out)
+    if a.merge:
+        parts = [json.loads(Path(f).read_text()) for f in a.merge]
+        merged = {"command": " ; ".join(x["command"] for x in parts), "config": parts[0]["config"],
+                  "wall_s": max(x["wall_s"] for x in parts), "cells": [c for x in parts for c in x["cells"]]}
+        merged["config"]["pairs"] = list(dict.fromkeys(pr for x in parts for pr in x["config"]["pairs"]))
+        merged["config"]["budgets"] = list(dict.fromkeys(b for x in parts for b in x["config"].get("budgets", [])))
+        Path(f"{out}.json").write_text(json.dumps(merged, indent=1))
+        a.render_only = True
     if a.render_only:
         saved = json.loads(Path(f"{out}.json").read_text())
         Path(f"{out}.md").write_text(render(saved["cells"], GridConfig(**saved["config"]), saved["command"], saved["wall_s"]))

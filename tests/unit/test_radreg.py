@@ -100,3 +100,22 @@ def test_pretraining_with_target_radreg_trains_and_resumes_identically(tmp_path,
     train_ssl(resumed, source, cfg, radreg_target=target, checkpointer=ck)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_pretrain_step_adds_radreg_on_the_target_train_split(tmp_path, monkeypatch):
+    from uft import steps
+    from uft.models.artifact import load_encoder
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = str(tmp_path / "store")
+    src = steps.ingest("optdigits", store, role="source", image_size=8, channels=1, limit=200, test_fraction=0.2)
+    tgt = steps.ingest("optdigits", store, role="target", image_size=8, channels=1, limit=120, test_fraction=0.3, seed=1)
+    kw = dict(encoder_width=4, steps=3, batch_size=16, seed=0, checkpoint_every=3)
+    plain = steps.pretrain(src["dataset_uri"], src["dataset_sha"], store, **kw)
+    reg = steps.pretrain(src["dataset_uri"], src["dataset_sha"], store, radreg_weight=0.1, radreg_form="adversarial",
+                         radreg_target_uri=tgt["dataset_uri"], **kw)
+    assert reg["encoder_uri"] != plain["encoder_uri"]  # its own cache key, and a different encoder
+    a, b = load_encoder(plain["encoder_uri"])[0], load_encoder(reg["encoder_uri"])[0]
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(UftError, match="radreg_target_uri"):
+        steps.pretrain(src["dataset_uri"], src["dataset_sha"], store, radreg_weight=0.1, **kw)

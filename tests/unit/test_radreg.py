@@ -84,6 +84,11 @@ def test_pretraining_with_target_radreg_trains_and_resumes_identically(tmp_path,
     plain = fresh()
     train_ssl(plain, source, cfg.model_copy(update={"radreg_weight": 0.0}), radreg_target=target)
     assert not torch.equal(full.encoder.net[0].weight, plain.encoder.net[0].weight)  # the penalty acted
+    # RadReg's own generator: with μ → 0 the run is the plain one (same batches and augmentations)
+    tiny = fresh()
+    train_ssl(tiny, source, cfg.model_copy(update={"radreg_weight": 1e-12}), radreg_target=target)
+    for a, b in zip(tiny.state_dict().values(), plain.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
 
     ck = Checkpointer(open_store(str(tmp_path)), "ck")
     half = fresh()

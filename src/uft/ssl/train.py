@@ -119,14 +119,16 @@ def _target_features(encoder: torch.nn.Module, images: torch.Tensor, batch: int,
     (momentum 0 for this pass), so RadReg's target pass does not move what evaluation uses."""
     idx = torch.randperm(len(images), generator=g)[:min(batch, len(images))].to(images.device)
     bns = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
     for m in bns:
         m.momentum = 0.0
     try:
         return encoder(images[idx].float().div_(255))
     finally:
-        for m, mom in zip(bns, saved):
+        for m, (mom, tracked) in zip(bns, saved):
             m.momentum = mom
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
@@ -204,6 +206,9 @@ def train_ssl(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     g = torch.Generator().manual_seed(cfg.seed)
+    # RadReg on a separate target set draws its images and signs from its own generator, so the SSL
+    # batches and augmentations are the same with and without it (μ → 0 recovers the plain run).
+    rg = torch.Generator().manual_seed(cfg.seed + 7919) if radreg_target is not None and cfg.radreg_weight > 0 else None
     adv_head = (AdversarialHead(method.encoder.feature_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
                 if cfg.radreg_weight > 0 and cfg.radreg_form == "adversarial" else None)
     result = TrainResult()
@@ -213,6 +218,8 @@ def train_ssl(
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         g.set_state(state["rng"])
+        if rg is not None and "radreg_rng" in state:
+            rg.set_state(state["radreg_rng"])
         start = result.resumed_from = state["step"]
         if adv_head is not None and "radreg_head" in state:
             adv_head.load_state_dict(state["radreg_head"])
@@ -276,13 +283,14 @@ def train_ssl(
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, feats = loss_fn(*views)
             if cfg.radreg_weight > 0:
-                rfeats = feats[:nb] if radreg_f is None else _target_features(method.encoder, radreg_f, cfg.radreg_batch, g)
+                rfeats = feats[:nb] if radreg_f is None else _target_features(method.encoder, radreg_f, cfg.radreg_batch, rg)
                 standardized = cfg.radreg_features == "standardized"
+                sg = ga if rg is None else rg
                 if adv_head is not None:
-                    penalty = adversarial_penalty(rfeats.float(), adv_head, generator=ga, steps=cfg.radreg_head_steps,
+                    penalty = adversarial_penalty(rfeats.float(), adv_head, generator=sg, steps=cfg.radreg_head_steps,
                                                   lr=cfg.radreg_head_lr, standardized=standardized)
                 else:
-                    penalty = radreg_penalty(rfeats.float(), generator=ga, standardized=standardized)
+                    penalty = radreg_penalty(rfeats.float(), generator=sg, standardized=standardized)
                 loss = loss + cfg.radreg_weight * penalty
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -314,6 +322,7 @@ def train_ssl(
                 # from an uninterrupted run's.
                 "running": float(running) if world == 1 else partial,
                 **({"radreg_head": adv_head.state_dict()} if adv_head is not None else {}),
+                **({"radreg_rng": rg.get_state()} if rg is not None else {}),
                 # Where each rank's stream stands (epoch, window, offset): a resumed run reads on from there.
                 **({"stream": positions} if streamed else {}),
             })

@@ -13,12 +13,11 @@ from torch import nn
 
 from uft.errors import UftError
 from uft.models.encoders import TinyConvNet
+from uft.transfer.holistic.methods import _average_into
+from uft.transfer.holistic.training import _loss, _recipe
 from uft.transfer.holistic import (
     HOLISTIC_METHODS,
     HolisticConfig,
-    _average_into,
-    _loss,
-    _recipe,
     adabn,
     apply_calibration,
     feature_rank_entropy,
@@ -266,7 +265,7 @@ def test_pcv_picks_gamma_on_val_images_and_records_floor_and_fallback(digits, so
 
 
 def test_pcv_falls_back_to_alg_when_no_split_is_feasible(monkeypatch, digits, source_model):
-    import uft.transfer.holistic as h
+    import uft.transfer.holistic.calibration as h  # where gamma_pcv looks pick_gamma up
 
     enc, head = source_model
     tr, va = _val_split(digits)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 from tests.reliability.helpers import WORKER, one_line_error
 from uft import services
 from uft.errors import UftError
-from uft.services import LOOPBACK, Credentials, SeaweedServer, is_weed_of, pid_alive
+from uft.services import LOOPBACK, RECORD, Credentials, SeaweedServer, is_weed_of, pid_alive
 
 pytestmark = pytest.mark.s3
 
@@ -149,8 +150,17 @@ def test_two_runs_in_different_state_directories_started_together_both_finish(tm
             log.close()
             assert rc == 0, f"run {name}: {(tmp_path / f'{name}.log').read_text()[-3000:]}"
     finally:
-        for _, _, p in runs:
-            if p.poll() is None:
-                os.killpg(p.pid, 9)
-                p.wait()
+        for name, _, p in runs:
+            if p.poll() is None:  # SIGTERM first: the run stops its tasks and its S3 server (own session)
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(120)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+            record = tmp_path / name / ".uft" / "s3" / RECORD
+            if record.exists():  # a server left behind by a killed run: never leak it into the machine
+                pid = json.loads(record.read_text())["pid"]
+                if is_weed_of(pid, record.parent):
+                    os.kill(pid, signal.SIGKILL)
     print(f"2 of 2 runs finished, in {time.monotonic() - t0:.0f} s")

@@ -70,9 +70,13 @@ def run(sizes: list[int], data_dir: Path, cache: Path, *, steps: int = 8, memory
     ])
 
 
-def run_eval(sizes: list[int], data_dir: Path) -> str:
+def run_eval(sizes: list[int], data_dir: Path, parallel: bool = False) -> str:
     """The evaluation steps only (knn_eval, linear_eval), each in a fresh process, on the same
-    generated datasets as :func:`run`: peak RSS, CPU s and the metric, by dataset size."""
+    generated datasets as :func:`run`: peak RSS, CPU s and the metric, by dataset size.
+    ``parallel``: the two steps of a size run at the same time (each still its own process, so its
+    peak RSS is its own; only wall time is shared)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     data_dir.mkdir(parents=True, exist_ok=True)
     encoder = stream_scale.make_encoder(data_dir)
     rows = []
@@ -80,7 +84,8 @@ def run_eval(sizes: list[int], data_dir: Path) -> str:
         uri = stream_scale.make_blobs(data_dir, n, pool=16 if n > 200_000 else 0)
         store = tempfile.mkdtemp(prefix=f"store-{n}-", dir=data_dir)  # fresh: no cache hits
         try:
-            knn, lin = (stream_scale.run_child(k, uri, encoder, store, "cpu", 0) for k in ("knn", "linear"))
+            with ThreadPoolExecutor(2 if parallel else 1) as pool:
+                knn, lin = pool.map(lambda k: stream_scale.run_child(k, uri, encoder, store, "cpu", 0), ("knn", "linear"))
         finally:
             shutil.rmtree(store, ignore_errors=True)
         rows.append([f"{n:,}", _mb(knn), knn.get("cpu_s", "-"), knn.get("knn", "-"), _mb(lin), lin.get("cpu_s", "-"),
@@ -105,11 +110,12 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--data-dir", type=Path, default=stream_scale.DATA_DIR, help="generated Parquet datasets (reused)")
     ap.add_argument("--cache", type=Path, default=ingest_scale.DEFAULT_CACHE, help="generated ImageFolders (reused)")
     ap.add_argument("--eval-only", action="store_true", help="only the evaluation steps (knn_eval, linear_eval)")
+    ap.add_argument("--parallel", action="store_true", help="with --eval-only: a size's two steps at the same time")
     ap.add_argument("--out", type=Path, help="also write the report here")
     a = ap.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",") if s]
     report = "\n".join([header("uft at scale", "bench.scale"),
-                        run_eval(sizes, a.data_dir) if a.eval_only else
+                        run_eval(sizes, a.data_dir, a.parallel) if a.eval_only else
                         run(sizes, a.data_dir, a.cache, steps=a.steps, memory_max=a.memory_max, knn_max=a.knn_max),
                         f"load average at end (1/5/15 min): {load_avg()}\n"])
     return emit(report, a.out)

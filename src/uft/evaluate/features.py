@@ -74,9 +74,12 @@ def gather_features(encoder: nn.Module, uri: str, split: str, rows: np.ndarray, 
     """Features of the ``split`` rows at positions ``rows`` (sorted, unique, into the split in
     dataset order) → float32 ``(len(rows), D)`` in that order; the same numbers as
     ``stream_features(...)[0][rows]`` while holding only those rows."""
-    out, start = [], 0
+    out: torch.Tensor | None = None
+    start = 0
     for f, _ in feature_blocks(encoder, uri, split, batch_size, device):
+        if out is None:  # one allocation up front: many small kept pieces between the large transient
+            out = torch.empty(len(rows), f.shape[1])  # buffers fragment the heap, and RSS grows with N
         lo, hi = np.searchsorted(rows, [start, start + len(f)])
-        out.append(f[torch.from_numpy(rows[lo:hi] - start)].clone())
+        out[lo:hi] = f[torch.from_numpy(rows[lo:hi] - start)]
         start += len(f)
-    return torch.cat(out) if out else torch.empty(0)
+    return out if out is not None else torch.empty(0)

@@ -386,8 +386,9 @@ def _publish_metrics(store: Store, step: str, key: str, metrics: dict[str, Any])
 def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, shots: str = "1,5,10",
                 draws: int = 5, seed: int = 0, run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """Linear probes on frozen features of the target: few-label (mean ± std over draws) and full."""
-    from uft.evaluate.features import stream_features
-    from uft.evaluate.linear import few_label_probe, linear_probe_accuracy
+    from uft.data.stream import split_labels
+    from uft.evaluate.features import feature_blocks, gather_features
+    from uft.evaluate.linear import linear_probes_streamed
     from uft.models.artifact import load_encoder, state_fingerprint
 
     store = step_store(store_uri)
@@ -399,15 +400,14 @@ def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, 
             before = state_fingerprint(enc)
             if not _labelled(target_uri):
                 return {"metrics": {}, "metrics_uri": _publish_metrics(store, f"linear_{tag}", key, {})}
-            # Features batch by batch from the stream: (N, D) floats and labels in memory, images never.
-            (ftr, ytr), (fte, yte) = (stream_features(enc, target_uri, sp, device=_device()) for sp in ("train", "test"))
+            # Streamed: only the probes' train rows and one block of test features are ever in memory.
+            metrics: dict[str, Any] = linear_probes_streamed(
+                split_labels(target_uri)["train"],
+                lambda rows: gather_features(enc, target_uri, "train", rows, device=_device()).numpy(),
+                ((f.numpy(), y.numpy()) for f, y in feature_blocks(enc, target_uri, "test", device=_device())),
+                [int(s) for s in shots.split(",") if s.strip()], draws, seed)
             if state_fingerprint(enc) != before:  # moco-style check: evaluation must not touch the backbone
                 raise UftError(f"encoder {encoder_uri} changed during linear evaluation: this is a bug, please report it")
-            metrics: dict[str, Any] = {}
-            for k in [int(s) for s in shots.split(",") if s.strip()]:
-                mean, std = few_label_probe(ftr, ytr, fte, yte, k, draws=draws, seed=seed)
-                metrics[f"linear_{k}shot"], metrics[f"linear_{k}shot_std"] = mean, std
-            metrics["linear_full"] = linear_probe_accuracy(ftr.numpy(), ytr.numpy(), fte.numpy(), yte.numpy())
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, f"linear_{tag}", key, metrics)}
 
         out = tracking.log_outputs(_cached(store, "linear_eval", params, compute))
@@ -418,8 +418,8 @@ def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, 
 def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, source_uri: str = "", k: int = 20,
              run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """k-NN accuracy on the target test split, and source retention (k-NN on held-out source)."""
-    from uft.evaluate.features import stream_features
-    from uft.evaluate.knn import knn_accuracy
+    from uft.evaluate.features import feature_blocks
+    from uft.evaluate.knn import KNN_TEST_ROWS, knn_accuracy_streamed
     from uft.models.artifact import load_encoder
 
     store = step_store(store_uri)
@@ -434,8 +434,11 @@ def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, sou
                     continue
                 if not _labelled(uri):
                     continue
-                (ftr, ytr), (fte, yte) = (stream_features(enc, uri, sp, device=_device()) for sp in ("train", "test"))
-                metrics[name] = knn_accuracy(ftr, ytr, fte, yte, len(read_manifest(uri)[0]["classes"]), k=k)
+                # Streamed top-k: one block of train and of test features in memory at a time.
+                metrics[name] = knn_accuracy_streamed(
+                    lambda uri=uri: feature_blocks(enc, uri, "train", device=_device()),
+                    feature_blocks(enc, uri, "test", device=_device(), block_rows=KNN_TEST_ROWS),
+                    len(read_manifest(uri)[0]["classes"]), k=k)
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, f"knn_{tag}", key, metrics)}
 
         out = tracking.log_outputs(_cached(store, "knn_eval", params, compute))

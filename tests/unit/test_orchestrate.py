@@ -16,6 +16,12 @@ from uft.orchestrate.submit import kfp_cron, schedule, submit
 from uft.orchestrate.trigger import target_hash, trigger
 
 
+@pytest.fixture(autouse=True)
+def _tag_images_allowed(monkeypatch):
+    """These tests compile with the default (tag) images; the digest rule has its own tests."""
+    monkeypatch.setenv("UFT_ALLOW_UNPINNED_IMAGES", "1")
+
+
 # --- submit / schedule ----------------------------------------------------------------------------
 
 def test_submit_compiles_validates_and_passes_params():

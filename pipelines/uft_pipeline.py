@@ -13,7 +13,7 @@ Datasets, the replay set, the mix plan and encoders travel as typed artifacts (`
 GPUs: ``pretrain`` and ``ssl_finetune`` take ``gpus`` GPUs each (DDP, one process per GPU) and
 ``holistic`` one; the three run one after another (holistic waits for ssl_finetune), so a run never
 holds more than ``gpus`` GPUs at once. Everything else runs on CPU. On Kubernetes every step gets
-the S3 Secret and the ``uft-config`` ConfigMap as environment, GPU steps a node selector,
+the S3 and MLflow Secrets and the ``uft-config`` ConfigMap as environment, GPU steps a node selector,
 toleration, resources and a memory-backed /dev/shm; kfp.local ignores those platform settings.
 """
 
@@ -54,6 +54,9 @@ D = RunConfig()
 JOB = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 S3_SECRET = "uft-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
 ENV_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+#: MLflow is behind basic auth (infra/base/mlflow.yaml): the pipeline's identity, which alone may write.
+MLFLOW_AUTH_SECRET = "uft-mlflow-auth"
+MLFLOW_AUTH_KEYS = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
 CONFIG_MAP = "uft-config"  # infra/base/config.yaml
 CONFIG_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
                "UFT_MLFLOW_ARTIFACTS", "UFT_BUCKET")
@@ -63,10 +66,11 @@ RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
 
 
 def _cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """S3 credentials (Secret) and endpoints, MLflow URI and bucket (ConfigMap) as environment, and the
+    """S3 and MLflow credentials (Secrets) and endpoints, MLflow URI and bucket (ConfigMap) as environment, and the
     KFP run id (pod label ``pipeline/runid``, downward API): cacheable steps key their MLflow run on it
     at run time, because an input parameter holding it would make every run's cache key different."""
     kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=ENV_SECRET_KEYS)
+    kubernetes.use_secret_as_env(task, secret_name=MLFLOW_AUTH_SECRET, secret_key_to_env=MLFLOW_AUTH_KEYS)
     for key in CONFIG_KEYS:
         kubernetes.use_config_map_as_env(task, config_map_name=CONFIG_MAP, config_map_key_to_env={key: key})
     kubernetes.use_field_path_as_env(task, env_name=KFP_RUN_ENV, field_path=RUN_ID_FIELD)

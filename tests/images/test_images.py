@@ -106,13 +106,18 @@ def test_compiled_pipeline_runs_in_the_image(image, tmp_path, capsys):
             with capsys.disabled():
                 print(f"\ncontainer run of {image}: {run.seconds:.0f} s in all")
                 for t in run.tasks:
-                    print(f"  {t.task:24s} {t.seconds:6.1f} s  {t.status}")
+                    print(f"  {t.task:24s} {t.seconds:6.1f} s  {t.status}  {t.resources.get('limits', {})}")
             (ROOT / "build").mkdir(exist_ok=True)
             (ROOT / "build/test-images-run.json").write_text(json.dumps(
                 {"image": image, "seconds": run.seconds, "tasks": [t.__dict__ for t in run.tasks]}, indent=1))
 
             assert all(t.status == "SUCCESS" for t in run.tasks), [(t.task, t.status) for t in run.tasks]
             assert {"ingest", "ingest-2", "pretrain", "ssl-finetune", "report", "finalize"} <= set(steps)
+            # The pods the KFP driver would build (pod-spec fields resolved from string values only):
+            # the training steps get the run's GPU count as their accelerator limit, holistic one.
+            gpu_limits = {t.task: t.resources.get("limits", {}).get("nvidia.com/gpu") for t in run.tasks}
+            assert {k: v for k, v in gpu_limits.items() if v} == {"pretrain": "1", "ssl-finetune": "1", "holistic": "1"}, (
+                f"GPU limits the driver would set: {gpu_limits}")
             # No task saw the developer's environment, only its pod's.
             assert "AWS_ACCESS_KEY_ID" in steps["ingest"].env_keys and "HOME" not in steps["ingest"].env_keys
 

@@ -25,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 K8S_VERSION = "1.31"
 KUBECTL = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
-TARGETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/local-dev", "overlays/standalone-kfp"]
-WITH_OBJECT_STORE = ["overlays/object-store", "overlays/local-dev"]
-WITHOUT_SECRETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/standalone-kfp"]
+TARGETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/local-dev", "overlays/standalone-kfp",
+           "overlays/kubeflow-profile"]
+WITH_OBJECT_STORE = ["overlays/object-store", "overlays/local-dev", "overlays/kubeflow-profile"]
+WITHOUT_SECRETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/standalone-kfp", "overlays/kubeflow-profile"]
 #: Where each target puts everything (standalone KFP runs pipelines in its own namespace).
 NAMESPACE = {"overlays/standalone-kfp": "kubeflow"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
@@ -499,3 +500,15 @@ def test_overlays_on_external_s3_create_the_bucket(target):
     env = env_of(c)
     assert env["UFT_BUCKET"]["valueFrom"] == BUCKET_REF
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "uft-s3-admin"
+
+
+def test_kubeflow_profile_overlay_leaves_the_namespace_to_the_profile_and_binds_ci_to_kfp_only():
+    """The profile controller owns a profile's namespace (kubeflow/dashboard profile_controller.go,
+    Reconcile: creates it, sets istio-injection); the overlay must not create or relabel it. The
+    CI identity gets KFP's kubeflow-pipelines-edit in this namespace and nothing else."""
+    target = "overlays/kubeflow-profile"
+    assert not objects(target, "Namespace")
+    rb = one(target, "RoleBinding", "uft-ci-pipelines-edit")
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-pipelines-edit"}
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "uft-ci", "namespace": "uft"}]
+    assert one(target, "ServiceAccount", "uft-ci")["automountServiceAccountToken"] is False

@@ -539,6 +539,19 @@ def trigger_cmd(
     if res["action"] == "stopped":
         _fail(UftError(describe(res)))
     console.print(describe(res), highlight=False)
+    _warn_token()
+
+
+def _warn_token() -> None:
+    """The KFP token's last days, as a GitHub Actions warning in the trigger workflow."""
+    import os
+
+    from uft.orchestrate.submit import TOKEN_ENV, token_warning
+
+    line = token_warning(os.environ.get(TOKEN_ENV))
+    if line:
+        prefix = "::warning::" if os.environ.get("GITHUB_ACTIONS") == "true" else "warning: "
+        print(prefix + line)
 
 
 @app.command()

@@ -117,3 +117,14 @@ def test_an_expired_kfp_token_is_refused_before_any_call(monkeypatch):
     assert token_expiry(fresh) is not None and token_expiry("not-a-jwt") is None
     monkeypatch.setenv("KFP_TOKEN", fresh)
     kfp_client("http://127.0.0.1:9")  # accepted (no call is made by the constructor's check)
+
+
+def test_a_token_in_its_last_days_is_announced():
+    """The workflow runs every 30 minutes on a stored token: its last week is announced."""
+    from uft.orchestrate.submit import token_warning
+
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+    assert token_warning(_jwt(now + dt.timedelta(days=30)), now) is None
+    line = token_warning(_jwt(now + dt.timedelta(days=3)), now)
+    assert line and "expires at 2026-12-04" in line and "create token uft-ci" in line
+    assert token_warning(None, now) is None and token_warning("opaque", now) is None

@@ -198,6 +198,17 @@ def check_token(token: str, now: dt.datetime | None = None) -> dt.datetime | Non
     return exp
 
 
+def token_warning(token: str | None, now: dt.datetime | None = None, days: int = 7) -> str | None:
+    """A line to show while ``token`` has less than ``days`` left (a CI secret needs renewing
+    before the scheduled job starts failing); None otherwise or for a token without expiry."""
+    exp = token_expiry(token) if token else None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if exp is None or exp - now > dt.timedelta(days=days):
+        return None
+    return (f"${TOKEN_ENV} expires at {exp:%Y-%m-%d %H:%MZ} (in {max(exp - now, dt.timedelta()).days} days): renew "
+            f"it (kubectl -n {NAMESPACE} create token uft-ci --audience=pipelines.kubeflow.org --duration=720h)")
+
+
 # --- images ---------------------------------------------------------------------------------------
 
 def require_pinned_images(path: str | Path, allow_unpinned: bool | None = None) -> list[str]:

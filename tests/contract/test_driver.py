@@ -59,7 +59,7 @@ def test_every_pod_spec_placeholder_of_the_pipeline_comes_from_a_string(compiled
 def test_the_gpu_count_reaches_the_training_pods(compiled, gpus):
     """driver.go initPodSpecPatch + resolve.go resolvePodSpecInputRuntimeParameter, applied to the
     values a run with ``gpus`` holds (pipeline parameter a number, train_resources' outputs
-    strings): pretrain and ssl_finetune get ``nvidia.com/gpu: gpus``, holistic 1."""
+    strings): pretrain and ssl_finetune get ``nvidia.com/gpu: gpus``, each holistic step 1."""
     from components.resources import train_resources
 
     spec, _ = compiled
@@ -76,7 +76,8 @@ def test_the_gpu_count_reaches_the_training_pods(compiled, gpus):
                 values[k] = outputs[src["taskOutputParameter"]["outputParameterKey"]]
         res = executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]["container"].get("resources", {})
         limits[name] = pod_resources(res, values)["limits"].get(GPU)
-    assert {k: v for k, v in limits.items() if v} == {"pretrain": str(gpus), "ssl-finetune": str(gpus), "holistic": "1"}
+    assert {k: v for k, v in limits.items() if v} == {"pretrain": str(gpus), "ssl-finetune": str(gpus), "holistic": "1",
+                                                     "holistic-2": "1"}
 
 
 def test_the_exit_handler_gets_the_dag_state_and_closes_complete_as_finished(compiled, monkeypatch):

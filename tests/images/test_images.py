@@ -119,7 +119,8 @@ def test_compiled_pipeline_runs_in_the_image(image, tmp_path, capsys):
             # report should name both (checked at the end).
             backend_problems = []
             gpu_limits = {t.task: t.resources.get("limits", {}).get("nvidia.com/gpu") for t in run.tasks}
-            if {k: v for k, v in gpu_limits.items() if v} != {"pretrain": "1", "ssl-finetune": "1", "holistic": "1"}:
+            if {k: v for k, v in gpu_limits.items() if v} != {"pretrain": "1", "ssl-finetune": "1", "holistic": "1",
+                                                              "holistic-2": "1"}:
                 backend_problems.append(f"GPU limits the KFP driver would set: {gpu_limits}")
             # No task saw the developer's environment, only its pod's.
             assert "AWS_ACCESS_KEY_ID" in steps["ingest"].env_keys and "HOME" not in steps["ingest"].env_keys

@@ -381,6 +381,8 @@ _SA = typer.Option("uft-pipeline-runner", "--service-account", help="ServiceAcco
 _KFP_EXPERIMENT = typer.Option("uft", help="KFP experiment (created if missing)")
 _KFP_VERSION = typer.Option("", "--kfp-version", envvar="UFT_KFP_VERSION",
                             help="the KFP backend's version, if its API does not report it (checked against the minimum)")
+_UNPINNED = typer.Option(False, "--allow-unpinned-images",
+                         help="development clusters: allow UFT_IMAGE/UFT_GPU_IMAGE given by tag, not @sha256 digest")
 
 
 @app.command("sweep")
@@ -471,6 +473,7 @@ def submit_cmd(
     run_name: str = typer.Option("", help="name shown in the KFP UI (default: source→target, method, seed, GPUs, time)"),
     param: list[str] = _PARAM,
     kfp_version: str = _KFP_VERSION,
+    allow_unpinned_images: bool = _UNPINNED,
 ) -> None:
     """Compile the pipeline, upload it as a version of pipeline 'uft' and start one run (KFP >= 2.15)."""
     from uft.orchestrate.submit import submit
@@ -479,7 +482,8 @@ def submit_cmd(
     try:
         for_cluster(_params(param))
         run_id = submit(host, _params(param), experiment=experiment, namespace=namespace,
-                        service_account=service_account, run_name=run_name or None, kfp_version=kfp_version or None)
+                        service_account=service_account, run_name=run_name or None, kfp_version=kfp_version or None,
+                        allow_unpinned=allow_unpinned_images or None)
     except UftError as e:
         _fail(e)
     console.print(f"started run {run_id} in experiment {experiment!r}: {host.rstrip('/')}/#/runs/details/{run_id}", highlight=False)
@@ -496,6 +500,7 @@ def schedule_cmd(
     service_account: str = _SA,
     param: list[str] = _PARAM,
     kfp_version: str = _KFP_VERSION,
+    allow_unpinned_images: bool = _UNPINNED,
 ) -> None:
     """Create a recurring run: at most one at a time, no catch-up of missed runs."""
     from uft.orchestrate.submit import kfp_cron, schedule
@@ -504,7 +509,8 @@ def schedule_cmd(
     try:
         for_cluster(_params(param))
         rid = schedule(host, cron, _params(param), experiment=experiment, namespace=namespace,
-                       service_account=service_account, name=name, replace=replace, kfp_version=kfp_version or None)
+                       service_account=service_account, name=name, replace=replace, kfp_version=kfp_version or None,
+                       allow_unpinned=allow_unpinned_images or None)
         console.print(f"recurring run {name!r} ({rid}) on cron {kfp_cron(cron)!r} in experiment {experiment!r}", highlight=False)
     except UftError as e:
         _fail(e)
@@ -520,16 +526,36 @@ def trigger_cmd(
     service_account: str = _SA,
     param: list[str] = _PARAM,
     kfp_version: str = _KFP_VERSION,
+    max_attempts: int = typer.Option(3, "--max-attempts", help="runs per target content before retrying stops"),
+    reset_attempts: bool = typer.Option(False, "--reset-attempts", help="forget the failed runs of the current content (after a fix)"),
+    allow_unpinned_images: bool = _UNPINNED,
 ) -> None:
-    """Submit a run for this target unless its content already has a run that succeeded or is going."""
+    """Submit a run for this target unless its content already has a run that succeeded or is going,
+    or had --max-attempts runs that failed (then exit 1 naming them)."""
     from uft.orchestrate.trigger import describe, trigger
 
     try:
         res = trigger(host, target, _params(param), experiment=experiment, namespace=namespace,
-                      service_account=service_account, state_uri=state or None, kfp_version=kfp_version or None)
+                      service_account=service_account, state_uri=state or None, kfp_version=kfp_version or None,
+                      max_attempts=max_attempts, reset_attempts=reset_attempts, allow_unpinned=allow_unpinned_images or None)
     except UftError as e:
         _fail(e)
+    if res["action"] == "stopped":
+        _fail(UftError(describe(res)))
     console.print(describe(res), highlight=False)
+    _warn_token()
+
+
+def _warn_token() -> None:
+    """The KFP token's last days, as a GitHub Actions warning in the trigger workflow."""
+    import os
+
+    from uft.orchestrate.submit import TOKEN_ENV, token_warning
+
+    line = token_warning(os.environ.get(TOKEN_ENV))
+    if line:
+        prefix = "::warning::" if os.environ.get("GITHUB_ACTIONS") == "true" else "warning: "
+        print(prefix + line)
 
 
 @app.command()

@@ -125,6 +125,7 @@ class SeaweedServer:
     adopted_pid: int = 0  # a server another process started (see start_seaweedfs)
     note: str = ""  # one line: how this handle got its server (started / shared / reused / replaced)
     shared: int | None = None  # fd of the held s3.users lock, when shared
+    s3_config: Path | None = None  # a SeaweedFS identity file (-s3.config) instead of the one admin identity
 
     @property
     def pid(self) -> int:
@@ -166,6 +167,7 @@ class SeaweedServer:
             # Off: its fixed default port made a second server (a leftover, a test's) exit with code 255.
             "-s3.port.lance=0",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
+            *([f"-s3.config={self.s3_config}"] if self.s3_config else []),
         ]
         env = {**os.environ, **self.credentials.env()}
         log_path = self.data_dir / "weed.log"
@@ -176,6 +178,7 @@ class SeaweedServer:
 
     def _wait_ready(self, timeout: float, log_path: Path, offset: int) -> str:
         import boto3
+        import botocore.exceptions
         from botocore.config import Config
 
         client = boto3.client(
@@ -198,6 +201,8 @@ class SeaweedServer:
                                f"see {log_path}")
             try:
                 client.list_buckets()
+                return ""
+            except botocore.exceptions.ClientError:  # an S3 answer (a scoped identity may not list): it is up
                 return ""
             except Exception:
                 time.sleep(0.3)

@@ -53,7 +53,8 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="stream every step's logs"),
 ) -> None:
     """Run the whole pipeline locally (kfp.local + local S3 + MLflow on sqlite) and print the results."""
-    from uft.orchestrate.local import local_services, run_local, run_lock, signals_raise, state_dir
+    from uft.orchestrate.lifecycle import run_lock, signals_raise
+    from uft.orchestrate.local import local_services, run_local, state_dir
     from uft.config import default_bucket, validate_config
     from uft.preflight import check, needs_remote, preflight
 
@@ -256,7 +257,8 @@ def ui(port: int = typer.Option(5000, help="port for the MLflow UI on 127.0.0.1"
     import signal
     import subprocess
 
-    from uft.orchestrate.local import local_services, signals_raise, state_dir
+    from uft.orchestrate.lifecycle import signals_raise
+    from uft.orchestrate.local import local_services, state_dir
 
     try:
         with signals_raise(), local_services(state_dir(), say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)) as env:
@@ -435,7 +437,8 @@ def sweep_cmd(
 
 def _sweep_local(configs, axes: dict[str, list[str]], experiment: str) -> None:
     from uft.compare import compare, log_comparison, render
-    from uft.orchestrate.local import local_services, run_local, run_lock, signals_raise, state_dir
+    from uft.orchestrate.lifecycle import run_lock, signals_raise
+    from uft.orchestrate.local import local_services, run_local, state_dir
     from uft.orchestrate.sweep import describe, run_sweep
 
     state = state_dir()

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from uft import tracking
 from uft.progress import Progress
+from uft.step_cache import CODE_VERSION, cached  # noqa: F401  (CODE_VERSION: part of every step key)
 from uft.errors import UftError
-from uft.store import (Store, canonical_json, content_key, manifest_sha, manifests_intact, publish, read_manifest,
+from uft.store import (Store, canonical_json, content_key, manifest_sha, publish, read_manifest,
                        read_verified, step_store)
 
 if TYPE_CHECKING:
@@ -25,27 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("uft")
 # torch and numpy are imported inside the functions that compute: a step whose outputs are cached
 # then never pays torch's import (seconds per process).
-CODE_VERSION = "3"  # bump when a step's semantics change, to invalidate cached outputs (2: SSL head published/continued,
-# 3: training streams its data shard by shard: epochs of a seeded shard order instead of per-step draws)
-
-
-def _cached(store: Store, step: str, key_parts: dict[str, Any], compute: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
-    """Return the recorded outputs of ``step`` for these inputs, or compute and record them."""
-    key = content_key(step, CODE_VERSION, key_parts)
-    record = f"cache/{step}/{key}.json"
-    if store.exists(record):
-        try:
-            out = json.loads(store.get(record))
-        except ValueError:  # an unreadable record: compute again and rewrite it
-            out = None
-        # Trusted only if every output manifest still verifies: "rerun the step" then really repairs
-        # a deleted or corrupt shard instead of hitting the cache.
-        if out is not None and manifests_intact(out):
-            log.info("%s: cache hit %s", step, key)
-            return {**out, "cached": True}
-    out = compute(key)
-    store.put(record, canonical_json(out))
-    return {**out, "cached": False}
+# Step outputs are recorded by content (uft.step_cache); ``_cached`` is that cache.
+_cached = cached
 
 
 def _device() -> str:

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 # A small budget: the loop, not the encoder, is under test (image size pinned so all runs share a base).
-PARAMS = dict(image_size=16, channels=1, encoder="tiny", encoder_width=16, source_limit=2000, pretrain_steps=80,
-              finetune_steps=80, batch_size=128, replay_size=200, holistic_methods="naive", holistic_steps=20,
+PARAMS = dict(image_size=16, channels=1, encoder="tiny", encoder_width=16, source_limit=2000, pretrain_steps=60,
+              finetune_steps=60, batch_size=128, replay_size=200, holistic_methods="naive", holistic_steps=20,
               holistic_source_steps=50, probe_draws=1, label_shots="5", checkpoint_every=1000)
 
 
@@ -31,7 +31,8 @@ def _write(root, images: np.ndarray, labels: np.ndarray, per_class: slice) -> No
             Image.fromarray(images[i, :, :, 0]).save(d / f"{i}.png")
 
 
-@pytest.mark.slow  # three pipeline runs: several minutes on a busy 2-core machine
+@pytest.mark.slow  # three pipeline runs: 10-30 min on a busy 2-core machine
+@pytest.mark.timeout(3000)
 def test_local_trigger_plays_the_continuous_loop(s3_server, tmp_path, monkeypatch):
     import shutil
 

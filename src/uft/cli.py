@@ -237,7 +237,8 @@ def promote_cmd(
     if explain and force:
         _fail(UftError("--explain shows a decision and --force makes one: pass one of them"))
     try:
-        ctx = nullcontext() if os.environ.get("MLFLOW_TRACKING_URI") else local_services(state_dir(), start_s3=False)
+        # --explain reads the decision logged with the run: MLflow's artifacts live on the local S3 server
+        ctx = nullcontext() if os.environ.get("MLFLOW_TRACKING_URI") else local_services(state_dir(), start_s3=explain)
         with ctx:
             if explain:
                 console.print("\n".join(explain_decision(run_id, experiment=experiment)), soft_wrap=True, highlight=False,

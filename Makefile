@@ -62,8 +62,8 @@ ui: install ## open the MLflow UI on the local runs (starts the local S3 server 
 bench: install ## performance benchmarks (markdown tables)
 	$(BIN)/python -m bench.run_all
 
-sweep: install install-data ## the method comparison of the README (long: see README)
-	$(BIN)/python -m bench.uft_sweep
+sweep: install install-data ## the method comparison of docs/results.md (long: see there)
+	$(BIN)/python -m bench.uft_grid
 
 images: ## build the CPU and CUDA images (Docker with BuildKit; docker/README.md)
 	BASE_IMAGE="$(BASE_IMAGE)" EXTRA_CA="$(EXTRA_CA)" docker/build.sh cpu $(IMAGE_CPU)

@@ -224,6 +224,7 @@ def _print_result(res, state: Path, config: dict | None = None) -> None:
 def promote_cmd(
     run_id: str = typer.Argument(..., help="the pipeline run id (`uft run` prints it)"),
     force: bool = typer.Option(False, "--force", help="make its version champion without applying the gate"),
+    explain: bool = typer.Option(False, "--explain", help="show why the run's gate decided as it did; change nothing"),
     registered_model: str = typer.Option("uft-encoder", help="registered model name (if the run did not record one)"),
     experiment: str = typer.Option("uft", help="MLflow experiment of the run"),
 ) -> None:
@@ -231,11 +232,18 @@ def promote_cmd(
     from contextlib import nullcontext
 
     from uft.orchestrate.local import local_services, state_dir
-    from uft.promote import manual_promote
+    from uft.promote import explain as explain_decision, manual_promote
 
+    if explain and force:
+        _fail(UftError("--explain shows a decision and --force makes one: pass one of them"))
     try:
-        ctx = nullcontext() if os.environ.get("MLFLOW_TRACKING_URI") else local_services(state_dir(), start_s3=False)
+        # --explain reads the decision logged with the run: MLflow's artifacts live on the local S3 server
+        ctx = nullcontext() if os.environ.get("MLFLOW_TRACKING_URI") else local_services(state_dir(), start_s3=explain)
         with ctx:
+            if explain:
+                console.print("\n".join(explain_decision(run_id, experiment=experiment)), soft_wrap=True, highlight=False,
+                              markup=False)
+                return
             d = manual_promote(run_id, registered_model=registered_model, experiment=experiment, force=force)
     except UftError as e:
         _fail(e)
@@ -518,7 +526,7 @@ def schedule_cmd(
 
 @app.command("trigger")
 def trigger_cmd(
-    host: str = _HOST,
+    host: str = typer.Option("", "--host", envvar="KFP_HOST", help="KFP API URL, e.g. http://localhost:8080 (or $KFP_HOST)"),
     target: str = typer.Option(..., envvar="UFT_TARGET_URI", help="target data prefix: s3://bucket/prefix or a directory"),
     state: str = typer.Option("", help="where the last submitted hash is kept (default: STORE_URI/triggers)"),
     experiment: str = _KFP_EXPERIMENT,
@@ -529,11 +537,26 @@ def trigger_cmd(
     max_attempts: int = typer.Option(3, "--max-attempts", help="runs per target content before retrying stops"),
     reset_attempts: bool = typer.Option(False, "--reset-attempts", help="forget the failed runs of the current content (after a fix)"),
     allow_unpinned_images: bool = _UNPINNED,
+    local: bool = typer.Option(False, "--local", help="no cluster: run the pipeline here through `uft run` when the "
+                               "target directory changed (uft.orchestrate.local_trigger)"),
+    source: str = typer.Option("mnist", help="with --local: the source dataset of the run"),
 ) -> None:
     """Submit a run for this target unless its content already has a run that succeeded or is going,
-    or had --max-attempts runs that failed (then exit 1 naming them)."""
+    or had --max-attempts runs that failed (then exit 1 naming them); --local runs it here instead."""
+    if local:
+        from uft.orchestrate.local_trigger import describe_local, trigger_local
+
+        try:
+            res = trigger_local(target, source=_absolute(source), params=_params(param),
+                                state=Path(state) if state else None, experiment=experiment)
+        except UftError as e:
+            _fail(e)
+        console.print(describe_local(res), highlight=False, soft_wrap=True)
+        return
     from uft.orchestrate.trigger import describe, trigger
 
+    if not host:
+        _fail(UftError("--host is empty: pass the KFP API URL (or $KFP_HOST), or --local to run here"))
     try:
         res = trigger(host, target, _params(param), experiment=experiment, namespace=namespace,
                       service_account=service_account, state_uri=state or None, kfp_version=kfp_version or None,

@@ -26,17 +26,17 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> bytes:
+def _png(fig, dpi: int = 110, colors: int = 64) -> bytes:
     """The figure as a palette PNG: plots use few colours, and the report embeds every plot in its
     markdown (MLflow renders a markdown artifact only below 100 KB, images only as data: URIs)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     _pyplot().close(fig)
     buf.seek(0)
     small = io.BytesIO()
-    Image.open(buf).convert("RGB").quantize(colors=96, method=Image.Quantize.MEDIANCUT).save(small, "PNG", optimize=True)
+    Image.open(buf).convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(small, "PNG", optimize=True)
     return small.getvalue()
 
 
@@ -269,13 +269,14 @@ def _projection_plot(panels: dict[str, tuple[Any, Any]]) -> bytes:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
     for ax, (name, (xy, labels)) in zip(axes[0], panels.items()):
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8, vmin=0, vmax=9)
+        # opaque dots (blending would make thousands of colours): the PNG stays small enough to embed
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4, linewidths=0, vmin=0, vmax=9)
         ax.set_title(f"{name} encoder", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(sc, ax=axes[0].tolist(), label="class", ticks=range(10), shrink=0.8)
     fig.suptitle("Target test features, PCA to 2-D (fit per encoder)", fontsize=11)
-    return _png(fig)
+    return _png(fig, dpi=90, colors=48)
 
 
 #: What the promotion gate measures on, as ``uft.promote`` runs it, unless its metrics record it

@@ -114,7 +114,7 @@ def test_parent_run_page_links_the_registry_and_the_report(finished_run, ui, bro
     url, port = ui
     assert f"/runs/{res.parent_run_id}/artifacts/report.md" in url  # the parent run: the one a person opens
     run_page = url.split("/artifacts/")[0] + "?workflowType=machine_learning"
-    browser.get(run_page)
+    _open(browser, run_page)
     link = _wait(browser, lambda d: _first(d, "a[href*='#/models/']"), "the registered model version's link")
     text = _wait(browser, lambda d: d.find_element("tag name", "body").text, "the page text",
                  until=lambda t: "Decision:" in t and "linear 1-shot" in t)
@@ -131,7 +131,7 @@ def test_parent_run_page_links_the_registry_and_the_report(finished_run, ui, bro
 
 def test_markdown_report_renders_with_images(ui, browser, shots):
     url, _ = ui
-    browser.get(url)
+    _open(browser, url)
     heading = _wait(browser, lambda d: _first(d, "h1, h2"), "the report's headings",
                     until=lambda el: el is not None and "uft run report" in browser.find_element("tag name", "body").text)
     assert heading is not None
@@ -146,7 +146,7 @@ def test_markdown_report_renders_with_images(ui, browser, shots):
 
 def test_html_report_renders_with_images(ui, browser, shots):
     url, _ = ui
-    browser.get(url.replace("report.md", "report.html"))
+    _open(browser, url.replace("report.md", "report.html"))
     frame = _wait(browser, lambda d: _first(d, "iframe"), "the HTML report's frame")
     browser.switch_to.frame(frame)
     try:
@@ -166,6 +166,13 @@ def test_html_report_renders_with_images(ui, browser, shots):
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+def _open(driver, url: str) -> None:
+    """A fresh page load: the UI picks the artifact to show from the route only when it mounts, so
+    a hash change within an open UI would keep the previous artifact."""
+    driver.get("about:blank")
+    driver.get(url)
+
 
 def _first(driver, css: str):
     found = driver.find_elements("css selector", css)

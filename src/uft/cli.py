@@ -272,8 +272,10 @@ def ui(port: int = typer.Option(5000, help="port for the MLflow UI on 127.0.0.1"
             console.print(f"  runs and model registry: {ui_url('#/experiments' + UI_QUERY, port)}", soft_wrap=True,
                           highlight=False)
             # Its own session, so stopping `uft ui` (any signal) stops MLflow's workers with it.
+            # One worker: a local UI has one reader, and MLflow's default four take minutes to start on 2 cores.
             proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
-                                     "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]], env={**os.environ, **env},
+                                     "--workers", "1", "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]],
+                                    env={**os.environ, **env},
                                     start_new_session=True)
             try:
                 proc.wait()

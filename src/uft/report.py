@@ -6,7 +6,7 @@ import base64
 import html
 import io
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -435,17 +435,44 @@ _STYLE = ("body{font-family:system-ui,sans-serif;max-width:62rem;margin:2rem aut
           "blockquote{color:#b00020;font-weight:bold;border-left:4px solid #b00020;margin:1rem 0;padding-left:.6rem}")
 
 
-def embed_images(md: str, files: dict[str, bytes]) -> str:
-    """``md`` with every image link to one of ``files`` (``![alt](name.png)``) replaced by a
-    ``data:`` URI, so the markdown shows its plots wherever it is opened alone (MLflow's artifact
-    viewer draws images only from absolute or data: URLs)."""
-    def inline(m: re.Match) -> str:
-        name = m.group(2)
-        if name not in files:
-            return m.group(0)
-        return f"![{m.group(1)}](data:image/png;base64,{base64.b64encode(files[name]).decode()})"
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
-    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", inline, md)
+
+def relink_images(md: str, files: dict[str, bytes], url_of: Callable[[str], str]) -> str:
+    """``md`` with every image of one of ``files`` (linked by name, ``![alt](name.png)``, or
+    embedded as its data: URI) pointing to ``url_of(name)`` instead."""
+    names = {n: n for n in files if n.endswith(".png")}
+    names.update({_data_uri(files[n]): n for n in list(names)})
+
+    def relink(m: re.Match) -> str:
+        name = names.get(m.group(2))
+        return m.group(0) if name is None else f"![{m.group(1)}]({url_of(name)})"
+
+    return _IMAGE.sub(relink, md)
+
+
+def embed_images(md: str, files: dict[str, bytes]) -> str:
+    """``md`` with its plots embedded as data: URIs: the markdown shows them wherever it is opened
+    alone (a download, the KFP UI's markdown viewer, our HTML page)."""
+    return relink_images(md, files, lambda name: _data_uri(files[name]))
+
+
+def mlflow_markdown(md: str, files: dict[str, bytes], run_id: str) -> str:
+    """``md`` for MLflow's artifact viewer, its plots read from run ``run_id``'s artifacts.
+
+    That viewer (mlflow/server/js ShowArtifactMarkdownView) passes react-markdown's
+    ``defaultUrlTransform``, which blanks data: URLs, and its ``img`` renderer
+    (GenAIMarkdownRenderer) prints any URL without a scheme as text. ``http:get-artifact?…`` has a
+    scheme and, by the URL standard, resolves like a relative URL against a page of the same scheme:
+    the server's own ``/get-artifact`` route (under any ``--static-prefix``). On a UI served over
+    https the images would not resolve (the other views of the report still work)."""
+    from urllib.parse import urlencode
+
+    return relink_images(md, files, lambda name: "http:get-artifact?" + urlencode({"path": name, "run_uuid": run_id}))
+
+
+def _data_uri(png: bytes) -> str:
+    return f"data:image/png;base64,{base64.b64encode(png).decode()}"
 
 
 def _html(md: str) -> str:

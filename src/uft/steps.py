@@ -588,18 +588,20 @@ def _log_report(run, files: dict[str, bytes], summary: dict[str, Any], collected
     import tempfile
     from pathlib import Path
 
-    import mlflow
-
-    from uft.report import run_description
+    from uft.report import mlflow_markdown, run_description
 
     parent_id = tracking.log_parent_params(experiment, run_id, config)  # for `uft compare`
     client = tracking._client()
-    with tempfile.TemporaryDirectory() as d:
-        for name, data in files.items():
-            (Path(d) / name).write_bytes(data)
-        mlflow.log_artifacts(d)
-        if parent_id is not None:
-            client.log_artifacts(parent_id, d)
+    md = files["report.md"].decode()
+    for target in (run.info.run_id, parent_id):
+        if target is None:
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            for name, data in files.items():
+                (Path(d) / name).write_bytes(data)
+            # the markdown's plots from this run's artifacts: MLflow's viewer draws no data: images
+            (Path(d) / "report.md").write_text(mlflow_markdown(md, files, target))
+            client.log_artifacts(target, d)
     if parent_id is None:
         return
     for k, v in summary.items():

@@ -26,7 +26,7 @@ import pytest
 
 from tests.pipeline.test_local_pipeline import TINY, _write_imagefolder
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -73,7 +73,7 @@ def ui(finished_run):
     try:
         printed = _read_until(proc, "latest run's report:", 120)
         url = re.search(r"latest run's report: (\S+)", printed).group(1)
-        _wait_http(f"http://127.0.0.1:{port}/health", 120)
+        _wait_http(f"http://127.0.0.1:{port}/health", 300)
         yield url, port
     finally:
         os.killpg(proc.pid, signal.SIGINT)

@@ -167,3 +167,15 @@ def test_gate_sample_matches_what_promote_measures(monkeypatch):
     monkeypatch.setattr(store, "read_manifest", lambda uri: ({"classes": [0]}, None, None))
     tr_x, _, te_x, _, _ = promote._source_eval("s3://b/source/manifest.json", GATE_SAMPLE["max_images"], 0)
     assert (len(tr_x), len(te_x)) == (2 * GATE_SAMPLE["max_images"], GATE_SAMPLE["max_images"] // 2)
+
+
+def test_mlflow_copy_reads_its_plots_from_the_run(report):
+    """MLflow's markdown viewer blanks data: URLs and prints scheme-less ones as text; the copy
+    logged to a run points each plot to that run's artifact through the server's /get-artifact."""
+    from uft.report import mlflow_markdown
+
+    files, _ = report
+    md = mlflow_markdown(files["report.md"].decode(), files, "run42")
+    assert "data:image" not in md
+    assert "![loss](http:get-artifact?path=loss.png&run_uuid=run42)" in md
+    assert md.count("](http:get-artifact?") == sum(n.endswith(".png") for n in files)

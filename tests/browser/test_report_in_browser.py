@@ -102,9 +102,16 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
+#: Where the screenshots are kept (a test artifact, ignored by git): $UFT_TEST_ARTIFACTS, else
+#: build/test-artifacts (pytest's own tmp dirs are pruned by the next sessions on a shared machine).
+ARTIFACTS = Path(os.environ.get("UFT_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "build" / "test-artifacts"))
+
+
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("screenshots")
+def shots() -> Path:
+    d = ARTIFACTS / "browser"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
     print(f"\nscreenshots: {d}")
     return d
 
@@ -116,14 +123,16 @@ def test_parent_run_page_links_the_registry_and_the_report(finished_run, ui, bro
     run_page = url.split("/artifacts/")[0] + "?workflowType=machine_learning"
     _open(browser, run_page)
     link = _wait(browser, lambda d: _first(d, "a[href*='#/models/']"), "the registered model version's link")
+    href = link.get_attribute("href")
     text = _wait(browser, lambda d: d.find_element("tag name", "body").text, "the page text",
                  until=lambda t: "Decision:" in t and "linear 1-shot" in t)
-    browser.save_screenshot(str(shots / "parent_run.png"))
-    assert re.search(r"#/models/[^/]+/versions/\d+", link.get_attribute("href"))
+    assert re.search(r"#/models/[^/]+/versions/\d+", href)
     assert _first(browser, "a[href*='/artifacts/report.md']") is not None
     assert not [m for m in RAW_MARKERS if m in _description_text(browser)], _description_text(browser)
-    assert "Model registry" in text or "Models" in text  # the classic workflow: the registry is in the sidebar
-    link.click()  # the version page opens (the link is a real route, not a dead end)
+    assert "Model registry" in text  # the classic workflow: the registry is in the sidebar
+    _expand_description(browser)
+    browser.save_screenshot(str(shots / "parent_run.png"))
+    _open(browser, href)  # the version page opens: a real route, not a dead end
     _wait(browser, lambda d: d.find_element("tag name", "body").text, "the model version page",
           until=lambda t: re.search(r"Version \d+", t) is not None)
     browser.save_screenshot(str(shots / "model_version.png"))
@@ -207,6 +216,16 @@ def _wait_images(driver, scope, minimum: int):
         broken = [i.get_attribute("alt") or (i.get_attribute("src") or "")[:60] for i in imgs
                   if not driver.execute_script("return arguments[0].naturalWidth", i)]
         raise AssertionError(f"{len(imgs)} images, broken: {broken}") from None
+
+
+def _expand_description(driver) -> None:
+    """Click the description's "Show more" (MLflow folds long descriptions) when there is one."""
+    for el in driver.find_elements("xpath", "//*[normalize-space(text())='Show more']"):
+        try:
+            el.click()
+            time.sleep(0.5)
+        except Exception:
+            pass
 
 
 def _description_text(driver) -> str:

@@ -1,7 +1,7 @@
 """Same input → same published dataset: manifest hashes of a few ingests under this tree (1 and 2
 decode workers) and, with ``--baseline``, under another checkout (e.g. main before parallel ingest).
 
-    python -m bench.ingest_identity --baseline /work/main/src
+    python -m bench.ingest_identity --baseline <baseline checkout>/src
 
 Cases: bundled MNIST at 16 px (resized, framed), optdigits with ``limit``, and a generated
 ImageFolder (3 classes × 700 RGB JPEGs of varied sizes, plus a corrupt file, a non-image, a byte
@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> str:
     here = Path(__file__).parents[1] / "src"
     cols = {"this tree, 1 worker": run_in(here, tree, 1), "this tree, 2 workers": run_in(here, tree, 2)}
     if args.baseline:
-        cols[f"baseline {args.baseline}"] = run_in(args.baseline, tree, 1)
+        cols["baseline checkout"] = run_in(args.baseline, tree, 1)
     names = [f"{'ImageFolder' if s == 'TREE' else s} {z}px×{c} limit={lim} framing={f}" for s, z, c, lim, f in CASES]
     rows = [[n, *(v[i][:16] for v in cols.values()), "yes" if len({v[i] for v in cols.values()}) == 1 else "NO"]
             for i, n in enumerate(names)]
-    report = f"## Ingest identity (manifest sha256, first 16 hex)\n\n- ImageFolder: {tree}\n\n" + \
+    report = "## Ingest identity (manifest sha256, first 16 hex)\n\n- ImageFolder: generated in a temporary directory\n\n" + \
         table(["case", *cols, "all equal"], rows)
     print(report)
     return report

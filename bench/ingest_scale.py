@@ -153,7 +153,7 @@ def run(sizes: list[int], compare_at: int, cache: Path = DEFAULT_CACHE, baseline
     lines = [f"## Ingest at scale (ImageFolder of {SIZE}×{SIZE} RGB JPEGs → Parquet, file:// store)\n",
              f"- CPUs available to this process: {cpus} (`os.sched_getaffinity` / cgroup quota); "
              f"load average at start (1/5/15 min): {load_avg()}",
-             f"- data cached under {cache} (10 classes of smooth random colour fields, JPEG q90)\n"]
+             f"- data cached under {_shown(cache)} (10 classes of smooth random colour fields, JPEG q90)\n"]
     rows = []
     plan = [(n, cpus, None) for n in sizes] + ([(compare_at, 1, None)] if compare_at and cpus > 1 else [])
     plan += [(n, 1, baseline) for n in (sizes if baseline_sizes is None else baseline_sizes)] if baseline else []
@@ -164,7 +164,7 @@ def run(sizes: list[int], compare_at: int, cache: Path = DEFAULT_CACHE, baseline
         print(f"[ingest_scale] {n} images at {root} (ready in {gen:.0f} s); ingesting with {w} worker(s)…",
               file=sys.stderr, flush=True)
         r = measure(root, w, src)
-        rows.append([n, f"baseline {src}" if src else "this tree", r["workers"], r["rows"], r["wall_s"], r["decode_s"], r["publish_s"], r["cpu_s"],
+        rows.append([n, "baseline checkout" if src else "this tree", r["workers"], r["rows"], r["wall_s"], r["decode_s"], r["publish_s"], r["cpu_s"],
                      n / r["wall_s"], n / r["cpu_s"], r["rss_main_mb"], r["rss_worker_mb"]])
     lines.append(table(["images", "code", "workers", "rows published", "wall s", "decode s", "publish s", "CPU s (user+sys)",
                         "images/s (wall)", "images per CPU-s", "peak RSS ingest MB", "peak RSS largest worker MB"], rows))
@@ -199,3 +199,11 @@ def main(argv: list[str] | None = None) -> str:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def _shown(path: Path) -> str:
+    """A path as a result file may show it: relative to the home directory, never a machine path."""
+    try:
+        return "~/" + str(Path(path).resolve().relative_to(Path.home().resolve()))
+    except ValueError:
+        return Path(path).name

@@ -1,6 +1,6 @@
 """Pipeline overhead: per-task cost of the kfp.local runner (a chain of trivial components with
 ``install_kfp_package=False`` under ``SubprocessRunner(use_venv=False)``), the cost of importing
-``uft.steps`` + torch + mlflow in a fresh process, and ``make run``'s wall time when the lead has
+``uft.steps`` + torch + mlflow in a fresh process, and ``make run``'s wall time when someone has
 recorded it in ``bench/results/make_run.txt``."""
 
 # no `from __future__ import annotations`: kfp reads the component's annotations as types
@@ -72,7 +72,7 @@ def import_seconds(code: str, repeats: int = 3) -> float:
 
 def make_run_row(path: Path = RESULTS / "make_run.txt") -> list:
     if path.exists():
-        return ["`make run` wall time (after install, measured by the lead)", path.read_text().strip(), path.name]
+        return ["`make run` wall time (after install, measured with `time make run`)", path.read_text().strip(), path.name]
     return ["`make run` wall time (after install)", "not measured here", f"write it to bench/results/{path.name}"]
 
 

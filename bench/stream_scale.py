@@ -47,7 +47,7 @@ SIZE, CHANNELS, CLASSES = 32, 3, 10
 TEST_EVERY = 50  # 2 % test rows
 WIDTH = 16  # tiny convnet width (feature_dim 64)
 BATCH = 256
-DATA_DIR = Path("/tmp/uft-stream-bench")  # generated datasets, reused between runs
+DATA_DIR = Path(tempfile.gettempdir()) / "uft-stream-bench"  # generated datasets, reused between runs
 
 
 # --- generated dataset ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ fi
 command -v debootstrap >/dev/null || { echo "build-base: debootstrap missing: run docker/ensure-engine.sh (or apt-get install debootstrap)" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || { echo "build-base: debootstrap needs root" >&2; exit 1; }
 
-root=$(mktemp -d /tmp/uft-base.XXXXXX)
+root=$(mktemp -d -t uft-base.XXXXXX)
 trap 'rm -rf "$root"' EXIT
 echo "build-base: debootstrap $SUITE from $MIRROR …" >&2
 debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" >"$root.log" 2>&1 \

@@ -116,6 +116,8 @@ def uft_pipeline(
     target_limit: int = D.target_limit,
     source_test_fraction: float = D.source_test_fraction,
     target_test_fraction: float = D.target_test_fraction,
+    source_val_fraction: float = D.source_val_fraction,
+    target_val_fraction: float = D.target_val_fraction,
     framing: str = D.framing,
     encoder: str = D.encoder,
     encoder_width: int = D.encoder_width,
@@ -157,8 +159,9 @@ def uft_pipeline(
     done.set_caching_options(False)
     with dsl.ExitHandler(done, name="uft-run"):
         data = {}
-        for role, spec, limit, test_fraction in (("source", source, source_limit, source_test_fraction),
-                                                  ("target", target, target_limit, target_test_fraction)):
+        for role, spec, limit, test_fraction, val_fraction in (
+                ("source", source, source_limit, source_test_fraction, source_val_fraction),
+                ("target", target, target_limit, target_test_fraction, target_val_fraction)):
             # The fingerprint (a listing, no decoding) runs every time and is never cached; ingest is
             # cached on it, so unchanged data reuse the dataset artifact and everything downstream of
             # it can be a cache hit, while new files at the same prefix give a new key and a new ingest.
@@ -166,8 +169,8 @@ def uft_pipeline(
             fp.set_caching_options(False)
             fp.set_display_name(f"fingerprint-{role}")
             ing = _platform(ingest(spec=spec, fingerprint=fp.output, store_uri=store_uri, role=role, image_size=image_size,
-                                   channels=channels, limit=limit, test_fraction=test_fraction, seed=seed, framing=framing,
-                                   **run))
+                                   channels=channels, limit=limit, test_fraction=test_fraction, val_fraction=val_fraction,
+                                   seed=seed, framing=framing, **run))
             ing.set_display_name(f"ingest-{role}")
             data[role] = ing.outputs["dataset"]
         src, tgt = data["source"], data["target"]

@@ -53,7 +53,8 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="stream every step's logs"),
 ) -> None:
     """Run the whole pipeline locally (kfp.local + local S3 + MLflow on sqlite) and print the results."""
-    from uft.orchestrate.local import local_services, run_local, run_lock, signals_raise, state_dir
+    from uft.orchestrate.lifecycle import run_lock, signals_raise
+    from uft.orchestrate.local import local_services, run_local, state_dir
     from uft.config import default_bucket, validate_config
     from uft.preflight import check, needs_remote, preflight
 
@@ -258,7 +259,8 @@ def ui(port: int = typer.Option(5000, help="port for the MLflow UI on 127.0.0.1"
     import signal
     import subprocess
 
-    from uft.orchestrate.local import local_services, signals_raise, state_dir
+    from uft.orchestrate.lifecycle import signals_raise
+    from uft.orchestrate.local import local_services, state_dir
 
     try:
         with signals_raise(), local_services(state_dir(), say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)) as env:
@@ -308,6 +310,7 @@ def ingest_cmd(
     image_size: int = typer.Option(16, help="square side every image is resized to"),
     channels: int = typer.Option(1, help="1 (grey) or 3 (RGB)"),
     test_fraction: float = typer.Option(0.5, help="held-out share per class when the data has no train/ and test/"),
+    val_fraction: float = typer.Option(0.2, help="share of the non-test rows per class held out from training for decisions"),
     limit: int = typer.Option(0, help="keep at most this many images (class-proportional; 0 = all)"),
     seed: int = typer.Option(0, help="seed of the split and of --limit"),
     name: str = typer.Option("", help="dataset name in the manifest (default: PATH)"),
@@ -342,7 +345,7 @@ def ingest_cmd(
         dest = open_store(store, create_bucket=True)
         with console.status(f"publishing to {dest.uri} …", spinner="dots"):
             uri = ingest_raw(raw, dest, name=name or path, image_size=image_size, channels=channels,
-                             test_fraction=test_fraction, limit=limit, seed=seed)
+                             test_fraction=test_fraction, val_fraction=val_fraction, limit=limit, seed=seed)
         manifest, _, _ = read_manifest(uri)
         console.print(f"published {manifest['num_rows']} rows ({', '.join(f'{k} {v}' for k, v in sorted(manifest['splits'].items()))}) "
                       f"at {image_size}x{image_size}x{channels}:", highlight=False)
@@ -446,7 +449,8 @@ def sweep_cmd(
 
 def _sweep_local(configs, axes: dict[str, list[str]], experiment: str) -> None:
     from uft.compare import compare, log_comparison, render
-    from uft.orchestrate.local import local_services, run_local, run_lock, signals_raise, state_dir
+    from uft.orchestrate.lifecycle import run_lock, signals_raise
+    from uft.orchestrate.local import local_services, run_local, state_dir
     from uft.orchestrate.sweep import describe, run_sweep
 
     state = state_dir()

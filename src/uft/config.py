@@ -6,46 +6,16 @@ is caught before anything runs, with a message naming the field and the valid ra
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from uft.data.framing import FRAMINGS
+from uft.choices import (BUILTIN_ENCODERS, BUILTIN_HOLISTIC_METHODS, BUILTIN_SSL_METHODS, FRAMINGS, MIX_OPS,  # noqa: F401
+                         MIX_PAIRINGS, REPLAY_RULES, one_of)
 from uft.errors import UftError
+from uft.store import DEFAULT_BUCKET, default_bucket, default_store_uri  # noqa: F401  (re-exported)
 
-REPLAY_RULES = ("uniform", "class_balanced", "kmeans", "nearest_target")
-MIX_OPS = ("none", "mixup", "cutmix")
-MIX_PAIRINGS = ("target_source", "target_target")
 CHOICES = {"replay_rule": REPLAY_RULES, "mix_op": MIX_OPS, "mix_pairing": MIX_PAIRINGS, "framing": FRAMINGS}
-#: The built-in encoders, SSL objectives and holistic methods by name, so that checking a config
-#: that uses them imports no torch (seconds, before `uft run` can even start its services). A name
-#: not listed is looked up in the registries themselves (uft.models, uft.ssl, uft.transfer.holistic);
-#: tests/unit/test_config.py keeps these lists equal to the registries.
-BUILTIN_ENCODERS = ("efficientnet_lite0", "resnet18", "resnet50", "tiny")
-BUILTIN_SSL_METHODS = ("act", "barlow", "byol", "moco", "simclr")
-BUILTIN_HOLISTIC_METHODS = ("source", "adabn", "naive", "frozen_head", "lolsgd", "distill", "rank_reg", "oracle")
-
-
-def one_of(value: str, choices: tuple[str, ...] | list[str], what: str) -> str:
-    """``value`` if it is one of ``choices``, else the one-line ValueError every config validator raises."""
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
-    return value
-
-
-#: The artifact bucket when UFT_BUCKET is unset. On a cluster UFT_BUCKET comes from ConfigMap
-#: uft-config (infra/base/config.yaml), the one place the bucket is named.
-DEFAULT_BUCKET = "uft-artifacts"
-
-
-def default_bucket() -> str:
-    return os.environ.get("UFT_BUCKET", "").strip() or DEFAULT_BUCKET
-
-
-def default_store_uri() -> str:
-    """``s3://$UFT_BUCKET/uft``: where steps publish when the run names no ``store_uri``."""
-    return f"s3://{default_bucket()}/uft"
 
 
 def _csv_ints(value: str, field: str) -> list[int]:
@@ -68,6 +38,10 @@ class RunConfig(BaseModel):
     target_limit: int = Field(0, ge=0, description="0 = all target images")
     target_test_fraction: float = Field(0.5, gt=0, lt=1)
     source_test_fraction: float = Field(0.1, gt=0, lt=1, description="held out for source retention")
+    target_val_fraction: float = Field(0.2, ge=0, lt=1, description="share of the non-test target rows held out "
+                                       "from finetuning for decisions (promotion signals, γ, hyperparameters)")
+    source_val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the non-test source rows held out "
+                                       "from pretraining for decisions (source retention in the promotion gate)")
     framing: str = Field("auto", description="auto | content_box | keep: crop images to their content at ingest")
 
     encoder: str = "tiny"

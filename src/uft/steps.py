@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from uft import tracking
 from uft.progress import Progress
+from uft.step_cache import CODE_VERSION, cached  # noqa: F401  (CODE_VERSION: part of every step key)
 from uft.errors import UftError
-from uft.store import (Store, canonical_json, content_key, manifest_sha, manifests_intact, publish, read_manifest,
+from uft.store import (Store, canonical_json, content_key, manifest_sha, publish, read_manifest,
                        read_verified, step_store)
 
 if TYPE_CHECKING:
@@ -25,27 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("uft")
 # torch and numpy are imported inside the functions that compute: a step whose outputs are cached
 # then never pays torch's import (seconds per process).
-CODE_VERSION = "3"  # bump when a step's semantics change, to invalidate cached outputs (2: SSL head published/continued,
-# 3: training streams its data shard by shard: epochs of a seeded shard order instead of per-step draws)
-
-
-def _cached(store: Store, step: str, key_parts: dict[str, Any], compute: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
-    """Return the recorded outputs of ``step`` for these inputs, or compute and record them."""
-    key = content_key(step, CODE_VERSION, key_parts)
-    record = f"cache/{step}/{key}.json"
-    if store.exists(record):
-        try:
-            out = json.loads(store.get(record))
-        except ValueError:  # an unreadable record: compute again and rewrite it
-            out = None
-        # Trusted only if every output manifest still verifies: "rerun the step" then really repairs
-        # a deleted or corrupt shard instead of hitting the cache.
-        if out is not None and manifests_intact(out):
-            log.info("%s: cache hit %s", step, key)
-            return {**out, "cached": True}
-    out = compute(key)
-    store.put(record, canonical_json(out))
-    return {**out, "cached": False}
+# Step outputs are recorded by content (uft.step_cache); ``_cached`` is that cache.
+_cached = cached
 
 
 def _device() -> str:
@@ -57,13 +39,15 @@ def _device() -> str:
 # --- ingest ----------------------------------------------------------------------------------------
 
 def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: int, limit: int = 0,
-           test_fraction: float = 0.5, seed: int = 0, framing: str = "auto", fingerprint: str = "",
-           run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
+           test_fraction: float = 0.5, val_fraction: float = 0.2, seed: int = 0, framing: str = "auto",
+           fingerprint: str = "", run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """Bundled name / ImageFolder dir / s3:// prefix / manifest URI → published dataset, framed by
     ``framing`` (auto / content_box / keep, :mod:`uft.data.framing`; a manifest URI passes through).
 
     ``fingerprint``: :func:`uft.data.fingerprint.source_fingerprint` of ``spec`` taken just before; with
-    it, user data are cached like bundled data (same files → same dataset, no re-decoding)."""
+    it, user data are cached like bundled data (same files → same dataset, no re-decoding).
+    ``val_fraction`` of the non-test rows become the "val" split that no training step reads
+    (:data:`uft.data.ingest.SPLITS`)."""
     from uft.data.framing import check_framing
 
     check_framing(framing)
@@ -78,7 +62,7 @@ def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: i
         return {"dataset_uri": spec, "dataset_sha": manifest_sha(spec), "num_rows": manifest["num_rows"], "cached": True}
 
     params = {"spec": spec, "image_size": image_size, "channels": channels, "limit": limit,
-              "test_fraction": test_fraction, "seed": seed, "framing": framing}
+              "test_fraction": test_fraction, "val_fraction": val_fraction, "seed": seed, "framing": framing}
     with tracking.step_run(experiment, run_id, f"ingest_{role}", {**params, "role": role}) as run:
         def compute(_key: str) -> dict[str, Any]:
             from uft.data.ingest import ingest as ingest_raw  # imports torch: only when there is work
@@ -86,7 +70,7 @@ def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: i
 
             raw = load_source(spec, image_size=image_size, channels=channels, framing=framing)
             uri = ingest_raw(raw, store, name=f"{role}:{spec}", image_size=image_size, channels=channels,
-                             test_fraction=test_fraction, limit=limit, seed=seed)
+                             test_fraction=test_fraction, val_fraction=val_fraction, limit=limit, seed=seed)
             manifest, _, _ = read_manifest(uri)
             return {"dataset_uri": uri, "dataset_sha": manifest_sha(uri), "num_rows": manifest["num_rows"],
                     "splits": manifest["splits"], "skipped": raw.info.get("skipped", [])}

@@ -241,12 +241,24 @@ def open_store(uri: str, *, create_bucket: bool = False) -> Store:
     return LocalStore(Path(uri.removeprefix("file://")).resolve())
 
 
+#: The artifact bucket when UFT_BUCKET is unset. On a cluster UFT_BUCKET comes from ConfigMap
+#: uft-config (infra/base/config.yaml), the one place the bucket is named.
+DEFAULT_BUCKET = "uft-artifacts"
+
+
+def default_bucket() -> str:
+    return os.environ.get("UFT_BUCKET", "").strip() or DEFAULT_BUCKET
+
+
+def default_store_uri() -> str:
+    """``s3://$UFT_BUCKET/uft``: where steps publish when the run names no ``store_uri``."""
+    return f"s3://{default_bucket()}/uft"
+
+
 def step_store(uri: str) -> Store:
     """The store a pipeline step publishes to (bucket created if missing): ``uri``, or
     ``s3://$UFT_BUCKET/uft`` when it is empty (a cluster run names none; UFT_BUCKET comes from the
     ``uft-config`` ConfigMap). The one place that fallback lives: every step opens its store here."""
-    from uft.config import default_store_uri
-
     return open_store(uri or default_store_uri(), create_bucket=True)
 
 

@@ -385,10 +385,10 @@ def test_the_bucket_is_one_setting(tmp_path, target):
 
 def test_the_bucket_is_named_once_in_the_code():
     """Defect 7, client side: steps, submit, trigger and the local runner all derive the bucket
-    from uft.config.default_bucket() (env UFT_BUCKET, which uft-config sets on the cluster)."""
+    from uft.store.default_bucket() (env UFT_BUCKET, which uft-config sets on the cluster)."""
     hits = [str(p.relative_to(ROOT)) for d in ("src", "pipelines", "components") for p in (ROOT / d).rglob("*.py")
             if re.search(r"[\"']s3://uft-artifacts|[\"']uft-artifacts[\"']", p.read_text())]
-    assert hits == ["src/uft/config.py"], hits
+    assert hits == ["src/uft/store.py"], hits
     assert (yaml.safe_dump_all(render("base")).count("uft-artifacts")) == 2  # UFT_BUCKET and the replaced root
 
 

@@ -258,7 +258,7 @@ def test_training_components_run_ddp_with_the_gpu_count(gpus, monkeypatch):
     common = dict(store_uri="", run_id="r", experiment="e", seed=0, lr=1e-3, batch_size=8, checkpoint_every=2)
 
     def art(kind, uri):
-        return kind(name="a", uri="/tmp/unused", metadata={"manifest_uri": uri})
+        return kind(name="a", uri="/unused", metadata={"manifest_uri": uri})
 
     model = art(dsl.Model, "")
     pretrain.python_func(source=art(dsl.Dataset, "s3://b/d/manifest.json"), encoder="tiny", encoder_width=8,

@@ -75,7 +75,7 @@ def pipeline(state: str) -> None:
 def services(state: str) -> None:
     from pathlib import Path
 
-    from uft.orchestrate.local import signals_raise
+    from uft.orchestrate.lifecycle import signals_raise
     from uft.services import start_seaweedfs
 
     with signals_raise():

@@ -303,7 +303,7 @@ def preflight_wrong_s3_credentials(ctx):
 
 
 def second_run_in_the_same_state(ctx):
-    from uft.orchestrate.local import run_lock
+    from uft.orchestrate.lifecycle import run_lock
 
     with run_lock(ctx.tmp / "state"), run_lock(ctx.tmp / "state"):  # two runs of one checkout at once
         pass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from uft.orchestrate.local import descendants
+from uft.orchestrate.lifecycle import descendants
 from uft.services import RECORD, free_port, pid_alive
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]  # each starts real runs: minutes on two busy cores

@@ -50,7 +50,7 @@ def _worker(rank: int, port: int, out: str, steps: int, crash_at: int) -> None:
     from uft.models.encoders import build_encoder
     from uft.ssl import ddp
     from uft.ssl.base import build_method
-    from uft.ssl.train import Checkpointer, train_ssl
+    from uft.ssl.train import Checkpointer, serve, train_ssl
     from uft.store import LocalStore
 
     torch.set_num_threads(1)
@@ -68,7 +68,7 @@ def _worker(rank: int, port: int, out: str, steps: int, crash_at: int) -> None:
             res = train_ssl(method, _images(), _cfg(steps), replay=_images(16).flip(-1), checkpointer=ckpt, on_log=on_log)
             ddp.finish()
         else:
-            ((method, res),) = ddp.serve("cpu")
+            ((method, res),) = serve("cpu")
         torch.save({"state": method.state_dict(), "losses": res.losses, "resumed_from": res.resumed_from},
                    Path(out) / f"rank{rank}.pt")
     finally:
@@ -125,7 +125,7 @@ def _small_batch_worker(rank: int, port: int, out: str) -> None:
     from uft.models.encoders import build_encoder
     from uft.ssl import ddp
     from uft.ssl.base import build_method
-    from uft.ssl.train import TrainConfig, train_ssl
+    from uft.ssl.train import TrainConfig, serve, train_ssl
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
@@ -137,7 +137,7 @@ def _small_batch_worker(rank: int, port: int, out: str) -> None:
                 Path(out).write_text(str(e))
             ddp.finish()
         else:
-            assert ddp.serve("cpu") == []
+            assert serve("cpu") == []
     finally:
         dist.destroy_process_group()
 

@@ -107,7 +107,7 @@ def test_sigterm_to_the_shim_reaches_the_task(tmp_path, shim):
     """kfp.local and `uft run`'s stop signal the process they started (the shim): it must reach the task."""
     import threading
 
-    from uft.orchestrate.local import descendants
+    from uft.orchestrate.lifecycle import descendants
     from uft.services import pid_alive
 
     marker = tmp_path / "pid"

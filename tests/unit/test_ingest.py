@@ -169,3 +169,25 @@ def test_ingest_scale_bench_smoke(tmp_path):
     assert cells[3] == "40" and float(cells[4]) > 0 and float(cells[10]) > 0  # rows published, wall s, RSS
     assert len(list((tmp_path / "imagefolder-40-32px-seed0").rglob("*.jpg"))) == 40
     assert "| 20000 |" in text  # the bookkeeping-only row
+
+
+def test_val_split_is_carved_from_train_and_keeps_the_test_rows():
+    labels = np.repeat(np.arange(4), 50)
+    without = stratified_split(labels, 0.3, seed=3)
+    with_val = stratified_split(labels, 0.3, seed=3, val_fraction=0.2)
+    assert ((without == "test") == (with_val == "test")).all()  # the test rows do not move
+    assert set(with_val[without == "train"]) == {"train", "val"}
+    for c in range(4):  # per class: 35 non-test rows, 7 of them val
+        assert (with_val[labels == c] == "val").sum() == 7
+    assert (stratified_split(labels, 0.3, seed=3, val_fraction=0.2) == with_val).all()  # seeded
+
+
+def test_val_split_of_data_that_comes_with_its_own_test_split(tiny_raw, tmp_path):
+    splits = np.where(np.arange(len(tiny_raw.labels)) % 4 == 0, "test", "train")
+    raw = RawImages(tiny_raw.images, tiny_raw.labels, tiny_raw.classes, splits=splits)
+    uri = ingest(raw, LocalStore(tmp_path), name="t", image_size=8, channels=1, val_fraction=0.25)
+    ds = load_dataset(uri)
+    assert (ds.split == "test").sum() == (splits == "test").sum()
+    assert (ds.split == "val").sum() > 0 and set(ds.split) == {"train", "val", "test"}
+    with pytest.raises(UftError, match="val_fraction"):
+        ingest(raw, LocalStore(tmp_path), name="t", image_size=8, channels=1, val_fraction=1.0)

@@ -14,7 +14,8 @@ from kfp.local import status
 from kfp.local.orchestrator import task_executor
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from uft.orchestrate.local import _ErrorTap, no_retry_on_bad_input, run_lock
+from uft.orchestrate.lifecycle import run_lock
+from uft.orchestrate.local import _ErrorTap, no_retry_on_bad_input
 
 EXIT = pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.TriggerStrategy.ALL_UPSTREAM_TASKS_COMPLETED
 
@@ -106,7 +107,7 @@ def test_one_run_stops_starting_tasks_after_a_failure(monkeypatch):
 
 def test_second_run_in_the_same_state_is_refused(tmp_path):
     with run_lock(tmp_path, "uft run"):
-        code = ("import sys; from pathlib import Path; from uft.orchestrate.local import run_lock\n"
+        code = ("import sys; from pathlib import Path; from uft.orchestrate.lifecycle import run_lock\n"
                 f"with run_lock(Path({str(tmp_path)!r})): print('got it')")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert out.returncode != 0 and "got it" not in out.stdout
@@ -116,7 +117,7 @@ def test_second_run_in_the_same_state_is_refused(tmp_path):
 
 
 def test_lock_of_a_dead_run_does_not_block(tmp_path):
-    code = ("import os; from pathlib import Path; from uft.orchestrate.local import run_lock\n"
+    code = ("import os; from pathlib import Path; from uft.orchestrate.lifecycle import run_lock\n"
             f"with run_lock(Path({str(tmp_path)!r})): os._exit(9)")  # dies holding it, no cleanup
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 9
     with run_lock(tmp_path):

@@ -123,7 +123,7 @@ def _port() -> int:
 def _ddp_worker(rank: int, port: int, uri: str, out: str, steps: int, crash_at: int) -> None:
     from uft.data import stream as stream_mod
     from uft.ssl import ddp
-    from uft.ssl.train import Checkpointer, train_ssl
+    from uft.ssl.train import Checkpointer, serve, train_ssl
     from uft.store import LocalStore
 
     torch.set_num_threads(1)
@@ -147,7 +147,7 @@ def _ddp_worker(rank: int, port: int, uri: str, out: str, steps: int, crash_at: 
                             checkpointer=Checkpointer(LocalStore(Path(out) / "store"), "ckpt"), on_log=on_log)
             ddp.finish()
         else:
-            ((method, res),) = ddp.serve("cpu")
+            ((method, res),) = serve("cpu")
         torch.save({"state": method.state_dict(), "losses": res.losses, "resumed_from": res.resumed_from,
                     "read": read}, Path(out) / f"rank{rank}.pt")
     finally:

@@ -1,4 +1,4 @@
-"""kfp.local's task cache under `uft run` (:func:`uft.orchestrate.local.checked_task_cache`): a rerun
+"""kfp.local's task cache under `uft run` (:func:`uft.orchestrate.task_cache.checked_task_cache`): a rerun
 starts no process for a cached task, a salt change (code, S3, MLflow parent run) or a deleted or
 corrupt output makes the entry a miss, and the runner reports hits as "cached"."""
 
@@ -13,7 +13,8 @@ from kfp.local import status
 from kfp.local.orchestrator import task_executor
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from uft.orchestrate.local import _ErrorTap, checked_task_cache, no_retry_on_bad_input
+from uft.orchestrate.local import _ErrorTap, no_retry_on_bad_input
+from uft.orchestrate.task_cache import checked_task_cache
 from uft.store import LocalStore, manifest_sha, publish
 
 
@@ -89,7 +90,7 @@ def test_ingest_of_bundled_data_may_be_cached_user_data_never():
     spec may hold new data under the same name and keeps the pipeline's caching off."""
     from kfp.local import io as kfp_io
 
-    from uft.orchestrate.local import _cache_bundled_ingest
+    from uft.orchestrate.task_cache import cache_bundled_ingest
 
     def ingest_spec(spec: str) -> pipeline_spec_pb2.PipelineTaskSpec:
         t = pipeline_spec_pb2.PipelineTaskSpec()
@@ -99,12 +100,12 @@ def test_ingest_of_bundled_data_may_be_cached_user_data_never():
         return t
 
     store = kfp_io.IOStore()
-    assert _cache_bundled_ingest(ingest_spec("mnist"), store).caching_options.enable_cache
+    assert cache_bundled_ingest(ingest_spec("mnist"), store).caching_options.enable_cache
     for user in ("/data/my_images", "s3://bucket/images", "mnist#unlabelled"):
-        assert not _cache_bundled_ingest(ingest_spec(user), store).caching_options.enable_cache, user
+        assert not cache_bundled_ingest(ingest_spec(user), store).caching_options.enable_cache, user
     other = ingest_spec("mnist")
     other.component_ref.name = "comp-promote"  # only ingest tasks
-    assert not _cache_bundled_ingest(other, store).caching_options.enable_cache
+    assert not cache_bundled_ingest(other, store).caching_options.enable_cache
 
 
 def test_code_fingerprint_follows_task_code_not_driver_code(tmp_path, monkeypatch):
@@ -116,7 +117,7 @@ def test_code_fingerprint_follows_task_code_not_driver_code(tmp_path, monkeypatc
     import components
     import pipelines
     import uft
-    from uft.orchestrate import local as runner
+    from uft.orchestrate import task_cache as runner
 
     for pkg in (uft, components, pipelines):
         shutil.copytree(Path(pkg.__file__).parent, tmp_path / pkg.__name__, ignore=shutil.ignore_patterns("__pycache__"))
@@ -142,7 +143,7 @@ def test_key_follows_the_content_of_the_manifests_a_task_reads(tmp_path):
 
 def test_salt_survives_the_local_s3_server_changing_port(monkeypatch):
     """The local SeaweedFS gets a new port each run: a salt holding the endpoint made every rerun a miss."""
-    from uft.orchestrate.local import cache_salt
+    from uft.orchestrate.task_cache import cache_salt
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:40001")

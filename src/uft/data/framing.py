@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from uft.choices import FRAMINGS
 from uft.errors import UftError
 
-FRAMINGS = ("auto", "content_box", "keep")
 #: Fixed crops ``(top, left, height, width)`` that ``auto`` applies to bundled datasets.
 KNOWN_BOXES: dict[str, tuple[int, int, int, int]] = {"mnist": (4, 4, 20, 20)}
 
@@ -124,7 +124,7 @@ def frame_images(images: np.ndarray, applied: str, size: int) -> np.ndarray:
             raise UftError(f"framing {applied} does not fit {images.shape[1]}×{images.shape[2]} images: use framing keep or content_box")
         return np.ascontiguousarray(images[:, t: t + h, l: l + w])
     if applied == "content_box":
-        from uft.data.ingest import resize_images
+        from uft.data.resize import resize_images
 
         c = images.shape[-1]
         return np.stack([resize_images(frame_image(im, applied)[None], size, c)[0] for im in images]) if len(images) \

@@ -48,7 +48,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from uft.data.parallel import DiskRows, OrderedPool, chunked, resolve_workers
-from uft.data.sources import RawImages
+from uft.data.raw import RawImages
 from uft.errors import UftError
 from uft.progress import Progress
 

@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from uft.data.sources import RawImages
+from uft.data.raw import RawImages
+from uft.data.resize import resize_images  # noqa: F401  (re-exported: ingest resizes)
 from uft.errors import UftError
 from uft.store import Store, canonical_json, publish, sha256_bytes
 
@@ -33,32 +34,21 @@ SHARD_ROWS = 4096
 FORMAT_VERSION = 1
 
 
-def resize_images(images: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """``(N, H, W, C)`` uint8 → ``(N, size, size, channels)`` uint8 (area/bilinear, antialiased).
+#: The splits a dataset can have. ``train``: what training (pretraining, finetuning, probes' labels)
+#: sees. ``val``: held out from all training, for every decision (label-free promotion signals,
+#: label-using gates, hyperparameters, γ, start checks). ``test``: only reports decisions afterwards.
+SPLITS = ("train", "val", "test")
+#: Mixed into the seed of the validation draw so it is independent of the test draw.
+VAL_SALT = 0x5A
 
-    Channels: 3→1 by luminance, 1→3 by replication, 4 (RGBA) composited on black beforehand.
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int, val_fraction: float = 0.0) -> np.ndarray:
+    """Deterministic per-class split → ``(N,)`` array of "train"/"val"/"test".
+
+    The test rows are drawn exactly as without a validation split (so test sets stay comparable
+    across versions); ``val_fraction`` of each class's remaining rows then become "val".
+    Unlabelled rows (label -1) are one class and split uniformly.
     """
-    import torch  # here, not at the top: publishing already-sized images (ImageFolder) needs no torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    c = x.shape[1]
-    if c == 4:
-        x = x[:, :3] * (x[:, 3:4] / 255.0)
-        c = 3
-    if channels == 1 and c == 3:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    elif channels == 3 and c == 1:
-        x = x.expand(-1, 3, -1, -1)
-    elif channels != c:
-        raise UftError(f"cannot convert {c}-channel images to {channels} channels: use channels 1 or 3")
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """Deterministic per-class split → array of "train"/"test" (unlabelled rows split uniformly)."""
     rng = np.random.default_rng(seed)
     split = np.full(len(labels), "train", dtype=object)
     for c in np.unique(labels):
@@ -66,7 +56,25 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.
         rng.shuffle(idx)
         n_test = int(round(len(idx) * test_fraction))
         split[idx[:n_test]] = "test"
-    return split.astype(str)
+    return carve_val(labels, split.astype(str), val_fraction, seed)
+
+
+def carve_val(labels: np.ndarray, splits: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """Move ``val_fraction`` of each class's "train" rows to "val" → new ``(N,)`` split array.
+
+    Used for data that arrives with its own train/test split (bundled MNIST, ImageFolder train/ and
+    test/), whose test rows are kept as they are. A class keeps at least one train row.
+    """
+    out = np.asarray(splits).astype(object)
+    if val_fraction <= 0:
+        return out.astype(str)
+    rng = np.random.default_rng([seed, VAL_SALT])
+    for c in np.unique(labels):
+        idx = np.flatnonzero((labels == c) & (out == "train"))
+        rng.shuffle(idx)
+        n_val = min(int(round(len(idx) * val_fraction)), max(len(idx) - 1, 0))
+        out[idx[:n_val]] = "val"
+    return out.astype(str)
 
 
 def _shard_bytes(table: pa.Table) -> bytes:
@@ -231,7 +239,7 @@ ROW_ORDER_SALT = 0x0D
 
 
 def ingest(raw: RawImages, store: Store, *, name: str, image_size: int, channels: int,
-           test_fraction: float = 0.5, limit: int = 0, seed: int = 0) -> str:
+           test_fraction: float = 0.5, val_fraction: float = 0.0, limit: int = 0, seed: int = 0) -> str:
     """Normalise, split and publish ``raw`` → the manifest URI (``datasets/<sha>/manifest.json``).
 
     ``raw.images`` may be an in-memory array or a :class:`uft.data.parallel.DiskRows`: rows are
@@ -241,13 +249,16 @@ def ingest(raw: RawImages, store: Store, *, name: str, image_size: int, channels
         raise UftError(f"dataset {name!r} has no images: point it at a directory with images")
     if not 0.0 <= test_fraction < 1.0:
         raise UftError(f"test_fraction={test_fraction} for {name!r} is out of range: use a value in [0, 1)")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UftError(f"val_fraction={val_fraction} for {name!r} is out of range: use a value in [0, 1)")
     if image_size < 4 or image_size > 1024:
         raise UftError(f"image_size={image_size} is out of range: use 4..1024")
     if channels not in (1, 3):
         raise UftError(f"channels={channels} is invalid: use 1 (grey) or 3 (RGB)")
     keep = _subset(raw.labels, limit, seed)
     labels = raw.labels[keep]
-    splits = raw.splits[keep] if raw.splits is not None else stratified_split(labels, test_fraction, seed)
+    splits = (carve_val(labels, raw.splits[keep], val_fraction, seed) if raw.splits is not None
+              else stratified_split(labels, test_fraction, seed, val_fraction))
     # Rows are written in a seeded random order: an ImageFolder (and the bundled MNIST) lists them
     # class by class, and the streamed reader shuffles only within a window of a few shards, so
     # file order would give single-class batches on large datasets. Row ids keep the file order.

@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from uft import progress
-from uft.config import RunConfig, default_bucket
+from uft.config import RunConfig
 from uft.errors import UftError
 from uft.orchestrate import forkserver
-from uft.store import content_key
+from uft.orchestrate.lifecycle import stop_tasks
+from uft.orchestrate.task_cache import cache_bundled_ingest, cache_salt, checked_task_cache
+from uft.store import content_key, default_bucket
 
 
 
@@ -109,126 +110,6 @@ def mlflow_schema_template() -> Path | None:
     except OSError:
         return None
     return path
-
-
-@contextlib.contextmanager
-def run_lock(state: Path, what: str = "uft run") -> Iterator[None]:
-    """At most one run (or local sweep) per state directory at a time: two would share MLflow run
-    keys and step outputs mid-write. The second is refused at once with a message naming the
-    first; ``flock`` releases the lock when its holder dies, so a killed run never blocks the next."""
-    import fcntl
-    import json
-
-    state.mkdir(parents=True, exist_ok=True)
-    path = state / "run.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except ValueError:
-                holder = {}
-            since = time.strftime("%H:%M:%S", time.localtime(holder["since"])) if "since" in holder else "?"
-            raise UftError(
-                f"another {holder.get('what', 'uft run')} (pid {holder.get('pid', '?')}, started {since}) is running in {state}: "
-                "wait for it to finish, or run this one with its own state, e.g. UFT_STATE_DIR=.uft-2 "
-                "(`make ui` may stay open: it shares the services)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what, "since": time.time()}).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM/SIGHUP turned into an exception, so cleanup (``finally``) runs as for Ctrl-C."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    """In the main thread: SIGTERM and SIGHUP raise :class:`Interrupted` (once; a repeat during
-    cleanup is ignored so the cleanup can finish). Python's default would die without cleanup."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    sigs = (signal.SIGTERM, signal.SIGHUP)
-
-    def handler(signum, frame):
-        for s in sigs:
-            signal.signal(s, signal.SIG_IGN)
-        # Tell the tasks now: kfp.local's Popen block would otherwise wait for the running one to end.
-        for p in _session_tasks():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGTERM)
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, handler) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def descendants(pid: int | None = None) -> list[int]:
-    """Pids of every process below ``pid`` (default: this one), from /proc, children first."""
-    root = pid or os.getpid()
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], list(children.get(root, []))
-    while todo:
-        p = todo.pop(0)
-        out.append(p)
-        todo += children.get(p, [])
-    return out
-
-
-def _session_tasks() -> list[int]:
-    """Live descendants in this process's session: kfp.local's tasks (services run in their own)."""
-    from uft.services import pid_alive
-
-    sid, out = os.getsid(0), []
-    for p in descendants():
-        with contextlib.suppress(OSError):
-            if os.getsid(p) == sid and pid_alive(p):
-                out.append(p)
-    return out
-
-
-def stop_tasks(grace: float = 15.0) -> list[int]:
-    """SIGTERM the running kfp.local tasks (descendants in this process's session; services run in
-    their own sessions and are stopped by their owners), SIGKILL what is left after ``grace`` s."""
-    import signal
-
-    found = _session_tasks()
-    for p in found:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while (left := _session_tasks()) and time.monotonic() < deadline:
-        for p in left:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(p, os.WNOHANG)
-        time.sleep(0.2)
-    for p in _session_tasks():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-    return found
 
 
 @dataclass
@@ -340,7 +221,7 @@ def no_retry_on_bad_input(tap: _ErrorTap) -> Iterator[None]:
             tap.write(f"Not starting task '{task_name}': task '{failed[0]}' failed\n")
             return {}, status.Status.FAILURE
         policy = task_spec.retry_policy
-        task_spec = _cache_bundled_ingest(task_spec, kw.get("io_store"))
+        task_spec = cache_bundled_ingest(task_spec, kw.get("io_store"))
         once = copy.deepcopy(task_spec)
         once.ClearField("retry_policy")
         tap.begin_attempt(task_name)
@@ -368,131 +249,6 @@ def no_retry_on_bad_input(tap: _ErrorTap) -> Iterator[None]:
         yield
     finally:
         task_executor.execute_single_task = original
-
-
-#: Modules only the driver runs (never a task): editing them leaves the task cache valid.
-DRIVER_ONLY = ("uft/cli.py", "uft/orchestrate/")
-
-
-def code_fingerprint() -> str:
-    """sha256 over the sources that tasks run (``uft`` less :data:`DRIVER_ONLY`, ``components``,
-    ``pipelines``): an edit in them invalidates every entry of the task cache (the step cache's
-    CODE_VERSION is bumped by hand, so a task that runs may still reuse its step's outputs)."""
-    import hashlib
-
-    import components
-    import pipelines
-    import uft
-
-    h = hashlib.sha256()
-    for pkg in (uft, components, pipelines):
-        root = Path(pkg.__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            rel = path.relative_to(root.parent).as_posix()
-            if not rel.startswith(DRIVER_ONLY):
-                h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def cache_salt(experiment: str, run_id: str) -> dict[str, str]:
-    """What a task's cache entry depends on beyond its command and arguments: the code, the bucket,
-    the MLflow store and this run key's parent MLflow run. A new or wiped mlflow.db makes a new
-    parent run, so every task runs again and logs its MLflow run again. Not the S3 endpoint: the
-    local server gets a new port each run, and a hit is trusted only after its outputs verify in
-    the store the run uses now (:func:`checked_task_cache`)."""
-    from uft import tracking
-
-    return {"UFT_CACHE_CODE": code_fingerprint(),
-            "UFT_CACHE_BUCKET": default_bucket(),
-            "UFT_CACHE_MLFLOW": os.environ.get("MLFLOW_TRACKING_URI", ""),
-            "UFT_CACHE_MLFLOW_ARTIFACTS": os.environ.get("UFT_MLFLOW_ARTIFACTS", ""),
-            "UFT_CACHE_PARENT_RUN": tracking.parent_run_id(experiment, run_id) if tracking.enabled() else ""}
-
-
-def _argument_contents(arguments: dict[str, Any]) -> dict[str, str]:
-    """The content hash of every manifest a task reads (its manifest-URI arguments), for its cache
-    key: most outputs are content-addressed (same URI, same bytes), but promote republishes its
-    decision under one URI per run and encoder, and the report that reads it must follow."""
-    from uft.store import manifest_sha
-
-    out = {}
-    for name, value in sorted(arguments.items()):
-        if isinstance(value, str) and value.endswith("manifest.json"):
-            try:
-                out[f"UFT_CACHE_ARG_{name}"] = manifest_sha(value)
-            except UftError:  # missing: the task runs and reports it in its own words
-                out[f"UFT_CACHE_ARG_{name}"] = "missing"
-    return out
-
-
-@contextlib.contextmanager
-def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
-    """kfp.local's own task cache (what ``local.init(enable_caching=True)`` turns on), keyed also on
-    ``salt`` and trusted only while every artifact a cached task returned is intact in the store.
-
-    A hit starts no process, as a KFP cluster skips the pod of a cached task; a task that
-    ``set_caching_options(False)`` (ingest, promote, the exit handler) always runs. A cached task's
-    MLflow run is the one its first execution logged under this run key (the salt holds the parent
-    run); a deleted or corrupt output makes the entry a miss, so the task runs and repairs it."""
-    from kfp.local import cache as cache_module
-
-    from uft.store import manifests_intact
-
-    class CheckedCache(cache_module.LocalCache):
-        def compute_key(self, component_name, image, full_command, arguments, env_vars=None, custom_cache_key=None):
-            extra = {**salt, **_argument_contents(arguments)}
-            if custom_cache_key:
-                custom_cache_key += json.dumps(extra, sort_keys=True)
-            return super().compute_key(component_name, image, full_command, arguments, {**(env_vars or {}), **extra},
-                                       custom_cache_key)
-
-        def get(self, key):
-            out = super().get(key)
-            return out if out is not None and manifests_intact(out) else None
-
-        def put(self, key, outputs):
-            # kfp.local counts an entry whose artifact file is missing as a miss, but a Metrics
-            # artifact is all metadata (log_metric writes no file): without this empty file the
-            # evaluation tasks would never hit.
-            from kfp import dsl as kfp_dsl
-
-            for value in outputs.values():
-                if isinstance(value, kfp_dsl.Metrics) and value.uri and not value.uri.startswith(("s3://", "gs://")):
-                    Path(value.uri).parent.mkdir(parents=True, exist_ok=True)
-                    Path(value.uri).touch(exist_ok=True)
-            super().put(key, outputs)
-
-    cache = CheckedCache(str(root))
-    original = cache_module.get_local_cache
-    cache_module.get_local_cache = lambda: cache
-    try:
-        yield
-    finally:
-        cache_module.get_local_cache = original
-
-
-def _cache_bundled_ingest(task_spec, io_store):
-    """The ingest tasks opt out of KFP's cache (an s3:// prefix or a directory may hold new data
-    under the same spec), but a bundled dataset never changes: its ingest may be answered from the
-    task cache too, as every later step is. → ``task_spec``, or a copy with caching on."""
-    import copy
-
-    from uft.data.sources import BUNDLED
-
-    if (io_store is None or task_spec.caching_options.enable_cache or "spec" not in task_spec.inputs.parameters
-            or not task_spec.component_ref.name.startswith("comp-ingest")):
-        return task_spec
-    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
-
-    try:
-        spec = OrchestratorUtils.make_task_arguments(task_inputs_spec=task_spec.inputs, io_store=io_store).get("spec")
-    except Exception:  # an argument kfp cannot resolve yet: leave the task as the pipeline set it
-        return task_spec
-    if spec not in BUNDLED:
-        return task_spec
-    cached = copy.deepcopy(task_spec)
-    cached.caching_options.enable_cache = True
-    return cached
 
 
 def derive_run_id(cfg: RunConfig, store_uri: str) -> str:

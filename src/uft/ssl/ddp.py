@@ -5,7 +5,8 @@ Roles under ``torchrun`` (see :mod:`uft.ssl.ddp_entry`): rank 0 runs the pipelin
 (method as built, data, config, the checkpoint it resumes from) to the other ranks, which wait in
 :func:`serve`. Every rank then trains its slice of each global batch inside
 DistributedDataParallel; only rank 0 checkpoints, logs and publishes. When the step returns,
-rank 0 calls :func:`finish` so the workers exit. Without an initialised process group of more than
+rank 0 calls :func:`finish` so the workers exit. The workers' loop is
+:func:`uft.ssl.train.serve` (it trains, so it lives with the trainer). Without an initialised process group of more than
 one process everything here is a no-op and ``train_ssl`` runs exactly as before.
 """
 
@@ -48,21 +49,13 @@ def send_job(job: dict[str, Any]) -> None:
 
 
 def finish() -> None:
-    """Rank 0: no more jobs; the workers' :func:`serve` returns."""
+    """Rank 0: no more jobs; the workers' :func:`uft.ssl.train.serve` returns."""
     _broadcast(None)
 
 
-def serve(device: str | torch.device) -> list[tuple[nn.Module, Any]]:
-    """Workers (rank > 0): train every job rank 0 sends until :func:`finish`.
-
-    Returns (trained method, TrainResult) per job; they equal rank 0's, which alone publishes."""
-    from uft.ssl.train import train_ssl
-
-    done = []
-    while (job := _broadcast(None)) is not None:
-        method = job.pop("method")
-        done.append((method, train_ssl(method, job.pop("target"), job.pop("cfg"), device=device, **job)))
-    return done
+def next_job() -> dict[str, Any] | None:
+    """Workers: the next job rank 0 sends with :func:`send_job`, or None after :func:`finish`."""
+    return _broadcast(None)
 
 
 class _LossModule(nn.Module):

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
 
-    from uft.ssl import ddp
+    from uft.ssl import ddp, train
 
     p = argparse.ArgumentParser(prog="python -m uft.ssl.ddp_entry", description=__doc__.split("\n")[0])
     p.add_argument("step", choices=STEPS)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         if rank != 0:
-            ddp.serve(ddp.local_device("cuda" if cuda else "cpu"))
+            train.serve(ddp.local_device("cuda" if cuda else "cpu"))
             return 0
         from uft import steps
 

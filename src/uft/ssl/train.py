@@ -279,3 +279,14 @@ def train_ssl(
     result.images_seen = (cfg.steps - start) * (b + k)
     method.eval()
     return result
+
+
+def serve(device: str | torch.device) -> list[tuple[torch.nn.Module, Any]]:
+    """DDP workers (rank > 0): train every job rank 0 sends until :func:`uft.ssl.ddp.finish`.
+
+    Returns (trained method, TrainResult) per job; they equal rank 0's, which alone publishes."""
+    done = []
+    while (job := ddp.next_job()) is not None:
+        method = job.pop("method")
+        done.append((method, train_ssl(method, job.pop("target"), job.pop("cfg"), device=device, **job)))
+    return done

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from uft.config import one_of
+from uft.choices import one_of
 from uft.errors import UftError
 from uft.evaluate.holistic_metrics import (
     ausuc,

@@ -19,9 +19,9 @@ import math
 import numpy as np
 import torch
 
+from uft.choices import REPLAY_RULES
 from uft.errors import UftError
 
-REPLAY_RULES: tuple[str, ...] = ("uniform", "class_balanced", "kmeans", "nearest_target")
 
 # Above this many source rows k-means uses MiniBatchKMeans: full Lloyd with k = n is too slow there.
 _MINIBATCH_ABOVE = 20_000

@@ -1,0 +1,138 @@
+"""kfp.local's task cache as ``uft run`` uses it: keyed also on the code, the bucket, MLflow and
+the content of every manifest a task reads, and trusted only while the outputs verify in the store."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from uft.errors import UftError
+from uft.store import default_bucket
+
+
+#: Modules only the driver runs (never a task): editing them leaves the task cache valid.
+DRIVER_ONLY = ("uft/cli.py", "uft/orchestrate/")
+
+
+def code_fingerprint() -> str:
+    """sha256 over the sources that tasks run (``uft`` less :data:`DRIVER_ONLY`, ``components``,
+    ``pipelines``): an edit in them invalidates every entry of the task cache (the step cache's
+    CODE_VERSION is bumped by hand, so a task that runs may still reuse its step's outputs)."""
+    import hashlib
+
+    import components
+    import pipelines
+    import uft
+
+    h = hashlib.sha256()
+    for pkg in (uft, components, pipelines):
+        root = Path(pkg.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root.parent).as_posix()
+            if not rel.startswith(DRIVER_ONLY):
+                h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def cache_salt(experiment: str, run_id: str) -> dict[str, str]:
+    """What a task's cache entry depends on beyond its command and arguments: the code, the bucket,
+    the MLflow store and this run key's parent MLflow run. A new or wiped mlflow.db makes a new
+    parent run, so every task runs again and logs its MLflow run again. Not the S3 endpoint: the
+    local server gets a new port each run, and a hit is trusted only after its outputs verify in
+    the store the run uses now (:func:`checked_task_cache`)."""
+    from uft import tracking
+
+    return {"UFT_CACHE_CODE": code_fingerprint(),
+            "UFT_CACHE_BUCKET": default_bucket(),
+            "UFT_CACHE_MLFLOW": os.environ.get("MLFLOW_TRACKING_URI", ""),
+            "UFT_CACHE_MLFLOW_ARTIFACTS": os.environ.get("UFT_MLFLOW_ARTIFACTS", ""),
+            "UFT_CACHE_PARENT_RUN": tracking.parent_run_id(experiment, run_id) if tracking.enabled() else ""}
+
+
+def _argument_contents(arguments: dict[str, Any]) -> dict[str, str]:
+    """The content hash of every manifest a task reads (its manifest-URI arguments), for its cache
+    key: most outputs are content-addressed (same URI, same bytes), but promote republishes its
+    decision under one URI per run and encoder, and the report that reads it must follow."""
+    from uft.store import manifest_sha
+
+    out = {}
+    for name, value in sorted(arguments.items()):
+        if isinstance(value, str) and value.endswith("manifest.json"):
+            try:
+                out[f"UFT_CACHE_ARG_{name}"] = manifest_sha(value)
+            except UftError:  # missing: the task runs and reports it in its own words
+                out[f"UFT_CACHE_ARG_{name}"] = "missing"
+    return out
+
+
+@contextlib.contextmanager
+def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
+    """kfp.local's own task cache (what ``local.init(enable_caching=True)`` turns on), keyed also on
+    ``salt`` and trusted only while every artifact a cached task returned is intact in the store.
+
+    A hit starts no process, as a KFP cluster skips the pod of a cached task; a task that
+    ``set_caching_options(False)`` (ingest, promote, the exit handler) always runs. A cached task's
+    MLflow run is the one its first execution logged under this run key (the salt holds the parent
+    run); a deleted or corrupt output makes the entry a miss, so the task runs and repairs it."""
+    from kfp.local import cache as cache_module
+
+    from uft.store import manifests_intact
+
+    class CheckedCache(cache_module.LocalCache):
+        def compute_key(self, component_name, image, full_command, arguments, env_vars=None, custom_cache_key=None):
+            extra = {**salt, **_argument_contents(arguments)}
+            if custom_cache_key:
+                custom_cache_key += json.dumps(extra, sort_keys=True)
+            return super().compute_key(component_name, image, full_command, arguments, {**(env_vars or {}), **extra},
+                                       custom_cache_key)
+
+        def get(self, key):
+            out = super().get(key)
+            return out if out is not None and manifests_intact(out) else None
+
+        def put(self, key, outputs):
+            # kfp.local counts an entry whose artifact file is missing as a miss, but a Metrics
+            # artifact is all metadata (log_metric writes no file): without this empty file the
+            # evaluation tasks would never hit.
+            from kfp import dsl as kfp_dsl
+
+            for value in outputs.values():
+                if isinstance(value, kfp_dsl.Metrics) and value.uri and not value.uri.startswith(("s3://", "gs://")):
+                    Path(value.uri).parent.mkdir(parents=True, exist_ok=True)
+                    Path(value.uri).touch(exist_ok=True)
+            super().put(key, outputs)
+
+    cache = CheckedCache(str(root))
+    original = cache_module.get_local_cache
+    cache_module.get_local_cache = lambda: cache
+    try:
+        yield
+    finally:
+        cache_module.get_local_cache = original
+
+
+def cache_bundled_ingest(task_spec, io_store):
+    """The ingest tasks opt out of KFP's cache (an s3:// prefix or a directory may hold new data
+    under the same spec), but a bundled dataset never changes: its ingest may be answered from the
+    task cache too, as every later step is. → ``task_spec``, or a copy with caching on."""
+    import copy
+
+    from uft.data.sources import BUNDLED
+
+    if (io_store is None or task_spec.caching_options.enable_cache or "spec" not in task_spec.inputs.parameters
+            or not task_spec.component_ref.name.startswith("comp-ingest")):
+        return task_spec
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+
+    try:
+        spec = OrchestratorUtils.make_task_arguments(task_inputs_spec=task_spec.inputs, io_store=io_store).get("spec")
+    except Exception:  # an argument kfp cannot resolve yet: leave the task as the pipeline set it
+        return task_spec
+    if spec not in BUNDLED:
+        return task_spec
+    cached = copy.deepcopy(task_spec)
+    cached.caching_options.enable_cache = True
+    return cached

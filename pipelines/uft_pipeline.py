@@ -2,8 +2,8 @@
 
     fingerprint ─ ingest(source) ─┬─ pretrain ─────────┐
                                   └─ subsample_source ─┼─ mix ─ ssl_finetune ─┬─ linear/knn eval (base + finetuned)
-    fingerprint ─ ingest(target) ──────────────────────┘                      ├─ holistic ─┬─ report
-                                                                               └─ promote ──┘
+    fingerprint ─ ingest(target) ──────────────────────┘                      ├─ holistic (base, finetuned) ─┬─ report
+                                                                               └─ promote ────────────────────┘
     train_resources(gpus) ─ (CPU/memory of pretrain and ssl_finetune)
 
 Datasets, the replay set, the mix plan and encoders travel as typed artifacts (``dsl.Dataset``,
@@ -11,7 +11,8 @@ Datasets, the replay set, the mix plan and encoders travel as typed artifacts (`
 (:mod:`uft.lineage`), so the KFP UI draws the lineage; the fingerprint steps make ingest cacheable.
 
 GPUs: ``pretrain`` and ``ssl_finetune`` take ``gpus`` GPUs each (DDP, one process per GPU) and
-``holistic`` one; the three run one after another (holistic waits for ssl_finetune), so a run never
+each ``holistic`` task (base and finetuned encoder) one; they run one after another (holistic waits for
+ssl_finetune, the finetuned one for the base one), so a run never
 holds more than ``gpus`` GPUs at once. Everything else runs on CPU. On Kubernetes every step gets
 the S3 Secret and the ``uft-config`` ConfigMap as environment, GPU steps a node selector,
 toleration, resources and a memory-backed /dev/shm; kfp.local ignores those platform settings.
@@ -200,17 +201,22 @@ def uft_pipeline(
             knn.set_display_name(f"knn-eval-{tag}")
             metric_tasks[f"linear_{tag}"], metric_tasks[f"knn_{tag}"] = lin.outputs["Output"], knn.outputs["Output"]
             eval_tasks += [lin, knn]
-        hol = _platform(holistic(encoder=base_model, source=src, target=tgt, store_uri=store_uri, seen=holistic_seen,
-                                 methods=holistic_methods, steps=holistic_steps, source_steps=holistic_source_steps,
-                                 seed=seed, **run), gpus=1)
-        hol.after(ft)  # one GPU step at a time: a run holds at most `gpus` GPUs
+        hol, gpu_before = {}, ft  # one GPU step at a time: a run holds at most `gpus` GPUs
+        for tag, enc in (("base", base_model), ("finetuned", ft_model)):  # does UFT help holistic transfer?
+            hol[tag] = _platform(holistic(encoder=enc, source=src, target=tgt, store_uri=store_uri, seen=holistic_seen,
+                                          methods=holistic_methods, steps=holistic_steps,
+                                          source_steps=holistic_source_steps, seed=seed, tag=tag, **run), gpus=1)
+            hol[tag].set_display_name(f"holistic-{tag}")
+            hol[tag].after(gpu_before)
+            gpu_before = hol[tag]
         # Label-free signals + promotion gate (uft.promote): after the evals, before the report.
         gate = _platform(promote(encoder=ft_model, base_encoder=base_model, target=tgt, source=src, store_uri=store_uri,
                                  registered_model=registered_model, margin=promote_margin,
                                  retention_tolerance=retention_tolerance, seed=seed, **this_run))
         gate.set_caching_options(False)  # the registry changes between runs: always decide afresh
         gate.after(*eval_tasks)  # register only an encoder whose evaluation ran
-        summary = _platform(report(**metric_tasks, holistic=hol.outputs["Output"], promote=gate.outputs["Output"],
+        summary = _platform(report(**metric_tasks, holistic=hol["base"].outputs["Output"],
+                                   holistic_finetuned=hol["finetuned"].outputs["Output"], promote=gate.outputs["Output"],
                                    store_uri=store_uri, source=src, target=tgt, base_encoder=base_model,
                                    finetuned_encoder=ft_model, ssl_method=ssl_method, replay_rule=replay_rule,
                                    replay_size=replay_size, replay_ratio=replay_ratio, mix_op=mix_op,

@@ -44,7 +44,7 @@ STEP_PARAMS = {
                       "val_fraction": "source_val_fraction", "image_size": "image_size", "channels": "channels", "framing": "framing"},
     "ingest_target": {"spec": "target", "limit": "target_limit", "test_fraction": "target_test_fraction",
                       "val_fraction": "target_val_fraction"},
-    "holistic": {"methods": "holistic_methods", "seen": "holistic_seen", "steps": "holistic_steps",
+    "holistic_base": {"methods": "holistic_methods", "seen": "holistic_seen", "steps": "holistic_steps",
                  "source_steps": "holistic_source_steps"},
     "linear_eval_base": {"shots": "label_shots", "draws": "probe_draws"},
     "knn_eval_base": {"k": "knn_k"},

@@ -194,10 +194,36 @@ def _by_start(results: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     return groups
 
 
+def holistic_encoders_section(base: dict[str, Any], finetuned: dict[str, Any]) -> list[str]:
+    """Markdown: holistic transfer from the base and from the finetuned encoder side by side (same
+    source recipe, methods and seed; only the encoder under the source classifier differs). One run,
+    one seed: read the difference against the seed spread measured by ``bench/holistic_table.py``."""
+    b, f = base.get("results", {}), finetuned["results"]
+    cols = ("overall", "seen", "unseen")
+
+    def cell(r: dict[str, Any] | None, c: str) -> str:
+        return f"{r[c]:.3f}" if r and isinstance(r.get(c), (int, float)) else "–"
+
+    rows = []
+    for m in [*b, *(m for m in f if m not in b)]:
+        rb, rf = b.get(m), f.get(m)
+        d = (f"{rf['overall'] - rb['overall']:+.3f}" if rb and rf and all(isinstance(r.get("overall"), (int, float))
+                                                                           for r in (rb, rf)) else "–")
+        rows.append([m, *(f"{cell(rb, c)} → {cell(rf, c)}" for c in cols), d])
+    checks = [f"{t} {x['start_check']['accuracy']:.3f}" for t, x in (("base", base), ("finetuned", finetuned))
+              if x.get("start_check")]
+    return ["### Base vs finetuned encoder", "",
+            "The same holistic methods with the source classifier built on the base encoder → on the finetuned "
+            "encoder (target test split; one seed)." + (f" Start accuracy on the val split: {', '.join(checks)}."
+                                                        if checks else ""), "",
+            _md_table(["method", *(f"{c} (base → finetuned)" for c in cols), "Δ overall"], rows), ""]
+
+
 def start_check_lines(check: dict[str, Any]) -> list[str]:
     """Markdown lines on the source classifier's accuracy on the target (the holistic start): a plain
     line when it is meaningful; a warning (rendered red in HTML) when it is degenerate."""
-    line = (f"Source classifier on the target test split, before any adaptation: accuracy {check['accuracy']:.3f} "
+    line = (f"Source classifier on the target {check.get('split', 'test')} split, before any adaptation: accuracy "
+            f"{check['accuracy']:.3f} "
             f"(chance {check['chance']:.3f}); the most predicted class ({check['top_class']}) takes "
             f"{check['top_class_share']:.0%} of the predictions.")
     if not check.get("degenerate"):
@@ -389,7 +415,8 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
         files["accuracy.png"] = _accuracy_plot(tags)
         for tag, m in tags.items():
             summary.update({f"{tag}_{k}": v for k, v in m.items() if isinstance(v, (int, float))})
-    holistic = next((c["metrics"] for c in collected if c["step"] == "holistic"), None)
+    by_encoder = {c["metrics"].get("encoder", "base"): c["metrics"] for c in collected if c["step"] == "holistic"}
+    holistic = by_encoder.get("base")
     if holistic and holistic.get("results"):
         res = holistic["results"]
         cols = ["overall", "seen", "unseen", "ausuc", "ncm"]
@@ -410,6 +437,11 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
             md += ["### Per-class accuracy", "", "![per-class accuracy](holistic_per_class.png)", ""]
             files["holistic_per_class.png"] = per_class_heatmap({"": per_class}, _holistic_seen(holistic, config))
         summary.update({f"holistic_{m}_{k}": v for m, r in res.items() for k, v in r.items() if k in cols and isinstance(v, (int, float))})
+    finetuned = by_encoder.get("finetuned")
+    if finetuned and finetuned.get("results"):
+        md += holistic_encoders_section(holistic or {}, finetuned)
+        summary.update({f"holistic_finetuned_{m}_{k}": v for m, r in finetuned["results"].items() for k, v in r.items()
+                        if k in ("overall", "seen", "unseen", "ausuc", "ncm") and isinstance(v, (int, float))})
     promotion = next((c["metrics"] for c in collected if c["step"] == "promote"), None)
     if promotion:  # label-free signals and the registry decision (uft.promote)
         md += promotion_section(promotion, config)

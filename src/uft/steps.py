@@ -425,13 +425,19 @@ def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, sou
         return {**out, "tag": tag}
 
 
+#: Bumped when what the holistic step computes changes without its inputs changing (2: the start
+#: check reads the val split, training the train split only), so no cache of the old protocol answers.
+HOLISTIC_PROTOCOL = 2
+
+
 def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri: str, *, seen: str = "0,1,2,3,4",
                   methods: str = "naive", steps: int = 150, seed: int = 0, source_steps: int | None = None,
-                  run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
-    """Holistic transfer: source classifier (all classes, source labels) → finetuned on the seen
-    target classes by each method; overall / seen / unseen accuracy before and after. The source
-    classifier's accuracy on the target is checked first (``start_check`` in the metrics, MLflow tag
-    ``degenerate_start``; a warning is logged when it is near chance or collapsed).
+                  tag: str = "base", run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
+    """Holistic transfer from the encoder ``tag`` ("base" or "finetuned"): source classifier (all
+    classes, source labels) → finetuned on the seen target classes by each method; overall / seen /
+    unseen accuracy on the target test split. The source classifier is checked first on the target
+    *val* split (``start_check`` in the metrics, MLflow tag ``degenerate_start``; a warning is logged
+    when it is near chance or collapsed): no decision reads the test split, which only reports.
     ``source_steps``: its training steps (None = HolisticConfig's default)."""
     from uft.data.dataset import load_dataset
     from uft.data.stream import StreamSource, split_labels
@@ -445,8 +451,9 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     params = {"encoder_sha": manifest_sha(encoder_uri), "source_sha": manifest_sha(source_uri),
               "target_sha": manifest_sha(target_uri), "seen": seen, "methods": methods, "steps": steps, "seed": seed,
-              "source_recipe": SOURCE_RECIPE, "source_steps": source_steps or HolisticConfig().source_steps}
-    with tracking.step_run(experiment, run_id, "holistic", params) as run:
+              "source_recipe": SOURCE_RECIPE, "source_steps": source_steps or HolisticConfig().source_steps,
+              "protocol": HOLISTIC_PROTOCOL, "tag": tag}
+    with tracking.step_run(experiment, run_id, f"holistic_{tag}", params) as run:
         def compute(key: str) -> dict[str, Any]:
             # The source (large) streams; the target (small, finetuned on below) is held in memory.
             src = StreamSource(source_uri, split="train")
@@ -459,23 +466,29 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
             num_classes = len(tgt.classes)
             if problem := holistic_class_problem(src_classes, tgt.classes, seen_ids):  # also checked by preflight
                 raise UftError(problem)
+            if not (tgt.split == "val").any():
+                raise UftError(f"target {target_uri} has no val split, which holistic transfer checks its start on "
+                               "(the test split only reports): ingest the target with target_val_fraction > 0")
             cfg = HolisticConfig(steps=steps, seed=seed, source_steps=params["source_steps"])
             enc, _ = load_encoder(encoder_uri)
             head = train_source_classifier(enc, src, None, num_classes, cfg)
-            tr, te = tgt.subset("train"), tgt.subset("test")
-            # First: is the source classifier meaningful on the target? (a collapsed start makes every row moot)
-            check = check_start(enc, head, te.floats(), te.labels, num_classes)
+            tr, va, te = tgt.subset("train"), tgt.subset("val"), tgt.subset("test")
+            # First: is the source classifier meaningful on the target? (a collapsed start makes every
+            # row moot) Checked on val: the test split only reports.
+            check = check_start(enc, head, va.floats(), va.labels, num_classes)
             if check["degenerate"]:
                 log.warning("holistic: %s", start_warning(check))
             results = {}
             for m in ["source", *method_list]:  # every row starts from the source classifier
                 results[m] = {**run_holistic(HolisticConfig(steps=steps, seed=seed, method=m), enc, head,
-                                             (tr.floats(), tr.labels), (te.floats(), te.labels), seen_ids, num_classes),
+                                             (tr.floats(), tr.labels), (te.floats(), te.labels), seen_ids, num_classes,
+                                             target_val=(va.floats(), va.labels)),
                               "start": "source"}
             flat = {f"{m}_{k}": v for m, r in results.items() for k, v in r.items() if isinstance(v, (int, float))}
             flat.update(start_accuracy=check["accuracy"], start_top_class_share=check["top_class_share"],
                         start_degenerate=float(check["degenerate"]))
-            metrics = {"results": results, "flat": flat, "seen": seen_ids, "start_check": check}
+            metrics = {"results": results, "flat": flat, "seen": seen_ids, "start_check": {**check, "split": "val"},
+                       "encoder": tag}
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, "holistic", key, metrics)}
 
         out = tracking.log_outputs(_cached(store, "holistic", params, compute))

@@ -83,6 +83,10 @@ def _run_chain(tmp) -> dict:
     out["holistic"] = holistic.python_func(encoder=base, source=src, target=tgt, store_uri=store, seen="0,1,2,3,4",
                                            methods="naive,frozen_head", steps=3, seed=0, source_steps=10, metrics=h, **RUN)
     out["hol_metrics"] = h.metadata
+    hf = dsl.Metrics(name="metrics", uri=str(tmp / "hol-ft"))
+    out["holistic_finetuned"] = holistic.python_func(encoder=ft, source=src, target=tgt, store_uri=store,
+                                                     seen="0,1,2,3,4", methods="naive", steps=3, seed=0,
+                                                     source_steps=10, metrics=hf, tag="finetuned", **RUN)
     p = dsl.Metrics(name="metrics", uri=str(tmp / "promote"))
     out["promote"] = promote.python_func(encoder=ft, base_encoder=base, target=tgt, source=src, store_uri=store,
                                          registered_model="ctest-encoder", margin=0.0, retention_tolerance=1.0, seed=0,
@@ -91,7 +95,8 @@ def _run_chain(tmp) -> dict:
     ht = dsl.HTML(name="html", uri=str(tmp / "report.html"))
     out["report_kwargs"] = dict(
         linear_base=metrics["linear_base"], knn_base=metrics["knn_base"], linear_finetuned=metrics["linear_finetuned"],
-        knn_finetuned=metrics["knn_finetuned"], holistic=out["holistic"], source=src, target=tgt, base_encoder=base,
+        knn_finetuned=metrics["knn_finetuned"], holistic=out["holistic"],
+        holistic_finetuned=out["holistic_finetuned"], source=src, target=tgt, base_encoder=base,
         finetuned_encoder=ft, store_uri=store, ssl_method="simclr", replay_rule="uniform", replay_size=50,
         replay_ratio=0.5, mix_op="mixup", finetune_steps=4, seed=0, **RUN_JOB)
     out["report"] = report.python_func(markdown=md, html=ht, **out["report_kwargs"])
@@ -216,9 +221,9 @@ def test_mlflow_has_one_parent_and_nested_step_runs(chain):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     steps = {r.data.tags["uft.step"] for r in children}
     assert {"ingest_source", "ingest_target", "pretrain", "subsample_source", "ssl_finetune", "linear_eval_base",
-            "knn_eval_finetuned", "holistic", "report"} <= steps
+            "knn_eval_finetuned", "holistic_base", "holistic_finetuned", "report"} <= steps
     assert all(r.info.status == "FINISHED" for r in children)
-    hol = next(r for r in children if r.data.tags["uft.step"] == "holistic")
+    hol = next(r for r in children if r.data.tags["uft.step"] == "holistic_base")
     assert hol.data.tags["degenerate_start"] == ("true" if hol.data.metrics["start_degenerate"] else "false")
     ft = next(r for r in children if r.data.tags["uft.step"] == "ssl_finetune")
     assert "ssl_loss" in ft.data.metrics and ft.data.params["method"] == "simclr"

@@ -148,6 +148,7 @@ def test_gpu_count_is_a_run_parameter_that_resources_follow(compiled, gpus):
         task = dag_tasks(spec)[name]
         assert task["inputs"]["parameters"]["gpus_per_node"]["componentInputParameter"].endswith("gpus"), name
     assert resolved_resources(spec, "holistic", gpus)[GPU] == "1"
+    assert resolved_resources(spec, "holistic-2", gpus)[GPU] == "1"  # the finetuned encoder's holistic task
 
 
 def test_a_run_holds_at_most_gpus_gpus_and_fits_the_gpu_overlay(compiled):
@@ -159,7 +160,7 @@ def test_a_run_holds_at_most_gpus_gpus_and_fits_the_gpu_overlay(compiled):
     spec, executors = compiled
     tasks = dag_tasks(spec)
     gpu_tasks = sorted(n for n in tasks if GPU in resolved_resources(spec, n, MAX_GPUS))
-    assert gpu_tasks == ["holistic", "pretrain", "ssl-finetune"]
+    assert gpu_tasks == ["holistic", "holistic-2", "pretrain", "ssl-finetune"]
     for i, a in enumerate(gpu_tasks):
         for b in gpu_tasks[i + 1:]:
             assert a in upstream(tasks, b) or b in upstream(tasks, a), f"{a} and {b} may hold GPUs at the same time"

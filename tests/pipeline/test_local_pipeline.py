@@ -59,7 +59,8 @@ def local_run(s3_server, tmp_path_factory):
 def test_pipeline_runs_and_reports_metrics(local_run):
     res, _ = local_run
     for key in ("base_linear_1shot", "finetuned_linear_1shot", "base_knn", "finetuned_source_knn",
-                "holistic_naive_unseen", "holistic_source_overall"):
+                "holistic_naive_unseen", "holistic_source_overall",
+                "holistic_finetuned_naive_unseen", "holistic_finetuned_source_overall"):
         assert 0.0 <= res.metrics[key] <= 1.0, key
     assert res.parent_run_id
     from mlflow.tracking import MlflowClient
@@ -69,6 +70,32 @@ def test_pipeline_runs_and_reports_metrics(local_run):
     # the whole config on the parent run, so `uft compare`/`uft sweep` can group by any field
     params = MlflowClient().get_run(res.parent_run_id).data.params
     assert set(RunConfig.model_fields) <= set(params) and params["finetune_steps"] == str(TINY["finetune_steps"])
+
+
+def test_holistic_runs_on_the_finetuned_encoder_too(local_run):
+    """Holistic transfer ran twice, from the base and from the finetuned encoder (each task's input
+    encoder is the one its tag names), and the report shows both side by side."""
+    import json
+
+    import boto3
+
+    from uft.store import read_manifest
+
+    res, tmp = local_run
+    (run_dir,) = (tmp / "state" / "kfp-root").iterdir()
+    inputs = {}
+    for task in ("holistic", "holistic-2"):
+        meta = json.loads((run_dir / task / "executor_output.json").read_text())
+        uri = meta["parameterValues"]["Output"]
+        metrics = read_manifest(uri)[0]["metrics"]
+        inputs[metrics["encoder"]] = metrics
+    assert set(inputs) == {"base", "finetuned"}
+    assert all(m["start_check"]["split"] == "val" for m in inputs.values())
+    assert res.metrics["holistic_finetuned_source_overall"] == inputs["finetuned"]["results"]["source"]["overall"]
+    s3 = boto3.client("s3")
+    key = next(o["Key"] for o in s3.list_objects_v2(Bucket="pipe-artifacts", Prefix="uft/reports/")["Contents"]
+               if o["Key"].endswith("report.md"))
+    assert "Base vs finetuned encoder" in s3.get_object(Bucket="pipe-artifacts", Key=key)["Body"].read().decode()
 
 
 def test_artifacts_land_in_s3(local_run):

@@ -22,6 +22,7 @@ from uft.transfer.holistic import (
     adabn,
     apply_calibration,
     feature_rank_entropy,
+    filter_seen,
     finetune,
     gamma_alg,
     make_config,
@@ -209,15 +210,72 @@ def test_pick_gamma_exact_regions_and_heldout_floor():
     # trained = {0}, held out = {1}; logits [g, 0] so the flip point of each sample is g.
     logits = torch.tensor([[2.0, 0.0], [1.0, 0.0]])
     # Any γ in (1, 2) gets both right; the candidate there is the midpoint 1.5.
-    assert pick_gamma(logits, torch.tensor([0, 1]), [0], 0.0) == pytest.approx(1.5)
+    assert pick_gamma(logits, torch.tensor([0, 1]), [0], 0.0) == (pytest.approx(1.5), True)
     # Both labelled 1: best needs γ above every flip point → max + 1.
-    assert pick_gamma(logits, torch.tensor([1, 1]), [0], 0.0) == pytest.approx(3.0)
+    assert pick_gamma(logits, torch.tensor([1, 1]), [0], 0.0) == (pytest.approx(3.0), True)
     # Trained samples flip at 2, 3, 4 and a held-out one at 3.5. Unconstrained, γ < 2 is best
     # (3/4 right); a floor of 1.0 on held-out accuracy forces γ into (3.5, 4) (2/4 right).
     logits = torch.tensor([[2.0, 0.0], [3.0, 0.0], [4.0, 0.0], [3.5, 0.0]])
     labels = torch.tensor([0, 0, 0, 1])
-    assert pick_gamma(logits, labels, [0], 0.0) == pytest.approx(1.0)
-    assert pick_gamma(logits, labels, [0], 1.0) == pytest.approx(3.75)
+    assert pick_gamma(logits, labels, [0], 0.0) == (pytest.approx(1.0), True)
+    assert pick_gamma(logits, labels, [0], 1.0) == (pytest.approx(3.75), True)
+
+
+def test_pick_gamma_says_when_no_gamma_meets_the_floor():
+    """The held-out sample is only right with γ ≥ 3.5 (accuracy 1.0 there), so no γ reaches a floor
+    above 1: infeasible, no γ (the old rule silently maximised held-out accuracy instead)."""
+    logits = torch.tensor([[2.0, 0.0], [3.5, 0.0]])
+    g, ok = pick_gamma(logits, torch.tensor([0, 1]), [0], 1.01)
+    assert not ok and math.isnan(g)
+
+
+def _val_split(digits, frac: float = 0.3):
+    """Carve a val split (every class) from the target train set → (train, val)."""
+    x, y = digits["train"]
+    n = int(frac * len(y))
+    return (x[n:], y[n:]), (x[:n], y[:n])
+
+
+def test_pcv_picks_gamma_on_val_images_and_records_floor_and_fallback(digits, source_model):
+    """PCV's split models are scored on val images (never trained on): γ moves when only the val
+    images change, not when the train images of the held-out classes do; each split records its
+    floor and feasibility; with an unreachable floor (every split infeasible) ALG's γ is used."""
+    from uft.transfer.holistic import gamma_pcv, pcv_halves
+
+    enc, head = source_model
+    tr, va = _val_split(digits)
+    tr, va = filter_seen(*tr, SEEN), filter_seen(*va, SEEN)
+    cfg = _cfg(pcv_splits=2, steps=15)
+    out = gamma_pcv(enc, head, tr, va, SEEN, cfg, fallback_gamma=-7.0)
+    assert len(out["splits"]) == 2 and out["splits"][0]["trained"] == pcv_halves(SEEN, 2, cfg.seed)[0]
+    for sp in out["splits"]:
+        assert 0.0 <= sp["floor"] <= 1.0 and sp["n_val"] == len(va[1]) and 0 < sp["n_heldout"] < len(va[1])
+        assert sp["feasible"] == (not math.isnan(sp["gamma"]))
+    feas = [sp["gamma"] for sp in out["splits"] if sp["feasible"]]
+    assert out["fallback"] == (not feas)
+    assert out["gamma"] == pytest.approx(sum(feas) / len(feas) if feas else -7.0)
+    shifted = gamma_pcv(enc, head, tr, ((va[0] * 0.5).clamp(0, 1), va[1]), SEEN, cfg, fallback_gamma=-7.0)
+    assert [sp["floor"] for sp in shifted["splits"]] != [sp["floor"] for sp in out["splits"]]
+    one = cfg.model_copy(update={"pcv_splits": 1})
+    held = ~torch.isin(tr[1], torch.tensor(pcv_halves(SEEN, 1, cfg.seed)[0]))
+    noisy = tr[0].clone()
+    noisy[held] = torch.rand(noisy[held].shape, generator=torch.Generator().manual_seed(3))
+    assert gamma_pcv(enc, head, (noisy, tr[1]), va, SEEN, one, 0.0) == gamma_pcv(enc, head, tr, va, SEEN, one, 0.0)
+    with pytest.raises(UftError, match="val images of every seen class"):
+        gamma_pcv(enc, head, tr, filter_seen(*va, [0, 1]), SEEN, cfg, fallback_gamma=0.0)
+
+
+def test_pcv_falls_back_to_alg_when_no_split_is_feasible(monkeypatch, digits, source_model):
+    import uft.transfer.holistic as h
+
+    enc, head = source_model
+    tr, va = _val_split(digits)
+    monkeypatch.setattr(h, "pick_gamma", lambda *a, **k: (float("nan"), False))
+    res = run_holistic(_cfg(method="naive", calibration="pcv", pcv_splits=1, steps=10), enc, head, tr, digits["test"],
+                       SEEN, C, target_val=va)
+    assert res["pcv_fallback"] == 1.0 and res["gamma"] == res["gamma_alg"] and res["gamma_split"].startswith("train")
+    with pytest.raises(UftError, match="target_val"):
+        run_holistic(_cfg(method="naive", calibration="pcv"), enc, head, tr, digits["test"], SEEN, C)
 
 
 # ----------------------------------------------------------------------------- label hygiene
@@ -246,8 +304,10 @@ def _corrupt_unseen(digits):
 def test_non_oracle_methods_never_use_unseen_training_samples(digits, source_model, kw):
     enc, head = source_model
     cfg = _cfg(**kw)
-    clean = run_holistic(cfg, enc, head, digits["train"], digits["test"], SEEN, C)
-    dirty = run_holistic(cfg, enc, head, _corrupt_unseen(digits), digits["test"], SEEN, C)
+    tr, va = _val_split(digits)
+    clean = run_holistic(cfg, enc, head, tr, digits["test"], SEEN, C, target_val=va)
+    dirty = run_holistic(cfg, enc, head, _val_split({"train": _corrupt_unseen(digits)})[0], digits["test"], SEEN, C,
+                         target_val=_val_split({"train": _corrupt_unseen(digits)})[1])
     for k in ("overall", "seen", "unseen", "seen_seen", "unseen_unseen", "ausuc", "per_class", "gamma"):
         assert clean.get(k) == dirty.get(k), k
     assert clean["ncm"] != dirty["ncm"]  # the NCM probe does use all labels (analysis only)

@@ -645,12 +645,13 @@ def gamma_alg(logits_train, labels_train, seen: Sequence[int]) -> float:
     return float((non_true_seen - z[:, u].mean(1)).mean())
 
 
-def pick_gamma(logits, labels, trained: Sequence[int], heldout_min_acc: float) -> float:
-    """PCV's γ for one split. logits (N, C) of a model finetuned on classes ``trained``; labels (N,)
-    from the seen classes (trained half + held-out half). γ is added to every class outside
-    ``trained``; returns the γ maximising overall accuracy subject to held-out-half accuracy ≥
-    ``heldout_min_acc`` (if no γ satisfies it, the γ maximising held-out accuracy). Candidates are
-    one γ per region between flip points (exact); ties → the median maximiser.
+def pick_gamma(logits, labels, trained: Sequence[int], heldout_min_acc: float) -> tuple[float, bool]:
+    """PCV's γ for one split. logits (N, C) of a model finetuned on classes ``trained``, on images it
+    did not train on; labels (N,) from the seen classes (trained half + held-out half). γ is added to
+    every class outside ``trained``. → (γ, feasible): the γ maximising overall accuracy subject to
+    held-out-half accuracy ≥ ``heldout_min_acc``, or (nan, False) when no γ meets that floor (the
+    published rule, ``compute_best_idx_for_better_calibration``, returns no index then). Candidates
+    are one γ per region between flip points (exact); ties → the median maximiser.
     """
     z = logits.detach().double().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits, float)
     y = np.asarray(torch.as_tensor(labels).long())
@@ -671,45 +672,85 @@ def pick_gamma(logits, labels, trained: Sequence[int], heldout_min_acc: float) -
     overall = hits(np.ones_like(held)) / len(y)
     held_acc = hits(held) / max(int(held.sum()), 1)
     ok = held_acc >= heldout_min_acc - 1e-12
-    score = np.where(ok, overall, -np.inf) if ok.any() else held_acc
+    if not ok.any():
+        return float("nan"), False
+    score = np.where(ok, overall, -np.inf)
     best = np.flatnonzero(score == score.max())
-    return float(cands[best[len(best) // 2]])
+    return float(cands[best[len(best) // 2]]), True
+
+
+def pcv_halves(seen: Sequence[int], splits: int, seed: int) -> list[list[int]]:
+    """The trained half (⌈|S|/2⌉ classes, sorted) of each of ``splits`` seeded random halvings of
+    ``seen``, distinct while there are enough distinct halves (5 seen classes have 10; drawn with
+    repeats, 3 splits would share a half 28 % of the time, and PCV would average fewer splits)."""
+    s = sorted(int(c) for c in seen)
+    k = (len(s) + 1) // 2
+    gen = torch.Generator().manual_seed(seed * 1009 + 1)
+    halves: list[list[int]] = []
+    while len(halves) < splits:
+        half = sorted(s[i] for i in torch.randperm(len(s), generator=gen)[:k].tolist())
+        if half not in halves or len({tuple(h) for h in halves}) >= math.comb(len(s), k):
+            halves.append(half)
+    return halves
 
 
 def gamma_pcv(
     source_encoder: nn.Module,
     source_head: nn.Linear,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
     seen: Sequence[int],
     cfg: HolisticConfig,
+    fallback_gamma: float,
     method: str | None = None,
-) -> float:
-    """Pseudo cross-validation γ (seen-class data only). ``cfg.pcv_splits`` times (seeded), split
-    the seen classes into a trained half (⌈|S|/2⌉ classes) and a held-out half, finetune the source
-    model on the trained half with the same recipe, and :func:`pick_gamma` on all seen training
-    data, with the source model's all-class accuracy on the held-out half as the floor. → mean γ.
+) -> dict:
+    """Pseudo cross-validation γ (arXiv 2409.16223; code OSU-MLB/Fine-Tuning-Is-Fine-If-Calibrated,
+    ``py/util/evaluate.py`` ``evaluate_better_calibration``), on labelled seen-class data only.
+
+    train / val: (images (N, C, H, W), labels (N,)), all labels in ``seen``; ``val`` is never trained
+    on. ``cfg.pcv_splits`` times (:func:`pcv_halves`) the source model is finetuned with the same
+    recipe on the *train* images of the trained half; γ is then picked (:func:`pick_gamma`) on the
+    *val* images of all seen classes, none of which the split model trained on, with the floor the
+    published code uses: the source model's all-class accuracy on the held-out half (here on those
+    same val images). Infeasible splits (no γ reaches the floor) are dropped and γ is the mean over
+    the feasible ones, as published; when none is feasible the published code divides by zero, so
+    we fall back to ``fallback_gamma`` (ALG's γ of the full model) and say so.
+
+    One deviation, by design: the published code picks γ on the target *training* set (its
+    ``oracle_training`` evaluation), where the trained half keeps its training margins; we use
+    held-out val images so that γ reflects margins on images the model has not fitted.
+    → {"gamma", "fallback" (bool), "feasible_splits", "splits": [{"trained", "floor", "feasible",
+    "gamma", "n_val", "n_heldout"}]}.
     """
-    x = _images(train_images, "train_images")
-    y = _labels(train_labels, len(x), source_head.out_features, "train_labels")
+    x = _images(train[0], "train images")
+    y = _labels(train[1], len(x), source_head.out_features, "train labels")
+    xv = _images(val[0], "val images")
+    yv = _labels(val[1], len(xv), source_head.out_features, "val labels")
     s = _seen(seen, source_head.out_features)
     if len(s) < 2:
         raise UftError(f"PCV needs at least 2 seen classes, got {s}: use calibration 'alg' or 'none'")
-    if not bool(torch.isin(y, torch.tensor(s)).all()):
-        raise UftError("train_labels contain unseen classes: PCV uses seen-class data only (filter_seen)")
-    _, z_src = predict(source_encoder, source_head, x, cfg.eval_batch_size)
-    gammas = []
-    for split in range(cfg.pcv_splits):
-        gen = torch.Generator().manual_seed(cfg.seed * 1009 + split + 1)
-        perm = torch.randperm(len(s), generator=gen).tolist()
-        trained = sorted(s[i] for i in perm[: (len(s) + 1) // 2])
-        in_t = torch.isin(y, torch.tensor(trained))
-        sub = cfg.model_copy(update={"calibration": "none", "seed": cfg.seed + split + 1})
+    st = torch.tensor(s)
+    if not (bool(torch.isin(y, st).all()) and bool(torch.isin(yv, st).all())):
+        raise UftError("PCV's train/val labels contain unseen classes: it uses seen-class data only (filter_seen)")
+    missing = sorted(set(s) - set(yv.tolist()))
+    if missing:
+        raise UftError(f"PCV needs val images of every seen class; none for {missing}: ingest with a larger val_fraction")
+    _, z_src = predict(source_encoder, source_head, xv, cfg.eval_batch_size)
+    splits = []
+    for i, trained in enumerate(pcv_halves(s, cfg.pcv_splits, cfg.seed)):
+        tt = torch.tensor(trained)
+        in_t = torch.isin(y, tt)
+        sub = cfg.model_copy(update={"calibration": "none", "seed": cfg.seed + i + 1})
         enc, head = finetune(source_encoder, source_head, x[in_t], y[in_t], trained, sub, method)
-        _, z = predict(enc, head, x, cfg.eval_batch_size)
-        floor = float((z_src[~in_t].argmax(1) == y[~in_t]).double().mean())
-        gammas.append(pick_gamma(z, y, trained, floor))
-    return float(np.mean(gammas))
+        _, z = predict(enc, head, xv, cfg.eval_batch_size)
+        held = ~torch.isin(yv, tt)
+        floor = float((z_src[held].argmax(1) == yv[held]).double().mean())
+        g, ok = pick_gamma(z, yv, trained, floor)
+        splits.append({"trained": trained, "floor": floor, "feasible": ok, "gamma": g, "n_val": len(yv),
+                       "n_heldout": int(held.sum())})
+    feasible = [sp["gamma"] for sp in splits if sp["feasible"]]
+    gamma = float(np.mean(feasible)) if feasible else float(fallback_gamma)
+    return {"gamma": gamma, "fallback": not feasible, "feasible_splits": len(feasible), "splits": splits}
 
 
 # ----------------------------------------------------------------------------- one run
@@ -723,16 +764,27 @@ def run_holistic(
     target_test: tuple[torch.Tensor, torch.Tensor],
     seen: Sequence[int],
     num_classes: int,
+    *,
+    target_val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    adapted: tuple[nn.Module, nn.Linear] | None = None,
 ) -> dict:
     """Adapt the source classifier with ``method_cfg`` and evaluate on the full target test set.
 
-    target_train / target_test: (images (N, C, H, W), labels (N,)) over all classes. The training
-    set is cut to the seen classes on entry; its unseen-class samples reach only the ``oracle``
-    finetune and the NCM probe. Returns ``method``, ``overall``, ``seen``, ``unseen``,
-    ``seen_seen``, ``unseen_unseen`` (on calibrated logits when calibrating), ``ausuc``,
-    ``ncm`` / ``ncm_seen`` / ``ncm_unseen`` (class means of the adapted features over the whole
-    target training set), ``per_class`` (list of num_classes floats, nan = no test sample) and,
-    when calibrated, ``gamma``. The source modules are not modified.
+    target_train / target_val / target_test: (images (N, C, H, W), labels (N,)) over all classes.
+    Splits have one role each: the method trains on the seen-class *train* images; every choice
+    (PCV's γ) reads the seen-class *val* images (required for ``calibration="pcv"``, never
+    trained on); the *test* split only reports. ALG's γ comes from the finetuning (train) logits,
+    as its definition says. Unseen-class train samples reach only the ``oracle`` finetune and the
+    NCM probe. ``adapted``: this method's already finetuned (encoder, head) (e.g. to calibrate one
+    finetune two ways; finetuning is deterministic in ``seed``, so the rows are the same).
+
+    Returns ``method``, ``overall``, ``seen``, ``unseen``, ``seen_seen``, ``unseen_unseen`` (on
+    calibrated logits when calibrating), ``ausuc``, ``ncm`` / ``ncm_seen`` / ``ncm_unseen`` (class
+    means of the adapted features over the whole target training set), ``per_class`` (list of
+    num_classes floats, nan = no test sample), ``n_test``; when calibrated ``gamma`` and
+    ``gamma_split`` (the split γ was chosen on); with PCV also ``gamma_alg``, ``pcv`` (per-split
+    floors, feasibility, :func:`gamma_pcv`), ``pcv_fallback`` (1.0 when ALG's γ was used) and
+    ``pcv_feasible_splits``. The source modules are not modified.
     """
     cfg = method_cfg
     if source_head.out_features != num_classes:
@@ -745,18 +797,28 @@ def run_holistic(
     test_x = _images(target_test[0], "target_test images")
     test_y = _labels(target_test[1], len(test_x), num_classes, "target_test labels")
     seen_x, seen_y = filter_seen(full_x, full_y, s)  # the only training data non-oracle methods get
+    if cfg.calibration == "pcv" and target_val is None:
+        raise UftError("calibration 'pcv' picks γ on held-out images: pass target_val (the val split)")
 
-    if cfg.method == "oracle":
+    if adapted is not None:
+        enc, head = adapted
+    elif cfg.method == "oracle":
         enc, head = finetune(source_encoder, source_head, full_x, full_y, s, cfg)
     else:
         enc, head = finetune(source_encoder, source_head, seen_x, seen_y, s, cfg)
 
     test_feats, logits = predict(enc, head, test_x, cfg.eval_batch_size)
-    out: dict = {"method": cfg.method}
-    if cfg.calibration == "alg":
-        out["gamma"] = gamma_alg(predict(enc, head, seen_x, cfg.eval_batch_size)[1], seen_y, s)
-    elif cfg.calibration == "pcv":
-        out["gamma"] = gamma_pcv(source_encoder, source_head, seen_x, seen_y, s, cfg)
+    out: dict = {"method": cfg.method, "n_test": len(test_y)}
+    if cfg.calibration in ("alg", "pcv"):
+        g_alg = gamma_alg(predict(enc, head, seen_x, cfg.eval_batch_size)[1], seen_y, s)
+        out.update(gamma=g_alg, gamma_split="train")
+    if cfg.calibration == "pcv":
+        val_x = _images(target_val[0], "target_val images")
+        val_y = _labels(target_val[1], len(val_x), num_classes, "target_val labels")
+        pcv = gamma_pcv(source_encoder, source_head, (seen_x, seen_y), filter_seen(val_x, val_y, s), s, cfg,
+                        fallback_gamma=g_alg)
+        out.update(gamma=pcv["gamma"], gamma_alg=g_alg, gamma_split="val" if not pcv["fallback"] else "train (ALG fallback)",
+                   pcv=pcv, pcv_fallback=float(pcv["fallback"]), pcv_feasible_splits=pcv["feasible_splits"])
     cal = apply_calibration(logits, s, out["gamma"]) if "gamma" in out else logits
     out.update(holistic_accuracies(cal, test_y, s))
     has_both = bool(torch.isin(test_y, torch.tensor(s)).any()) and not bool(torch.isin(test_y, torch.tensor(s)).all())

@@ -76,12 +76,28 @@ def ui(finished_run):
         _wait_http(f"http://127.0.0.1:{port}/health", 300)
         yield url, port
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # `uft ui` stops its MLflow (its own session) on the way out
         try:
-            proc.wait(30)
+            proc.wait(120)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        _stop_ui_on(port)  # whatever a killed `uft ui` could not stop: only the server on this test's port
+
+
+def _stop_ui_on(port: int) -> None:
+    """SIGTERM, then SIGKILL, the MLflow UI processes listening on ``port`` (found by command line)."""
+    from uft.services import kill_pid
+
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mlflow" in b" ".join(args) and str(port).encode() in args and b"--port" in args:
+            kill_pid(int(d.name))
 
 
 @pytest.fixture(scope="module")

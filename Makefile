@@ -15,7 +15,7 @@ EXTRA_CA ?=
 TEST_BASE_IMAGE ?= uft-base:bookworm
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-data run test test-all test-shuffled test-images compile ui bench sweep holistic-bench images clean
+.PHONY: help install install-data run test test-all test-shuffled test-images compile ui bench sweep holistic-bench images clean install-browser test-browser
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -37,6 +37,13 @@ $(MNIST):
 
 install-data: ## Fashion-MNIST from Debian (for the distant-domain benchmark)
 	@test -d /usr/share/datasets/fashion-mnist || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+
+install-browser: ## Debian's chromium + chromium-driver (for the browser test; apt-get, as root)
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { apt-get update -q >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }
+
+test-browser: install install-browser ## a tiny run, `uft ui` on it, its report checked in headless Chromium (screenshots: printed tmp dir)
+	$(BIN)/python -m pytest tests/browser -m browser -q -s $(PYTEST_ARGS)
 
 # The demo's training budget (README, "make run"; bench/demo_budget.py measures what it keeps):
 # `make run DEMO_BUDGET=` trains with the pipeline's full defaults instead.

@@ -202,7 +202,8 @@ def uft_pipeline(
         base_model = base.outputs["model"]
         replay = _platform(subsample_source(source=src, encoder=base_model, target=tgt, store_uri=store_uri,
                                             rule=replay_rule, size=replay_size, seed=seed, **run))
-        plan = _platform(mix(store_uri=store_uri, op=mix_op, alpha=mix_alpha, fraction=mix_fraction, pairing=mix_pairing))
+        plan = _platform(mix(store_uri=store_uri, op=mix_op, alpha=mix_alpha, fraction=mix_fraction, pairing=mix_pairing,
+                             **run))
         ft = _platform(ssl_finetune(base=base_model, target=tgt, source=src, replay=replay.outputs["replay"],
                                     plan=plan.outputs["plan"], store_uri=store_uri, method=ssl_method,
                                     steps=finetune_steps, batch_size=batch_size, lr=lr, replay_ratio=replay_ratio,
@@ -238,5 +239,5 @@ def uft_pipeline(
                                    store_uri=store_uri, source=src, target=tgt, base_encoder=base_model,
                                    finetuned_encoder=ft_model, ssl_method=ssl_method, replay_rule=replay_rule,
                                    replay_size=replay_size, replay_ratio=replay_ratio, mix_op=mix_op,
-                                   finetune_steps=finetune_steps, seed=seed, **this_run))
+                                   finetune_steps=finetune_steps, seed=seed, probe_draws=probe_draws, **this_run))
         summary.set_caching_options(False)  # per run: it writes this run's report and parent metrics

@@ -99,6 +99,9 @@ def run(
             from uft.promote import promotion_summary
 
             res.promotion = promotion_summary(experiment, res.run_id)  # read while MLflow is reachable
+            from uft.tracking import report_route
+
+            res.report_route = report_route(experiment, res.run_id)
     except UftError as e:
         _fail(e)
     except KeyboardInterrupt as e:
@@ -218,6 +221,11 @@ def _print_result(res, state: Path, config: dict | None = None) -> None:
         console.print(f"  {k}: {v}", soft_wrap=True)  # URIs stay whole, to copy and paste
     console.print(f"Open the MLflow UI: [bold]make ui[/]  (or: UFT_STATE_DIR={shlex.quote(str(state))} .venv/bin/uft ui)",
                   soft_wrap=True)
+    route = getattr(res, "report_route", None)
+    if route:  # last: the one line to open
+        from uft.tracking import ui_url
+
+        console.print(f"Report (parent run, after `make ui`): {ui_url(route)}", soft_wrap=True, highlight=False)
 
 
 @app.command("promote")
@@ -251,7 +259,8 @@ def promote_cmd(
 
 
 @app.command()
-def ui(port: int = typer.Option(5000, help="port for the MLflow UI on 127.0.0.1")) -> None:
+def ui(port: int = typer.Option(5000, help="port for the MLflow UI on 127.0.0.1"),
+       experiment: str = typer.Option("uft", help="MLflow experiment whose latest report is linked")) -> None:
     """Start the local S3 server and the MLflow UI on the local run's state (Ctrl-C to stop).
 
     Safe while `uft run` runs: both use the same S3 server, which stops when the last one leaves."""
@@ -264,9 +273,19 @@ def ui(port: int = typer.Option(5000, help="port for the MLflow UI on 127.0.0.1"
     try:
         with signals_raise(), local_services(state_dir(), say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)) as env:
             console.print(f"MLflow UI on http://127.0.0.1:{port}  (Ctrl-C to stop)")
+            from uft.tracking import UI_QUERY, report_route, ui_url
+
+            route = report_route(experiment)
+            console.print(f"  latest run's report: {ui_url(route, port)}" if route else
+                          f"  no finished run yet in experiment {experiment!r}: `make run` first", soft_wrap=True,
+                          highlight=False)
+            console.print(f"  runs and model registry: {ui_url('#/experiments' + UI_QUERY, port)}", soft_wrap=True,
+                          highlight=False)
             # Its own session, so stopping `uft ui` (any signal) stops MLflow's workers with it.
+            # One worker: a local UI has one reader, and MLflow's default four take minutes to start on 2 cores.
             proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
-                                     "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]], env={**os.environ, **env},
+                                     "--workers", "1", "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]],
+                                    env={**os.environ, **env},
                                     start_new_session=True)
             try:
                 proc.wait()

@@ -268,7 +268,7 @@ def subsample_source(source_uri: str, source_sha: str, store_uri: str, *, rule: 
 
 
 def mix_plan(store_uri: str, *, op: str = "none", alpha: float = 1.0, fraction: float = 0.5,
-             pairing: str = "target_source") -> dict[str, Any]:
+             pairing: str = "target_source", run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """Record the mixing plan the trainer applies on the fly (cheap; no images materialised)."""
     from uft.transfer.mixing import MixPlan
 
@@ -278,9 +278,10 @@ def mix_plan(store_uri: str, *, op: str = "none", alpha: float = 1.0, fraction: 
         raise UftError(f"invalid mixing plan: {e}".splitlines()[0] + " — fix mix_op/mix_alpha/mix_fraction/mix_pairing") from None
     store = step_store(store_uri)
     body = plan.model_dump(mode="json")
-    key = content_key("mix", body)
-    uri = publish(store, f"mix/{key}", {}, {"kind": "mix_plan", "plan": body})
-    return {"plan_uri": uri, "plan_sha": manifest_sha(uri), **body}
+    with tracking.step_run(experiment, run_id, "mix", body):  # a nested run like every other step's
+        key = content_key("mix", body)
+        uri = publish(store, f"mix/{key}", {}, {"kind": "mix_plan", "plan": body})
+        return tracking.log_outputs({"plan_uri": uri, "plan_sha": manifest_sha(uri), **body})
 
 
 def _load_replay(replay_uri: str, source_uri: str) -> torch.Tensor | None:
@@ -583,17 +584,7 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
             key = content_key("report", run_id, sorted(metrics_uris))
             uri = publish(store, f"reports/{run_id}/{key}", files, {"kind": "report", "summary": summary})
             if run is not None:
-                import mlflow
-
-                for name, data in files.items():
-                    mlflow.log_text(data.decode(), name) if name.endswith((".md", ".html", ".json")) else _log_bytes(name, data)
-                parent_id = tracking.log_parent_params(experiment, run_id, config)  # for `uft compare`
-                if parent_id is not None:
-                    client = tracking._client()
-                    for k, v in summary.items():
-                        if isinstance(v, (int, float)):
-                            client.log_metric(parent_id, k, float(v))
-                    client.log_text(parent_id, files["report.md"].decode(), "report.md")
+                _log_report(run, files, summary, collected, config, experiment, run_id)
             tracking.log_outputs({"report_uri": uri})
         return {"report_uri": uri, "summary": summary}
 
@@ -606,6 +597,41 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
             (Path(out_dir) / name).parent.mkdir(parents=True, exist_ok=True)
             (Path(out_dir) / name).write_bytes(data)
     return {**out, "markdown": files["report.md"].decode(), "html": files["report.html"].decode()}
+
+
+def _log_report(run, files: dict[str, bytes], summary: dict[str, Any], collected: list[dict[str, Any]],
+                config: dict[str, Any], experiment: str, run_id: str) -> None:
+    """The report's files to the report run *and* to the parent run (the one `uft run` links and a
+    person opens), the summary metrics and the config to the parent, and the parent's description:
+    the decision with a link to the registered model version, the headline table, report links."""
+    import tempfile
+    from pathlib import Path
+
+    from uft.report import mlflow_markdown, run_description
+
+    parent_id = tracking.log_parent_params(experiment, run_id, config)  # for `uft compare`
+    client = tracking._client()
+    md = files["report.md"].decode()
+    for target in (run.info.run_id, parent_id):
+        if target is None:
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            for name, data in files.items():
+                (Path(d) / name).write_bytes(data)
+            # the markdown's plots from this run's artifacts: MLflow's viewer draws no data: images
+            (Path(d) / "report.md").write_text(mlflow_markdown(md, files, target))
+            client.log_artifacts(target, d)
+    if parent_id is None:
+        return
+    for k, v in summary.items():
+        if isinstance(v, (int, float)):
+            client.log_metric(parent_id, k, float(v))
+    exp_id = run.info.experiment_id
+    client.set_tag(parent_id, "mlflow.note.content", run_description(collected, exp_id, parent_id))
+    promotion = next((c["metrics"] for c in collected if c["step"] == "promote"), {})
+    if promotion.get("version") not in (None, "", "None"):  # the registry link as tags too (searchable)
+        client.set_tag(parent_id, "uft.registered_model", str(promotion.get("registered_model")))
+        client.set_tag(parent_id, "uft.model_version", str(promotion["version"]))
 
 
 def _published_files(uri: str, names: tuple[str, ...] | None = None) -> dict[str, bytes]:
@@ -642,15 +668,3 @@ def _projections(encoder_uris: dict[str, str], target_uri: str, max_points: int 
         feats = extract_features(load_encoder(uri)[0], x, device=_device()).numpy()
         out[name] = (PCA(n_components=2, random_state=0).fit_transform(feats), y)
     return out
-
-
-def _log_bytes(name: str, data: bytes) -> None:
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / name
-        p.write_bytes(data)
-        mlflow.log_artifact(str(p))

@@ -688,7 +688,8 @@ def explain_lines(m: dict[str, Any]) -> list[str]:
     lines = [head, "", f"Compared with: **{refname}**, on the same held-out images (target {where} split, "
              f"{cand.get('n_views', '?')} images; source val split for retention).", ""]
     header = ["signal", "candidate", refname, "untrained floor", "change", "margin", "rule / reading"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    # numbers right, text left (the report renders the alignment row)
+    lines += ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 2) + ":---|"]
     for k in READINGS:
         if not any(_has(d, k) for d in (cand, ref, floor)):
             continue

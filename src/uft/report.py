@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 import re
 from typing import Any, Callable, Sequence
@@ -305,46 +304,23 @@ def _projection_plot(panels: dict[str, tuple[Any, Any]]) -> bytes:
     return _png(fig, dpi=90, colors=48)
 
 
-#: What the promotion gate measures on, as ``uft.promote`` runs it, unless its metrics record it
-#: (key ``sample``): tests/unit/test_report_render.py checks these against promote's code.
-GATE_SAMPLE = {"probe_shots": 5, "probe_draws": 3, "max_images": 1000}
-#: The gate's own measurements of what the evaluation tables also show: named apart, because they
-#: are measured on another sample with fewer draws and so differ.
-GATE_NAMES = {"probe": "gate 5-shot probe", "source_retention": "gate source k-NN"}
-_BOOKKEEPING = {"n_views", "feature_dim", "finite"}
-
-
 def promotion_section(m: dict[str, Any], config: dict[str, Any] | None = None) -> list[str]:
-    """Markdown lines for the promote step's metrics ``m``: the decision, its reasons, and the
-    signals of the finetuned, base (and champion) encoders, with the sample they were measured on."""
+    """Markdown lines for the promote step's metrics ``m``: the gate's own explanation (each signal
+    for candidate, reference and untrained floor, change, margin, noise, reasons;
+    :func:`uft.promote.explain_lines`) and what it was measured on, so that its figures are not read
+    as the evaluation tables' (they measure other data)."""
     from uft import promote
 
-    readings: dict[str, str] = getattr(promote, "READINGS", {})
-    config = config or {}
-    sample = {**GATE_SAMPLE, **(m.get("sample") or {})}
-    version = m.get("version")
-    head = f"**Decision: {m.get('decision')}**" + (f" — `{m.get('registered_model')}` version {version}"
-                                                    if version not in (None, "", "None") else "")
-    lines = ["## Promotion gate (label-free signals)", "", head, ""]
-    lines += [f"- {r}" for r in m.get("reasons", [])] + [""]
-    cols = [("finetuned", m.get("signals") or {}), ("base", m.get("base_signals") or {})]
-    if m.get("champion_signals"):
-        cols.append(("champion", m["champion_signals"]))
-    present = {k for _, c in cols for k, v in c.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _BOOKKEEPING}
-    keys = [k for k in readings if k in present] + sorted(present - set(readings))
-    rows = [[GATE_NAMES.get(k, k)] + [f"{c[k]:.3f}" if isinstance(c.get(k), (int, float)) else "–" for _, c in cols]
-            + [readings.get(k, "")] for k in keys]
-    lines += [_md_table(["signal", *[n for n, _ in cols], "reading"], rows), ""]
     n = (m.get("signals") or {}).get("n_views")
-    evaluation = f"{config['probe_draws']} draws" if "probe_draws" in config else "its own draws"
-    lines += [f"The gate measures on its own sample, not the evaluation's: the label-free signals on "
-              f"{int(n) if isinstance(n, (int, float)) else 'up to ' + str(sample['max_images'])} target train images; "
-              f"*{GATE_NAMES['probe']}*: {sample['probe_shots']} labels per class, mean over {sample['probe_draws']} "
-              f"draws, scored on the target test split (the evaluation's linear {sample['probe_shots']}-shot: "
-              f"{evaluation}); *{GATE_NAMES['source_retention']}*: k-NN on up to {2 * sample['max_images']} held-out "
-              f"source train and {sample['max_images'] // 2} source test images (the evaluation's source k-NN: the "
-              "whole source splits). Hence the figures differ from the tables above.", ""]
+    images = f"{int(n)} " if isinstance(n, (int, float)) else ""
+    max_images = int(m.get("max_images") or 1000)
+    lines = ["## Promotion gate", ""] + promote.explain_lines(m)
+    lines += [f"The gate measures on data that no training step saw and no table above uses: the label-free "
+              f"signals on {images}target val images; *val_probe*: a {promote.VAL_SHOTS}-shot linear probe scored "
+              f"within the target val split (when it has labels), not the evaluation's few-label probes on the test "
+              f"split; *source_retention*: k-NN from up to {2 * max_images} source train images to up to "
+              f"{max_images} source val images, not the evaluation's source k-NN on the source test split. "
+              "Hence its figures differ from the tables above.", ""]
     return lines
 
 

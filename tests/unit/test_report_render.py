@@ -7,18 +7,19 @@ from __future__ import annotations
 import inspect
 import re
 from html.parser import HTMLParser
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from uft.report import GATE_NAMES, GATE_SAMPLE, build_report, run_description
+from uft.report import build_report, run_description
 
 SIG = {"gate_score": 0.18, "effective_rank": 20.0, "view_retrieval": 0.6, "alignment": 0.4, "uniformity": -2.0,
-       "snd": 5.0, "probe": 0.895, "source_retention": 0.878, "n_views": 898, "feature_dim": 64, "finite": True}
+       "snd": 5.0, "val_probe": 0.895, "source_retention": 0.878, "n_views": 180, "feature_dim": 64, "finite": True,
+       "signals_split": "val"}
 PROMOTE = {"decision": "champion", "promoted": True, "version": "1", "registered_model": "uft-encoder",
            "reasons": ["first version on an empty registry; sanity check passed (not collapsed, gate score 0.1800)"],
-           "signals": SIG, "base_signals": {**SIG, "probe": 0.85}, "champion_signals": None}
+           "signals": SIG, "base_signals": {**SIG, "val_probe": 0.85}, "reference": "base encoder",
+           "champion_signals": {**SIG, "val_probe": 0.85}, "policy": {"noise": "σ over 5 seeds"}}
 COLLECTED = [{"step": "linear_base", "metrics": {"linear_5shot": 0.839, "linear_5shot_std": 0.01}},
              {"step": "linear_finetuned", "metrics": {"linear_5shot": 0.883, "linear_5shot_std": 0.02}},
              {"step": "knn_base", "metrics": {"source_knn": 0.916}},
@@ -82,8 +83,8 @@ def test_html_has_no_raw_markdown(report):
 def test_text_columns_left_numbers_right(report):
     _, page = report
     rows = {r[0][0]: r for r in page.rows if r}
-    gate = rows[GATE_NAMES["probe"]]
-    assert gate[1] == ("0.895", "text-align:right") and gate[-1][1] == "text-align:left"  # the reading sentence
+    gate = rows["val_probe"]
+    assert gate[1] == ("0.8950", "text-align:right") and gate[-1][1] == "text-align:left"  # the rule sentence
     acc = rows["linear_5shot"]
     assert acc[0][1] == "text-align:left" and acc[2] == ("0.883 ± 0.020", "text-align:right")
 
@@ -103,10 +104,10 @@ def test_gate_figures_are_named_apart_and_state_their_sample(report):
     files, _ = report
     md = files["report.md"].decode()
     gate_table = md[md.index("| signal |"):]
-    assert "| probe |" not in gate_table and "| source_retention |" not in gate_table
-    assert f"| {GATE_NAMES['probe']} | 0.895 |" in gate_table and f"| {GATE_NAMES['source_retention']} | 0.878 |" in gate_table
-    assert "on 898 target train images" in md and f"mean over {GATE_SAMPLE['probe_draws']} draws" in md
-    assert "the evaluation's linear 5-shot: 5 draws" in md
+    assert "| linear_5shot |" not in gate_table and "| source_knn |" not in gate_table
+    assert "| val_probe | 0.8950 | 0.8500 |" in gate_table and "| source_retention | 0.8780 |" in gate_table
+    assert "on 180 target val images" in md and "5-shot linear probe scored within the target val split" in md
+    assert "source val images" in md and "Hence its figures differ from the tables above" in md
     assert "| n_views |" not in md and "| finite |" not in md  # bookkeeping, not signals
 
 
@@ -140,33 +141,24 @@ def test_run_description_links_the_version_and_the_report():
 
 
 def test_gate_sample_matches_what_promote_measures(monkeypatch):
-    """GATE_SAMPLE states promote's sample; read it from promote's own calls, so a changed gate
+    """The report states promote's sample; read it from promote's own code, so a changed gate
     fails here instead of the report silently stating stale sizes."""
     import torch
 
-    import uft.evaluate.features as feats
-    import uft.evaluate.label_free as lf
-    import uft.evaluate.linear as lin
     import uft.data.stream as stream
     import uft.store as store
     from uft import promote
 
-    assert inspect.signature(promote.promote_step).parameters["max_images"].default == GATE_SAMPLE["max_images"]
-    seen = {}
-    monkeypatch.setattr(lf, "encoder_signals", lambda *a, **k: seen.update(max_images=k["max_images"]) or {"finite": True})
-    monkeypatch.setattr(feats, "extract_features", lambda enc, x, **k: x)
-    monkeypatch.setattr(lin, "few_label_probe",
-                        lambda ftr, ytr, fte, yte, shots, draws, seed: seen.update(shots=shots, draws=draws) or (0.5, 0.0))
-    split = SimpleNamespace(images=torch.zeros(4, 1), labels=torch.zeros(4))
-    promote._signals(None, None, SimpleNamespace(subset=lambda s: split), None, True, 0, GATE_SAMPLE["max_images"])
-    assert seen == {"max_images": GATE_SAMPLE["max_images"], "shots": GATE_SAMPLE["probe_shots"],
-                    "draws": GATE_SAMPLE["probe_draws"]}
-    big = {"train": (np.zeros(5000, np.int64), np.arange(5000)), "test": (np.zeros(3000, np.int64), np.arange(3000))}
+    assert inspect.signature(promote.promote_step).parameters["max_images"].default == 1000
+    md = "\n".join(build_report([{"step": "promote", "metrics": PROMOTE}], {})[0]["report.md"].decode().splitlines())
+    assert f"{promote.VAL_SHOTS}-shot" in md and "up to 2000 source train images to up to 1000 source val" in md
+    big = {"train": (np.zeros(5000, np.int64), np.arange(5000)), "val": (np.zeros(3000, np.int64), np.arange(3000)),
+           "test": (np.zeros(3000, np.int64), np.arange(3000))}
     monkeypatch.setattr(stream, "split_rows", lambda uri: big)
     monkeypatch.setattr(stream, "load_rows", lambda uri, rows: torch.zeros(len(rows)))
     monkeypatch.setattr(store, "read_manifest", lambda uri: ({"classes": [0]}, None, None))
-    tr_x, _, te_x, _, _ = promote._source_eval("s3://b/source/manifest.json", GATE_SAMPLE["max_images"], 0)
-    assert (len(tr_x), len(te_x)) == (2 * GATE_SAMPLE["max_images"], GATE_SAMPLE["max_images"] // 2)
+    tr_x, _, va_x, _, _ = promote._source_eval("s3://b/source/manifest.json", 1000, 0)
+    assert (len(tr_x), len(va_x)) == (2000, 1000)
 
 
 def test_mlflow_copy_reads_its_plots_from_the_run(report):

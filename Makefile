@@ -15,7 +15,7 @@ EXTRA_CA ?=
 TEST_BASE_IMAGE ?= uft-base:bookworm
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-data run test test-all test-shuffled test-images compile ui bench sweep holistic-bench images clean
+.PHONY: help install install-data run test test-all test-shuffled test-images compile ui bench sweep holistic-bench images clean install-browser test-browser
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -37,6 +37,13 @@ $(MNIST):
 
 install-data: ## Fashion-MNIST from Debian (for the distant-domain benchmark)
 	@test -d /usr/share/datasets/fashion-mnist || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+
+install-browser: ## Debian's chromium + chromium-driver (for the browser test; apt-get, as root)
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { apt-get update -q >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }
+
+test-browser: install install-browser ## a tiny run, `uft ui` on it, its report checked in headless Chromium (screenshots: printed tmp dir)
+	$(BIN)/python -m pytest tests/browser -m browser -q -s $(PYTEST_ARGS)
 
 # The demo's training budget (README, "make run"; bench/demo_budget.py measures what it keeps):
 # `make run DEMO_BUDGET=` trains with the pipeline's full defaults instead.
@@ -62,8 +69,8 @@ ui: install ## open the MLflow UI on the local runs (starts the local S3 server 
 bench: install ## performance benchmarks (markdown tables)
 	$(BIN)/python -m bench.run_all
 
-sweep: install install-data ## the method comparison of the README (long: see README)
-	$(BIN)/python -m bench.uft_sweep
+sweep: install install-data ## the method comparison of docs/results.md (long: see there)
+	$(BIN)/python -m bench.uft_grid
 
 images: ## build the CPU and CUDA images (Docker with BuildKit; docker/README.md)
 	BASE_IMAGE="$(BASE_IMAGE)" EXTRA_CA="$(EXTRA_CA)" docker/build.sh cpu $(IMAGE_CPU)

@@ -755,7 +755,7 @@ def render_markdown(summary: dict[str, dict[str, dict[str, Any]]], meta: dict[st
         "![per-class accuracy](holistic_per_class.png)",
         "",
         (f"Command: `{meta['command']}` — wall {meta['wall_seconds']:.0f} s" if len(meta.get("commands", [])) < 2 else
-         "Commands (run in parallel on disjoint seeds, then merged with `.venv/bin/python -m bench.holistic_table "
+         "Commands (run in parallel on disjoint seeds or encoders, then merged with `.venv/bin/python -m bench.holistic_table "
          "--from-json <their holistic.json, comma-separated>`): " + "; ".join(f"`{c}`" for c in meta["commands"])
          + f" — wall {meta['wall_seconds']:.0f} s (the longest)")
         + f", CPU {meta.get('cpu_seconds', float('nan')):.0f} s in all (SSL pretraining "

@@ -4,6 +4,7 @@ ingest, ssl_finetune and an evaluation step (k-NN), ingest's images/s, the train
 
     python -m bench.scale                                    # 10k and 100k
     python -m bench.scale --sizes 10000,100000,1000000 --out bench/results/scale.md
+    python -m bench.scale --eval-only --sizes 10000,100000,1000000   # knn_eval and linear_eval only
 
 Every figure comes from a fresh subprocess running the real code (peak RSS = ``VmHWM`` of that
 process), as in the two benches it combines:
@@ -69,6 +70,37 @@ def run(sizes: list[int], data_dir: Path, cache: Path, *, steps: int = 8, memory
     ])
 
 
+def run_eval(sizes: list[int], data_dir: Path, parallel: bool = False) -> str:
+    """The evaluation steps only (knn_eval, linear_eval), each in a fresh process, on the same
+    generated datasets as :func:`run`: peak RSS, CPU s and the metric, by dataset size.
+    ``parallel``: the two steps of a size run at the same time (each still its own process, so its
+    peak RSS is its own; only wall time is shared)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    encoder = stream_scale.make_encoder(data_dir)
+    rows = []
+    for n in sizes:
+        uri = stream_scale.make_blobs(data_dir, n, pool=16 if n > 200_000 else 0)
+        store = tempfile.mkdtemp(prefix=f"store-{n}-", dir=data_dir)  # fresh: no cache hits
+        try:
+            with ThreadPoolExecutor(2 if parallel else 1) as pool:
+                knn, lin = pool.map(lambda k: stream_scale.run_child(k, uri, encoder, store, "cpu", 0), ("knn", "linear"))
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
+        rows.append([f"{n:,}", _mb(knn), knn.get("cpu_s", "-"), knn.get("knn", "-"), _mb(lin), lin.get("cpu_s", "-"),
+                     lin.get("linear_full", "-"), lin.get("linear_5shot", "-")])
+        print(f"[bench.scale] {n:,} images done: knn {knn} · linear {lin}", file=sys.stderr, flush=True)
+    return "\n".join([
+        "## Evaluation memory by dataset size\n",
+        "Peak RSS (`VmHWM`) of each evaluation step in its own fresh process (the real `uft.steps.knn_eval` "
+        "and `uft.steps.linear_eval`, tracking off) on generated 32 px RGB datasets (10 classes, 2 % test); "
+        "goal: flat in size (within 10 % from 100k to 1M).\n",
+        table(["images", "knn_eval peak RSS MB", "knn_eval CPU s", "k-NN accuracy", "linear_eval peak RSS MB",
+               "linear_eval CPU s", "full-label probe accuracy", "5-shot probe accuracy"], rows),
+    ])
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10000,100000", help="comma-separated dataset sizes")
@@ -77,10 +109,13 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--knn-max", type=int, default=1_000_000, help="largest size with the k-NN row")
     ap.add_argument("--data-dir", type=Path, default=stream_scale.DATA_DIR, help="generated Parquet datasets (reused)")
     ap.add_argument("--cache", type=Path, default=ingest_scale.DEFAULT_CACHE, help="generated ImageFolders (reused)")
+    ap.add_argument("--eval-only", action="store_true", help="only the evaluation steps (knn_eval, linear_eval)")
+    ap.add_argument("--parallel", action="store_true", help="with --eval-only: a size's two steps at the same time")
     ap.add_argument("--out", type=Path, help="also write the report here")
     a = ap.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",") if s]
     report = "\n".join([header("uft at scale", "bench.scale"),
+                        run_eval(sizes, a.data_dir, a.parallel) if a.eval_only else
                         run(sizes, a.data_dir, a.cache, steps=a.steps, memory_max=a.memory_max, knn_max=a.knn_max),
                         f"load average at end (1/5/15 min): {load_avg()}\n"])
     return emit(report, a.out)

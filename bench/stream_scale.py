@@ -18,6 +18,7 @@ never leaks into the next. Rows:
 
 - ``ssl_finetune`` (streamed): the real ``uft.steps.finetune`` step (tracking off).
 - ``knn_eval`` (streamed): the real ``uft.steps.knn_eval`` step.
+- ``linear_eval`` (streamed): the real ``uft.steps.linear_eval`` step (bench.scale's ``--eval-only``).
 - ``knn_eval in memory (before)``: what knn_eval did before streaming: ``load_dataset`` + features.
 - ``train in memory`` / ``train streamed``: ``train_ssl`` on ``load_dataset(...).images`` vs on the
   ``StreamSource``, same config; img/s of the fastest 2-step block after 2 warm-up steps.
@@ -185,6 +186,11 @@ def child(kind: str, uri: str, encoder_uri: str, store: str, device: str, steps:
         from uft import steps as st
 
         out["knn"] = st.knn_eval(encoder_uri, uri, store, tag="bench", run_id="bench")["metrics"]["knn"]
+    elif kind == "linear":
+        from uft import steps as st
+
+        m = st.linear_eval(encoder_uri, uri, store, tag="bench", run_id="bench")["metrics"]
+        out["linear_full"], out["linear_5shot"] = m["linear_full"], m["linear_5shot"]
     elif kind == "knn_memory":  # the pre-streaming knn_eval: whole dataset in memory, then features
         from uft.data.dataset import load_dataset
         from uft.evaluate.features import extract_features

@@ -26,7 +26,9 @@ Protocol (what is fixed and what varies):
 
 Run: ``.venv/bin/python -m bench.uft_sweep`` (``--help`` for the knobs). Writes
 ``bench/results/uft_sweep.md`` and ``.json`` (raw numbers per seed); partial results are written
-after every cell so an interrupted sweep still leaves a table.
+after every cell so an interrupted sweep still leaves a table. Its earlier tables are in
+``bench/results/archive/`` (superseded, see the README there); the method comparison in
+``docs/results.md`` comes from :mod:`bench.uft_grid` (in memory, val-chosen budget, 95 % intervals).
 """
 
 from __future__ import annotations

@@ -5,7 +5,12 @@ from components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def finalize(status: dsl.PipelineTaskFinalStatus, run_id: str, job_id: str, experiment: str):
-    """Exit handler: end the pipeline's parent MLflow run FINISHED or FAILED, never RUNNING."""
+    """Exit handler: end the pipeline's parent MLflow run FINISHED, FAILED or KILLED, never RUNNING.
+
+    ``status.state`` is the exit-handler DAG's MLMD state on a cluster (COMPLETE, FAILED, ...),
+    SUCCEEDED under kfp.local: uft.orchestrate.backend.mlflow_status reads both.
+    """
+    from uft.orchestrate.backend import mlflow_status
     from uft.tracking import finish_parent, run_key
 
-    finish_parent(experiment, run_key(run_id, job_id), "FINISHED" if status.state == "SUCCEEDED" else "FAILED")
+    finish_parent(experiment, run_key(run_id, job_id), mlflow_status(status.state))

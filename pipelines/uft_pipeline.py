@@ -14,7 +14,7 @@ GPUs: ``pretrain`` and ``ssl_finetune`` take ``gpus`` GPUs each (DDP, one proces
 each ``holistic`` task (base and finetuned encoder) one; they run one after another (holistic waits for
 ssl_finetune, the finetuned one for the base one), so a run never
 holds more than ``gpus`` GPUs at once. Everything else runs on CPU. On Kubernetes every step gets
-the S3 Secret and the ``uft-config`` ConfigMap as environment, GPU steps a node selector,
+the S3 and MLflow Secrets and the ``uft-config`` ConfigMap as environment, GPU steps a node selector,
 toleration, resources and a memory-backed /dev/shm; kfp.local ignores those platform settings.
 """
 
@@ -55,6 +55,9 @@ D = RunConfig()
 JOB = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 S3_SECRET = "uft-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
 ENV_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+#: MLflow is behind basic auth (infra/base/mlflow.yaml): the pipeline's identity, which alone may write.
+MLFLOW_AUTH_SECRET = "uft-mlflow-auth"
+MLFLOW_AUTH_KEYS = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
 CONFIG_MAP = "uft-config"  # infra/base/config.yaml
 CONFIG_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
                "UFT_MLFLOW_ARTIFACTS", "UFT_BUCKET")
@@ -64,35 +67,49 @@ RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
 
 
 def _cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """S3 credentials (Secret) and endpoints, MLflow URI and bucket (ConfigMap) as environment, and the
+    """S3 and MLflow credentials (Secrets) and endpoints, MLflow URI and bucket (ConfigMap) as environment, and the
     KFP run id (pod label ``pipeline/runid``, downward API): cacheable steps key their MLflow run on it
     at run time, because an input parameter holding it would make every run's cache key different."""
     kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=ENV_SECRET_KEYS)
+    kubernetes.use_secret_as_env(task, secret_name=MLFLOW_AUTH_SECRET, secret_key_to_env=MLFLOW_AUTH_KEYS)
     for key in CONFIG_KEYS:
         kubernetes.use_config_map_as_env(task, config_map_name=CONFIG_MAP, config_map_key_to_env={key: key})
     kubernetes.use_field_path_as_env(task, env_name=KFP_RUN_ENV, field_path=RUN_ID_FIELD)
     return task
 
 
-def _platform(task: dsl.PipelineTask, gpus=None, resources: dsl.PipelineTask | None = None) -> dsl.PipelineTask:
-    """Kubernetes settings of a step: cluster env, retries, caching, and CPU or GPU resources.
+#: Wall-clock limit of one attempt of a step (pod ``activeDeadlineSeconds``, kfp-kubernetes
+#: ``set_timeout``): a hung NCCL or S3 call must not hold GPUs, or with one run at a time stall
+#: every later scheduled run. Each of a step's 3 retries gets the limit afresh.
+TIMEOUTS = {"cpu": 4 * 3600, "train": 24 * 3600, "holistic": 12 * 3600, "finalize": 15 * 60}
 
-    ``gpus``: the GPU count (an int or the ``gpus`` pipeline parameter); ``resources``: the
-    :func:`train_resources` task whose outputs size CPU and memory (else one GPU's worth).
+
+def _platform(task: dsl.PipelineTask, gpus: int | None = None, resources: dsl.PipelineTask | None = None,
+              timeout: int | None = None) -> dsl.PipelineTask:
+    """Kubernetes settings of a step: cluster env, retries, caching, timeout, CPU or GPU resources.
+
+    ``gpus``: a constant GPU count; ``resources``: the :func:`train_resources` task whose string
+    outputs size CPU, memory and the GPU limit (the run's ``gpus``). A pipeline parameter cannot
+    be the GPU limit: the KFP driver resolves pod-spec fields from string values only, and ``gpus``
+    is a number (see uft.orchestrate.backend.pod_resources).
     """
     _cluster_env(task)
     task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
     task.set_caching_options(True)
-    if gpus is None:
+    if gpus is None and resources is None:
         task.set_cpu_request("1").set_cpu_limit("2").set_memory_request("2G").set_memory_limit("8G")
+        kubernetes.set_timeout(task, timeout or TIMEOUTS["cpu"])
         return task
-    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+    kubernetes.set_timeout(task, timeout or TIMEOUTS["train"])
+    task.set_accelerator_type("nvidia.com/gpu")
     if resources is not None:
         task.after(resources)  # kfp.local orders tasks by data edges only; resources are not one
         out = resources.outputs
+        task.set_accelerator_limit(out["gpu_limit"])
         task.set_cpu_request(out["cpu_request"]).set_cpu_limit(out["cpu_limit"])
         task.set_memory_request(out["memory_request"]).set_memory_limit(out["memory_limit"])
     else:
+        task.set_accelerator_limit(gpus)
         task.set_cpu_request(ONE_GPU["cpu_request"]).set_cpu_limit(ONE_GPU["cpu_limit"])
         task.set_memory_request(ONE_GPU["memory_request"]).set_memory_limit(ONE_GPU["memory_limit"])
     kubernetes.add_node_selector(task, label_key="nvidia.com/gpu.present", label_value="true")
@@ -158,6 +175,7 @@ def uft_pipeline(
     # and the parent run would stay RUNNING.
     done = _cluster_env(finalize(**this_run))
     done.set_caching_options(False)
+    kubernetes.set_timeout(done, TIMEOUTS["finalize"])
     with dsl.ExitHandler(done, name="uft-run"):
         data = {}
         for role, spec, limit, test_fraction, val_fraction in (
@@ -180,16 +198,17 @@ def uft_pipeline(
         base = _platform(pretrain(source=src, store_uri=store_uri, encoder=encoder, encoder_width=encoder_width,
                                   method=pretrain_method, steps=pretrain_steps, batch_size=batch_size, lr=lr, seed=seed,
                                   pretrained_encoder=pretrained_encoder, checkpoint_every=checkpoint_every,
-                                  gpus_per_node=gpus, **run), gpus=gpus, resources=res)
+                                  gpus_per_node=gpus, **run), resources=res)
         base_model = base.outputs["model"]
         replay = _platform(subsample_source(source=src, encoder=base_model, target=tgt, store_uri=store_uri,
                                             rule=replay_rule, size=replay_size, seed=seed, **run))
-        plan = _platform(mix(store_uri=store_uri, op=mix_op, alpha=mix_alpha, fraction=mix_fraction, pairing=mix_pairing))
+        plan = _platform(mix(store_uri=store_uri, op=mix_op, alpha=mix_alpha, fraction=mix_fraction, pairing=mix_pairing,
+                             **run))
         ft = _platform(ssl_finetune(base=base_model, target=tgt, source=src, replay=replay.outputs["replay"],
                                     plan=plan.outputs["plan"], store_uri=store_uri, method=ssl_method,
                                     steps=finetune_steps, batch_size=batch_size, lr=lr, replay_ratio=replay_ratio,
                                     radreg_weight=radreg_weight, seed=seed, checkpoint_every=checkpoint_every,
-                                    gpus_per_node=gpus, **run), gpus=gpus, resources=res)
+                                    gpus_per_node=gpus, **run), resources=res)
         ft_model = ft.outputs["model"]
         metric_tasks, eval_tasks = {}, []
         for tag, enc in (("base", base_model), ("finetuned", ft_model)):
@@ -204,7 +223,8 @@ def uft_pipeline(
         for tag, enc in (("base", base_model), ("finetuned", ft_model)):  # does UFT help holistic transfer?
             hol[tag] = _platform(holistic(encoder=enc, source=src, target=tgt, store_uri=store_uri, seen=holistic_seen,
                                           methods=holistic_methods, steps=holistic_steps,
-                                          source_steps=holistic_source_steps, seed=seed, tag=tag, **run), gpus=1)
+                                          source_steps=holistic_source_steps, seed=seed, tag=tag, **run), gpus=1,
+                                 timeout=TIMEOUTS["holistic"])
             hol[tag].set_display_name(f"holistic-{tag}")
             hol[tag].after(gpu_before)
             gpu_before = hol[tag]
@@ -219,5 +239,5 @@ def uft_pipeline(
                                    store_uri=store_uri, source=src, target=tgt, base_encoder=base_model,
                                    finetuned_encoder=ft_model, ssl_method=ssl_method, replay_rule=replay_rule,
                                    replay_size=replay_size, replay_ratio=replay_ratio, mix_op=mix_op,
-                                   finetune_steps=finetune_steps, seed=seed, **this_run))
+                                   finetune_steps=finetune_steps, seed=seed, probe_draws=probe_draws, **this_run))
         summary.set_caching_options(False)  # per run: it writes this run's report and parent metrics

@@ -21,24 +21,35 @@ def _real_signature(name: str, *args, **kwargs) -> None:
 
 
 class _FakeApi:
-    """The generated API client's ``call_api``, answering ``GET /apis/v1beta1/healthz`` like KFP."""
+    """The generated API client's ``call_api``, answering ``GET /apis/v1beta1/healthz`` like KFP:
+    the API server's fields (backend/src/apiserver/main.go) or, ``via_ui``, the ml-pipeline-ui's
+    (frontend/server/handlers/healthz.ts, getHealthzHandler)."""
 
-    def __init__(self, version: str | None):
-        self.version, self.calls = version, []
+    def __init__(self, version: str | None, multi_user: bool = False, via_ui: bool = False):
+        self.version, self.multi_user, self.via_ui, self.calls = version, multi_user, via_ui, []
 
     def call_api(self, resource_path, method, *a, **kw):
         self.calls.append((resource_path, method))
         if self.version is None:
             raise ConnectionError("404 Not Found")
-        return {"commit_sha": "abc", "tag_name": self.version, "multi_user": False}
+        if self.via_ui:
+            return {"apiServerCommitHash": "abc", "apiServerTagName": self.version, "apiServerMultiUser": self.multi_user,
+                    "multi_user": self.multi_user, "apiServerReady": True, "buildDate": "", "frontendCommitHash": "",
+                    "frontendTagName": self.version}
+        return {"commit_sha": "abc", "tag_name": self.version, "multi_user": self.multi_user}
 
 
 class FakeClient:
     """Records calls the way kfp.Client receives them; uploaded packages are parsed while they exist."""
 
-    def __init__(self, fail: bool = False, version: str | None = "2.15.0", states: dict[str, str] | None = None):
+    def __init__(self, fail: bool = False, version: str | None = "2.15.0", states: dict[str, str] | None = None,
+                 multi_user: bool = False, via_ui: bool = False, require_namespace: bool = False):
         self.fail = fail
-        self._run_api = SimpleNamespace(api_client=_FakeApi(version))
+        self._run_api = SimpleNamespace(api_client=_FakeApi(version, multi_user, via_ui))
+        #: multi-user KFP with REQUIRE_NAMESPACE_FOR_PIPELINES (validation/namespace.go,
+        #: ValidateNamespaceRequired): pipeline calls without a namespace are refused.
+        self.require_namespace = multi_user and require_namespace
+        self.pipeline_namespaces: dict[str, str | None] = {}
         self.states = states if states is not None else {}
         self.runs: list[dict] = []
         self.recurring: list[dict] = []
@@ -53,17 +64,32 @@ class FakeClient:
         assert spec["pipelineInfo"]["name"] == "uft" and "kubernetes" in platform["platforms"]
         return spec
 
+    def _namespace_required(self, namespace):
+        if self.require_namespace and not namespace:
+            raise RuntimeError("(400) Reason: Bad Request: Namespace is required for pipeline operations")
+
     def get_pipeline_id(self, name):
         _real_signature("get_pipeline_id", name)
-        return self.pipelines.get(name)
+        self._namespace_required(None)  # kfp.Client lists without a namespace
+        return self.pipelines.get(name) if self.pipeline_namespaces.get(name) is None else None
+
+    def list_pipelines(self, page_token="", page_size=10, sort_by="", filter=None, namespace=None):
+        _real_signature("list_pipelines", page_token=page_token, page_size=page_size, sort_by=sort_by, filter=filter,
+                        namespace=namespace)
+        self._namespace_required(namespace)
+        rows = [SimpleNamespace(pipeline_id=pid, display_name=n) for n, pid in self.pipelines.items()
+                if self.pipeline_namespaces.get(n) == (namespace or None)]
+        return SimpleNamespace(pipelines=rows or None, next_page_token="")
 
     def upload_pipeline(self, pipeline_package_path, pipeline_name=None, description=None, namespace=None):
         _real_signature("upload_pipeline", pipeline_package_path, pipeline_name=pipeline_name, description=description,
                         namespace=namespace)
         if self.fail:
             raise ConnectionError("connection refused")
+        self._namespace_required(namespace)
         assert pipeline_name not in self.pipelines, "a pipeline of that name exists: KFP would refuse"
         self.pipelines[pipeline_name] = pid = f"pipeline-{len(self.pipelines) + 1}"
+        self.pipeline_namespaces[pipeline_name] = namespace
         # KFP makes the first version from the same package, named like the pipeline.
         self.versions[f"v-{len(self.versions) + 1}"] = dict(name=pipeline_name, pipeline_id=pid,
                                                             spec=self._package(pipeline_package_path))

@@ -100,6 +100,9 @@ def run(
             from uft.promote import promotion_summary
 
             res.promotion = promotion_summary(experiment, res.run_id)  # read while MLflow is reachable
+            from uft.tracking import report_route
+
+            res.report_route = report_route(experiment, res.run_id)
     except UftError as e:
         _fail(e)
     except KeyboardInterrupt as e:
@@ -235,12 +238,18 @@ def _print_result(res, state: Path, config: dict | None = None) -> None:
         console.print(f"  {k}: {v}", soft_wrap=True)  # URIs stay whole, to copy and paste
     console.print(f"Open the MLflow UI: [bold]make ui[/]  (or: UFT_STATE_DIR={shlex.quote(str(state))} .venv/bin/uft ui)",
                   soft_wrap=True)
+    route = getattr(res, "report_route", None)
+    if route:  # last: the one line to open
+        from uft.tracking import ui_url
+
+        console.print(f"Report (parent run, after `make ui`): {ui_url(route)}", soft_wrap=True, highlight=False)
 
 
 @app.command("promote")
 def promote_cmd(
     run_id: str = typer.Argument(..., help="the pipeline run id (`uft run` prints it)"),
     force: bool = typer.Option(False, "--force", help="make its version champion without applying the gate"),
+    explain: bool = typer.Option(False, "--explain", help="show why the run's gate decided as it did; change nothing"),
     registered_model: str = typer.Option("uft-encoder", help="registered model name (if the run did not record one)"),
     experiment: str = typer.Option("uft", help="MLflow experiment of the run"),
 ) -> None:
@@ -248,11 +257,18 @@ def promote_cmd(
     from contextlib import nullcontext
 
     from uft.orchestrate.local import local_services, state_dir
-    from uft.promote import manual_promote
+    from uft.promote import explain as explain_decision, manual_promote
 
+    if explain and force:
+        _fail(UftError("--explain shows a decision and --force makes one: pass one of them"))
     try:
-        ctx = nullcontext() if os.environ.get("MLFLOW_TRACKING_URI") else local_services(state_dir(), start_s3=False)
+        # --explain reads the decision logged with the run: MLflow's artifacts live on the local S3 server
+        ctx = nullcontext() if os.environ.get("MLFLOW_TRACKING_URI") else local_services(state_dir(), start_s3=explain)
         with ctx:
+            if explain:
+                console.print("\n".join(explain_decision(run_id, experiment=experiment)), soft_wrap=True, highlight=False,
+                              markup=False)
+                return
             d = manual_promote(run_id, registered_model=registered_model, experiment=experiment, force=force)
     except UftError as e:
         _fail(e)
@@ -260,7 +276,8 @@ def promote_cmd(
 
 
 @app.command()
-def ui(port: int = typer.Option(5000, help="port for the MLflow UI on 127.0.0.1")) -> None:
+def ui(port: int = typer.Option(5000, help="port for the MLflow UI on 127.0.0.1"),
+       experiment: str = typer.Option("uft", help="MLflow experiment whose latest report is linked")) -> None:
     """Start the local S3 server and the MLflow UI on the local run's state (Ctrl-C to stop).
 
     Safe while `uft run` runs: both use the same S3 server, which stops when the last one leaves."""
@@ -273,9 +290,19 @@ def ui(port: int = typer.Option(5000, help="port for the MLflow UI on 127.0.0.1"
     try:
         with signals_raise(), local_services(state_dir(), say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)) as env:
             console.print(f"MLflow UI on http://127.0.0.1:{port}  (Ctrl-C to stop)")
+            from uft.tracking import UI_QUERY, report_route, ui_url
+
+            route = report_route(experiment)
+            console.print(f"  latest run's report: {ui_url(route, port)}" if route else
+                          f"  no finished run yet in experiment {experiment!r}: `make run` first", soft_wrap=True,
+                          highlight=False)
+            console.print(f"  runs and model registry: {ui_url('#/experiments' + UI_QUERY, port)}", soft_wrap=True,
+                          highlight=False)
             # Its own session, so stopping `uft ui` (any signal) stops MLflow's workers with it.
+            # One worker: a local UI has one reader, and MLflow's default four take minutes to start on 2 cores.
             proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
-                                     "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]], env={**os.environ, **env},
+                                     "--workers", "1", "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]],
+                                    env={**os.environ, **env},
                                     start_new_session=True)
             try:
                 proc.wait()
@@ -398,6 +425,8 @@ _SA = typer.Option("uft-pipeline-runner", "--service-account", help="ServiceAcco
 _KFP_EXPERIMENT = typer.Option("uft", help="KFP experiment (created if missing)")
 _KFP_VERSION = typer.Option("", "--kfp-version", envvar="UFT_KFP_VERSION",
                             help="the KFP backend's version, if its API does not report it (checked against the minimum)")
+_UNPINNED = typer.Option(False, "--allow-unpinned-images",
+                         help="development clusters: allow UFT_IMAGE/UFT_GPU_IMAGE given by tag, not @sha256 digest")
 
 
 @app.command("sweep")
@@ -488,6 +517,7 @@ def submit_cmd(
     run_name: str = typer.Option("", help="name shown in the KFP UI (default: source→target, method, seed, GPUs, time)"),
     param: list[str] = _PARAM,
     kfp_version: str = _KFP_VERSION,
+    allow_unpinned_images: bool = _UNPINNED,
 ) -> None:
     """Compile the pipeline, upload it as a version of pipeline 'uft' and start one run (KFP >= 2.15)."""
     from uft.orchestrate.submit import submit
@@ -496,7 +526,8 @@ def submit_cmd(
     try:
         for_cluster(_params(param))
         run_id = submit(host, _params(param), experiment=experiment, namespace=namespace,
-                        service_account=service_account, run_name=run_name or None, kfp_version=kfp_version or None)
+                        service_account=service_account, run_name=run_name or None, kfp_version=kfp_version or None,
+                        allow_unpinned=allow_unpinned_images or None)
     except UftError as e:
         _fail(e)
     console.print(f"started run {run_id} in experiment {experiment!r}: {host.rstrip('/')}/#/runs/details/{run_id}", highlight=False)
@@ -513,6 +544,7 @@ def schedule_cmd(
     service_account: str = _SA,
     param: list[str] = _PARAM,
     kfp_version: str = _KFP_VERSION,
+    allow_unpinned_images: bool = _UNPINNED,
 ) -> None:
     """Create a recurring run: at most one at a time, no catch-up of missed runs."""
     from uft.orchestrate.submit import kfp_cron, schedule
@@ -521,7 +553,8 @@ def schedule_cmd(
     try:
         for_cluster(_params(param))
         rid = schedule(host, cron, _params(param), experiment=experiment, namespace=namespace,
-                       service_account=service_account, name=name, replace=replace, kfp_version=kfp_version or None)
+                       service_account=service_account, name=name, replace=replace, kfp_version=kfp_version or None,
+                       allow_unpinned=allow_unpinned_images or None)
         console.print(f"recurring run {name!r} ({rid}) on cron {kfp_cron(cron)!r} in experiment {experiment!r}", highlight=False)
     except UftError as e:
         _fail(e)
@@ -529,7 +562,7 @@ def schedule_cmd(
 
 @app.command("trigger")
 def trigger_cmd(
-    host: str = _HOST,
+    host: str = typer.Option("", "--host", envvar="KFP_HOST", help="KFP API URL, e.g. http://localhost:8080 (or $KFP_HOST)"),
     target: str = typer.Option(..., envvar="UFT_TARGET_URI", help="target data prefix: s3://bucket/prefix or a directory"),
     state: str = typer.Option("", help="where the last submitted hash is kept (default: STORE_URI/triggers)"),
     experiment: str = _KFP_EXPERIMENT,
@@ -537,16 +570,51 @@ def trigger_cmd(
     service_account: str = _SA,
     param: list[str] = _PARAM,
     kfp_version: str = _KFP_VERSION,
+    max_attempts: int = typer.Option(3, "--max-attempts", help="runs per target content before retrying stops"),
+    reset_attempts: bool = typer.Option(False, "--reset-attempts", help="forget the failed runs of the current content (after a fix)"),
+    allow_unpinned_images: bool = _UNPINNED,
+    local: bool = typer.Option(False, "--local", help="no cluster: run the pipeline here through `uft run` when the "
+                               "target directory changed (uft.orchestrate.local_trigger)"),
+    source: str = typer.Option("mnist", help="with --local: the source dataset of the run"),
 ) -> None:
-    """Submit a run for this target unless its content already has a run that succeeded or is going."""
+    """Submit a run for this target unless its content already has a run that succeeded or is going,
+    or had --max-attempts runs that failed (then exit 1 naming them); --local runs it here instead."""
+    if local:
+        from uft.orchestrate.local_trigger import describe_local, trigger_local
+
+        try:
+            res = trigger_local(target, source=_absolute(source), params=_params(param),
+                                state=Path(state) if state else None, experiment=experiment)
+        except UftError as e:
+            _fail(e)
+        console.print(describe_local(res), highlight=False, soft_wrap=True)
+        return
     from uft.orchestrate.trigger import describe, trigger
 
+    if not host:
+        _fail(UftError("--host is empty: pass the KFP API URL (or $KFP_HOST), or --local to run here"))
     try:
         res = trigger(host, target, _params(param), experiment=experiment, namespace=namespace,
-                      service_account=service_account, state_uri=state or None, kfp_version=kfp_version or None)
+                      service_account=service_account, state_uri=state or None, kfp_version=kfp_version or None,
+                      max_attempts=max_attempts, reset_attempts=reset_attempts, allow_unpinned=allow_unpinned_images or None)
     except UftError as e:
         _fail(e)
+    if res["action"] == "stopped":
+        _fail(UftError(describe(res)))
     console.print(describe(res), highlight=False)
+    _warn_token()
+
+
+def _warn_token() -> None:
+    """The KFP token's last days, as a GitHub Actions warning in the trigger workflow."""
+    import os
+
+    from uft.orchestrate.submit import TOKEN_ENV, token_warning
+
+    line = token_warning(os.environ.get(TOKEN_ENV))
+    if line:
+        prefix = "::warning::" if os.environ.get("GITHUB_ACTIONS") == "true" else "warning: "
+        print(prefix + line)
 
 
 @app.command()

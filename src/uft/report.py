@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import html
+import base64
 import io
-from typing import Any, Sequence
+import re
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -24,11 +25,18 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> bytes:
+def _png(fig, dpi: int = 110, colors: int = 64) -> bytes:
+    """The figure as a palette PNG: plots use few colours, and the report embeds every plot in its
+    markdown (MLflow renders a markdown artifact only below 100 KB, images only as data: URIs)."""
+    from PIL import Image
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     _pyplot().close(fig)
-    return buf.getvalue()
+    buf.seek(0)
+    small = io.BytesIO()
+    Image.open(buf).convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(small, "PNG", optimize=True)
+    return small.getvalue()
 
 
 def _by_tag(collected: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -239,24 +247,46 @@ def _holistic_seen(holistic: dict[str, Any], config: dict[str, Any]) -> list[int
         return None
 
 
+PHASE_LABELS = {"pretrain": "pretraining (source)", "finetune": "finetuning (target)"}
+
+
 def _loss_plot(curves: dict[str, list[tuple[int, float]]]) -> bytes:
+    """One panel per training phase, each on its own step axis and loss scale: pretraining and
+    finetuning see different data (and finetuning restarts at step 0), so one axis would suggest a
+    comparison the numbers do not support. ``curves``: {phase: [(step, loss), ...]}."""
+    curves = {n: pts for n, pts in curves.items() if pts}
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for name, pts in curves.items():
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("SSL loss")
-    ax.set_title("Training loss")
-    ax.legend(fontsize=8)
-    ax.spines[["top", "right"]].set_visible(False)
+    fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(3.4 * max(1, len(curves)), 3.0), squeeze=False)
+    for ax, (name, pts) in zip(axes[0], curves.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="#1f77b4")
+        ax.set_title(f"{PHASE_LABELS.get(name, name)}, {len(pts)} points", fontsize=9)
+        ax.set_xlabel(f"{name} step", fontsize=8)
+        ax.set_ylabel("SSL loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle("Training loss per phase (separate axes: different data, steps restart)", fontsize=10)
+    fig.tight_layout()
     return _png(fig)
 
 
+_NUMBER = re.compile(r"^[-+–]?\d[\d.,]*%?( ± \d[\d.]*)?$|^[–-]$")
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    """A GFM table whose number columns are right-aligned and text columns left-aligned (the
+    alignment row carries it, so every renderer, MLflow's and ours, applies it)."""
+    def numeric(j: int) -> bool:
+        cells = [r[j].strip() for r in rows if j < len(r)]
+        return any(c not in ("–", "-") for c in cells) and all(_NUMBER.match(c) for c in cells)
+
+    align = ["---:" if numeric(j) else ":---" for j in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+#: The report's names for the encoders (the tables' column names), from the step's encoder keys.
+ENCODER_LABELS = {"pretrain": "base", "finetune": "finetuned"}
 
 
 def _projection_plot(panels: dict[str, tuple[Any, Any]]) -> bytes:
@@ -264,13 +294,34 @@ def _projection_plot(panels: dict[str, tuple[Any, Any]]) -> bytes:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
     for ax, (name, (xy, labels)) in zip(axes[0], panels.items()):
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8, vmin=0, vmax=9)
+        # opaque dots (blending would make thousands of colours): the PNG stays small enough to embed
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4, linewidths=0, vmin=0, vmax=9)
         ax.set_title(f"{name} encoder", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(sc, ax=axes[0].tolist(), label="class", ticks=range(10), shrink=0.8)
     fig.suptitle("Target test features, PCA to 2-D (fit per encoder)", fontsize=11)
-    return _png(fig)
+    return _png(fig, dpi=90, colors=48)
+
+
+def promotion_section(m: dict[str, Any], config: dict[str, Any] | None = None) -> list[str]:
+    """Markdown lines for the promote step's metrics ``m``: the gate's own explanation (each signal
+    for candidate, reference and untrained floor, change, margin, noise, reasons;
+    :func:`uft.promote.explain_lines`) and what it was measured on, so that its figures are not read
+    as the evaluation tables' (they measure other data)."""
+    from uft import promote
+
+    n = (m.get("signals") or {}).get("n_views")
+    images = f"{int(n)} " if isinstance(n, (int, float)) else ""
+    max_images = int(m.get("max_images") or 1000)
+    lines = ["## Promotion gate", ""] + promote.explain_lines(m)
+    lines += [f"The gate measures on data that no training step saw and no table above uses: the label-free "
+              f"signals on {images}target val images; *val_probe*: a {promote.VAL_SHOTS}-shot linear probe scored "
+              f"within the target val split (when it has labels), not the evaluation's few-label probes on the test "
+              f"split; *source_retention*: k-NN from up to {2 * max_images} source train images to up to "
+              f"{max_images} source val images, not the evaluation's source k-NN on the source test split. "
+              "Hence its figures differ from the tables above.", ""]
+    return lines
 
 
 def _data_table(datasets: dict[str, dict[str, Any]]) -> str:
@@ -280,6 +331,29 @@ def _data_table(datasets: dict[str, dict[str, Any]]) -> str:
              str(len(m.get("origin", {}).get("skipped", []) or []))]
             for role, m in datasets.items()]
     return _md_table(["data", "name", "images", "splits", "classes", "H×W×C", "skipped files"], rows)
+
+
+def run_description(collected: list[dict[str, Any]], experiment_id: str, run_id: str) -> str:
+    """The parent MLflow run's description (markdown, shown at the top of its page): the registry
+    decision linked to the model version, the headline accuracies as one compact table, and links
+    to the full report. Links are UI routes (``#/...``), so they work on any MLflow host."""
+    from uft.tracking import ui_model_version_route, ui_run_route
+
+    lines = []
+    promotion = next((c["metrics"] for c in collected if c["step"] == "promote"), None)
+    if promotion:
+        version, name = promotion.get("version"), promotion.get("registered_model")
+        where = (f" — [{name} version {version}]({ui_model_version_route(name, version)})"
+                 if version not in (None, "", "None") and name else " — not registered")
+        lines += [f"**Decision: {promotion.get('decision')}**{where}", ""]
+    tags = _by_tag(collected)
+    if tags:
+        header, rows = accuracy_table(tags)
+        rows = [[_metric_label(r[0]).replace("\n", " ")] + r[1:] for r in rows]
+        lines += [_md_table(header, rows), ""]
+    lines += ["Full report with plots: [report.md](" + ui_run_route(experiment_id, run_id, "report.md") + ") · "
+              "[report.html](" + ui_run_route(experiment_id, run_id, "report.html") + ") (this run's Artifacts tab)."]
+    return "\n".join(lines)
 
 
 def baseline_hint(config: dict[str, Any]) -> str:
@@ -357,11 +431,10 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
                         if k in ("overall", "seen", "unseen", "ausuc", "ncm") and isinstance(v, (int, float))})
     promotion = next((c["metrics"] for c in collected if c["step"] == "promote"), None)
     if promotion:  # label-free signals and the registry decision (uft.promote)
-        from uft.promote import report_section
-
-        md += report_section(promotion)
+        md += promotion_section(promotion, config)
         summary["promoted"] = float(bool(promotion.get("promoted")))
     if projections:
+        projections = {ENCODER_LABELS.get(n, n): p for n, p in projections.items()}
         files["projection.png"] = _projection_plot(projections)
         md += ["## Target features before and after finetuning", "", "![projection](projection.png)", ""]
     if loss_curves:
@@ -369,43 +442,63 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
         md += ["## Training loss", "", "![loss](loss.png)", ""]
     params = [[k, f"`{v}`"] for k, v in sorted(config.items()) if k != "ssl_head_note"]  # a note, not a parameter
     md += ["## Configuration", "", _md_table(["parameter", "value"], params), ""]
-    text = "\n".join(md)
+    text = embed_images("\n".join(md), files)
     files["report.md"] = text.encode()
-    files["report.html"] = _html(text, files).encode()
+    files["report.html"] = _html(text).encode()
     return files, summary
 
 
-def _html(md: str, files: dict[str, bytes]) -> str:
-    """A dependency-free HTML rendering: headings, tables and images from our own markdown subset."""
-    import base64
+_STYLE = ("body{font-family:system-ui,sans-serif;max-width:62rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
+          "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;"
+          "vertical-align:top}th{background:#f4f4f4}img{max-width:100%}code{background:#f4f4f4;padding:0 .2rem}"
+          "blockquote{color:#b00020;font-weight:bold;border-left:4px solid #b00020;margin:1rem 0;padding-left:.6rem}")
 
-    out = ["<!doctype html><html><head><meta charset='utf-8'><title>uft report</title>",
-           "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
-           "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;"
-           "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-           ".warn{color:#b00020;font-weight:bold;border-left:4px solid #b00020;padding-left:.6rem}</style></head><body>"]
-    table: list[list[str]] = []
-    for line in md.splitlines() + [""]:
-        if line.startswith("|"):
-            if not set(line) <= set("|-: "):
-                table.append([c.strip() for c in line.strip("|").split("|")])
-            continue
-        if table:
-            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr>")
-            out += ["<tr>" + "".join(f"<td>{html.escape(c.strip('`'))}</td>" for c in r) + "</tr>" for r in table[1:]]
-            out.append("</table>")
-            table = []
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line.startswith("!["):
-            name = line[line.index("(") + 1: line.index(")")]
-            if name in files:
-                out.append(f"<img alt='{name}' src='data:image/png;base64,{base64.b64encode(files[name]).decode()}'>")
-        elif line.startswith("> "):  # our markdown uses blockquotes only for warnings: red
-            text = line[2:].replace(WARNING_PREFIX, WARNING_PREFIX.strip("*"))
-            out.append(f"<p class='warn'>{html.escape(text)}</p>")
-        elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
-    out.append("</body></html>")
-    return "\n".join(out)
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def relink_images(md: str, files: dict[str, bytes], url_of: Callable[[str], str]) -> str:
+    """``md`` with every image of one of ``files`` (linked by name, ``![alt](name.png)``, or
+    embedded as its data: URI) pointing to ``url_of(name)`` instead."""
+    names = {n: n for n in files if n.endswith(".png")}
+    names.update({_data_uri(files[n]): n for n in list(names)})
+
+    def relink(m: re.Match) -> str:
+        name = names.get(m.group(2))
+        return m.group(0) if name is None else f"![{m.group(1)}]({url_of(name)})"
+
+    return _IMAGE.sub(relink, md)
+
+
+def embed_images(md: str, files: dict[str, bytes]) -> str:
+    """``md`` with its plots embedded as data: URIs: the markdown shows them wherever it is opened
+    alone (a download, the KFP UI's markdown viewer, our HTML page)."""
+    return relink_images(md, files, lambda name: _data_uri(files[name]))
+
+
+def mlflow_markdown(md: str, files: dict[str, bytes], run_id: str) -> str:
+    """``md`` for MLflow's artifact viewer, its plots read from run ``run_id``'s artifacts.
+
+    That viewer (mlflow/server/js ShowArtifactMarkdownView) passes react-markdown's
+    ``defaultUrlTransform``, which blanks data: URLs, and its ``img`` renderer
+    (GenAIMarkdownRenderer) prints any URL without a scheme as text. ``http:get-artifact?…`` has a
+    scheme and, by the URL standard, resolves like a relative URL against a page of the same scheme:
+    the server's own ``/get-artifact`` route (under any ``--static-prefix``). On a UI served over
+    https the images would not resolve (the other views of the report still work)."""
+    from urllib.parse import urlencode
+
+    return relink_images(md, files, lambda name: "http:get-artifact?" + urlencode({"path": name, "run_uuid": run_id}))
+
+
+def _data_uri(png: bytes) -> str:
+    return f"data:image/png;base64,{base64.b64encode(png).decode()}"
+
+
+def _html(md: str) -> str:
+    """The report's markdown (images already embedded) as one self-contained HTML page, rendered by
+    markdown-it-py (CommonMark + GFM tables; raw HTML in the markdown is escaped, not passed)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>uft report</title>"
+            f"<style>{_STYLE}</style></head><body>\n{body}</body></html>\n")

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import secrets
 import shutil
@@ -45,6 +46,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
+
+
+def free_ports(names: tuple[str, ...]) -> dict[str, int]:
+    """A distinct free port per name: all sockets are held until every port is chosen (one at a
+    time, the kernel may hand the same port out twice). Another process can still take one before
+    the server binds it; :meth:`SeaweedServer.start` retries then."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in names]
+        for s in socks:
+            s.bind((LOOPBACK, 0))
+        return {name: s.getsockname()[1] for name, s in zip(names, socks)}
+
+
+# weed's two ways of saying a port was taken: its own check before starting, and a failed bind.
+_CLASH = re.compile(r"[^\n]*(?:address already in use|Port allocation failed[^\n]*not available)[^\n]*")
+_ERROR_LINE = re.compile(r"^[EF]\d{4} [^\n]*$", re.MULTILINE)  # glog's error / fatal lines
+
+
+def port_clash(log: str) -> str:
+    """The log line saying a port weed was given is in use, or ""."""
+    m = _CLASH.search(log)
+    return m.group(0).strip() if m else ""
+
+
+def last_error(log: str) -> str:
+    """The last error or fatal line of a weed log (its cause when it exits), or ""."""
+    lines = _ERROR_LINE.findall(log)
+    return lines[-1].strip() if lines else ""
+
+
+def _log_since(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def weed_binary() -> str:
@@ -87,6 +125,7 @@ class SeaweedServer:
     adopted_pid: int = 0  # a server another process started (see start_seaweedfs)
     note: str = ""  # one line: how this handle got its server (started / shared / reused / replaced)
     shared: int | None = None  # fd of the held s3.users lock, when shared
+    s3_config: Path | None = None  # a SeaweedFS identity file (-s3.config) instead of the one admin identity
 
     @property
     def pid(self) -> int:
@@ -105,24 +144,41 @@ class SeaweedServer:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
-    def start(self, timeout: float = 60.0) -> "SeaweedServer":
+    def start(self, timeout: float = 60.0, attempts: int = 5) -> "SeaweedServer":
+        """Start ``weed mini`` on fresh free ports, retrying up to ``attempts`` times when one of
+        them was taken between choosing it and weed binding it (another process, another server)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = {flag: free_port() for flag in _PORT_FLAGS}
+        clash = ""
+        for attempt in range(1, attempts + 1):
+            clash = self._start_once(timeout)
+            if not clash:
+                return self
+            time.sleep(0.2 * attempt)  # let the racing process finish binding before choosing again
+        raise UftError(f"SeaweedFS could not start: a port chosen for it was taken by another process before it "
+                       f"bound it, on each of {attempts} attempts (last: {clash}); see {self.data_dir / 'weed.log'}")
+
+    def _start_once(self, timeout: float) -> str:
+        """One launch: "" once it answers, or the log line of a port clash (the server is stopped
+        then); any other failure raises with the cause from its log."""
+        self.ports = free_ports(_PORT_FLAGS)
         cmd = [
             weed_binary(), "mini", f"-dir={self.data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
             "-master.telemetry=false", f"-metricsIp={LOOPBACK}",
             # Off: its fixed default port made a second server (a leftover, a test's) exit with code 255.
             "-s3.port.lance=0",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
+            *([f"-s3.config={self.s3_config}"] if self.s3_config else []),
         ]
         env = {**os.environ, **self.credentials.env()}
-        log = open(self.data_dir / "weed.log", "ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_ready(timeout)
-        return self
+        log_path = self.data_dir / "weed.log"
+        with open(log_path, "ab") as log:
+            offset = log.tell()
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self._wait_ready(timeout, log_path, offset)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float, log_path: Path, offset: int) -> str:
         import boto3
+        import botocore.exceptions
         from botocore.config import Config
 
         client = boto3.client(
@@ -132,16 +188,27 @@ class SeaweedServer:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise UftError(f"SeaweedFS exited at start (code {self.proc.returncode}): see {self.data_dir / 'weed.log'}; "
-                               f"if another SeaweedFS still uses {self.data_dir}, stop it (`make clean` removes all local state)")
+            exited = self.proc is not None and self.proc.poll() is not None
+            code = self.proc.returncode if exited else None
+            log = _log_since(log_path, offset)
+            clash = port_clash(log)
+            if clash:  # some listeners fail without weed exiting: never keep a half-started server
+                self._terminate()
+                return clash
+            if exited:
+                self.proc = None
+                raise UftError(f"SeaweedFS exited at start (code {code}): {last_error(log) or 'no error in its log'}; "
+                               f"see {log_path}")
             try:
                 client.list_buckets()
-                return
+                return ""
+            except botocore.exceptions.ClientError:  # an S3 answer (a scoped identity may not list): it is up
+                return ""
             except Exception:
                 time.sleep(0.3)
-        self.stop()
-        raise UftError(f"SeaweedFS did not answer on {self.endpoint} within {timeout:.0f}s: see {self.data_dir / 'weed.log'}")
+        self._terminate()
+        raise UftError(f"SeaweedFS did not answer on {self.endpoint} within {timeout:.0f}s "
+                       f"({last_error(_log_since(log_path, offset)) or 'no error in its log'}): see {log_path}")
 
     def stop(self) -> None:
         if self.shared is not None:

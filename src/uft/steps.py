@@ -100,7 +100,8 @@ def _bundled() -> set[str]:
 
 def _train(store: Store, key: str, step: str, *, encoder, method_name: str, images,
            cfg, replay: torch.Tensor | None, plan, run, spec: dict[str, Any], info: dict[str, Any],
-           head: tuple[str, dict[str, torch.Tensor]] | None = None, head_note: str = "") -> dict[str, Any]:
+           head: tuple[str, dict[str, torch.Tensor]] | None = None, head_note: str = "",
+           radreg_target: torch.Tensor | None = None) -> dict[str, Any]:
     """Build the method (continuing from ``head`` = (method, SSL head state) when it fits), train,
     publish the encoder with the method's SSL head. ``head_note`` says why a finetune has no head."""
     import torch
@@ -137,7 +138,7 @@ def _train(store: Store, key: str, step: str, *, encoder, method_name: str, imag
     t0 = time.perf_counter()
     with Progress(step, cfg.steps) as bar:
         result = train_ssl(method, images, cfg, replay=replay, mix_plan=plan, checkpointer=ckpt, device=_device(),
-                           on_log=on_log)
+                           on_log=on_log, radreg_target=radreg_target)
     seconds = time.perf_counter() - t0
     enc = method.encoder.cpu().eval()
     # Timings go to MLflow only: in the manifest they would make the same training hash differently.
@@ -170,9 +171,14 @@ def _same_method(a: str, b: str) -> bool:
 
 def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str = "tiny", encoder_width: int = 32,
              method: str = "simclr", steps: int = 300, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
-             pretrained_encoder: str = "", checkpoint_every: int = 50, run_id: str = "local",
+             pretrained_encoder: str = "", checkpoint_every: int = 50, radreg_weight: float = 0.0,
+             radreg_form: str = "closed", radreg_target_uri: str = "", run_id: str = "local",
              experiment: str = "uft") -> dict[str, Any]:
-    """SSL on the source train split → base encoder (or pass through ``pretrained_encoder``)."""
+    """SSL on the source train split → base encoder (or pass through ``pretrained_encoder``).
+
+    ``radreg_weight > 0``: RadReg as its paper uses it, estimated each step on unlabelled images of
+    ``radreg_target_uri``'s train split (``closed`` form on raw features, ``adversarial`` on
+    standardised ones; :mod:`uft.ssl.radreg`)."""
     from uft.data.stream import StreamSource
     from uft.models.encoders import build_encoder
     from uft.ssl.train import TrainConfig
@@ -183,9 +189,17 @@ def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str =
         load_encoder(pretrained_encoder)  # verify it loads before the DAG depends on it
         return {"encoder_uri": pretrained_encoder, "encoder_sha": manifest_sha(pretrained_encoder), "cached": True}
     store = step_store(store_uri)
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every)
+    if radreg_weight > 0 and not radreg_target_uri:
+        raise UftError("pretrain radreg_weight > 0 needs radreg_target_uri: pass the (unlabelled) target dataset "
+                       "RadReg is estimated on, or radreg_weight=0")
+    if radreg_form not in ("closed", "adversarial"):
+        raise UftError(f"radreg_form={radreg_form!r}: use 'closed' or 'adversarial'")
+    radreg = radreg_weight > 0
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
+                      radreg_weight=radreg_weight, radreg_form=radreg_form,
+                      radreg_features="raw" if radreg_form == "closed" else "standardized")
     params = {"source_sha": source_sha, "encoder": encoder, "encoder_width": encoder_width, "method": method,
-              **cfg.model_dump(mode="json")}
+              **cfg.model_dump(mode="json"), **({"radreg_target_sha": manifest_sha(radreg_target_uri)} if radreg else {})}
     with tracking.step_run(experiment, run_id, "pretrain", params) as run:
         def compute(key: str) -> dict[str, Any]:
             import torch
@@ -195,8 +209,13 @@ def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str =
             spec = _encoder_spec(encoder, encoder_width, src.channels())
             torch.manual_seed(seed)  # deterministic init, so a rerun in a new process reproduces the encoder
             enc = build_encoder(spec["name"], in_channels=spec["in_channels"], **spec["kwargs"])
+            target = None
+            if radreg:  # unlabelled target images in memory (small by the UFT premise); labels never read
+                from uft.data.dataset import load_dataset
+
+                target = load_dataset(radreg_target_uri).subset("train").images
             return _train(store, key, "pretrain", encoder=enc, method_name=method, images=src, cfg=cfg,
-                          replay=None, plan=None, run=run, spec=spec,
+                          replay=None, plan=None, run=run, spec=spec, radreg_target=target,
                           info={"source_sha": source_sha, "method": method})
 
         return tracking.log_outputs(_cached(store, "pretrain", params, compute))
@@ -253,7 +272,7 @@ def subsample_source(source_uri: str, source_sha: str, store_uri: str, *, rule: 
 
 
 def mix_plan(store_uri: str, *, op: str = "none", alpha: float = 1.0, fraction: float = 0.5,
-             pairing: str = "target_source") -> dict[str, Any]:
+             pairing: str = "target_source", run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """Record the mixing plan the trainer applies on the fly (cheap; no images materialised)."""
     from uft.transfer.mixing import MixPlan
 
@@ -263,9 +282,10 @@ def mix_plan(store_uri: str, *, op: str = "none", alpha: float = 1.0, fraction: 
         raise UftError(f"invalid mixing plan: {e}".splitlines()[0] + " — fix mix_op/mix_alpha/mix_fraction/mix_pairing") from None
     store = step_store(store_uri)
     body = plan.model_dump(mode="json")
-    key = content_key("mix", body)
-    uri = publish(store, f"mix/{key}", {}, {"kind": "mix_plan", "plan": body})
-    return {"plan_uri": uri, "plan_sha": manifest_sha(uri), **body}
+    with tracking.step_run(experiment, run_id, "mix", body):  # a nested run like every other step's
+        key = content_key("mix", body)
+        uri = publish(store, f"mix/{key}", {}, {"kind": "mix_plan", "plan": body})
+        return tracking.log_outputs({"plan_uri": uri, "plan_sha": manifest_sha(uri), **body})
 
 
 def _load_replay(replay_uri: str, source_uri: str) -> torch.Tensor | None:
@@ -371,8 +391,9 @@ def _publish_metrics(store: Store, step: str, key: str, metrics: dict[str, Any])
 def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, shots: str = "1,5,10",
                 draws: int = 5, seed: int = 0, run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """Linear probes on frozen features of the target: few-label (mean ± std over draws) and full."""
-    from uft.evaluate.features import stream_features
-    from uft.evaluate.linear import few_label_probe, linear_probe_accuracy
+    from uft.data.stream import split_labels
+    from uft.evaluate.features import feature_blocks, gather_features
+    from uft.evaluate.linear import linear_probes_streamed
     from uft.models.artifact import load_encoder, state_fingerprint
 
     store = step_store(store_uri)
@@ -384,15 +405,14 @@ def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, 
             before = state_fingerprint(enc)
             if not _labelled(target_uri):
                 return {"metrics": {}, "metrics_uri": _publish_metrics(store, f"linear_{tag}", key, {})}
-            # Features batch by batch from the stream: (N, D) floats and labels in memory, images never.
-            (ftr, ytr), (fte, yte) = (stream_features(enc, target_uri, sp, device=_device()) for sp in ("train", "test"))
+            # Streamed: only the probes' train rows and one block of test features are ever in memory.
+            metrics: dict[str, Any] = linear_probes_streamed(
+                split_labels(target_uri)["train"],
+                lambda rows: gather_features(enc, target_uri, "train", rows, device=_device()).numpy(),
+                ((f.numpy(), y.numpy()) for f, y in feature_blocks(enc, target_uri, "test", device=_device())),
+                [int(s) for s in shots.split(",") if s.strip()], draws, seed)
             if state_fingerprint(enc) != before:  # moco-style check: evaluation must not touch the backbone
                 raise UftError(f"encoder {encoder_uri} changed during linear evaluation: this is a bug, please report it")
-            metrics: dict[str, Any] = {}
-            for k in [int(s) for s in shots.split(",") if s.strip()]:
-                mean, std = few_label_probe(ftr, ytr, fte, yte, k, draws=draws, seed=seed)
-                metrics[f"linear_{k}shot"], metrics[f"linear_{k}shot_std"] = mean, std
-            metrics["linear_full"] = linear_probe_accuracy(ftr.numpy(), ytr.numpy(), fte.numpy(), yte.numpy())
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, f"linear_{tag}", key, metrics)}
 
         out = tracking.log_outputs(_cached(store, "linear_eval", params, compute))
@@ -403,8 +423,8 @@ def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, 
 def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, source_uri: str = "", k: int = 20,
              run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
     """k-NN accuracy on the target test split, and source retention (k-NN on held-out source)."""
-    from uft.evaluate.features import stream_features
-    from uft.evaluate.knn import knn_accuracy
+    from uft.evaluate.features import feature_blocks
+    from uft.evaluate.knn import KNN_TEST_ROWS, knn_accuracy_streamed
     from uft.models.artifact import load_encoder
 
     store = step_store(store_uri)
@@ -419,8 +439,11 @@ def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, sou
                     continue
                 if not _labelled(uri):
                     continue
-                (ftr, ytr), (fte, yte) = (stream_features(enc, uri, sp, device=_device()) for sp in ("train", "test"))
-                metrics[name] = knn_accuracy(ftr, ytr, fte, yte, len(read_manifest(uri)[0]["classes"]), k=k)
+                # Streamed top-k: one block of train and of test features in memory at a time.
+                metrics[name] = knn_accuracy_streamed(
+                    lambda uri=uri: feature_blocks(enc, uri, "train", device=_device()),
+                    feature_blocks(enc, uri, "test", device=_device(), block_rows=KNN_TEST_ROWS),
+                    len(read_manifest(uri)[0]["classes"]), k=k)
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, f"knn_{tag}", key, metrics)}
 
         out = tracking.log_outputs(_cached(store, "knn_eval", params, compute))
@@ -565,17 +588,7 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
             key = content_key("report", run_id, sorted(metrics_uris))
             uri = publish(store, f"reports/{run_id}/{key}", files, {"kind": "report", "summary": summary})
             if run is not None:
-                import mlflow
-
-                for name, data in files.items():
-                    mlflow.log_text(data.decode(), name) if name.endswith((".md", ".html", ".json")) else _log_bytes(name, data)
-                parent_id = tracking.log_parent_params(experiment, run_id, config)  # for `uft compare`
-                if parent_id is not None:
-                    client = tracking._client()
-                    for k, v in summary.items():
-                        if isinstance(v, (int, float)):
-                            client.log_metric(parent_id, k, float(v))
-                    client.log_text(parent_id, files["report.md"].decode(), "report.md")
+                _log_report(run, files, summary, collected, config, experiment, run_id)
             tracking.log_outputs({"report_uri": uri})
         return {"report_uri": uri, "summary": summary}
 
@@ -588,6 +601,41 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
             (Path(out_dir) / name).parent.mkdir(parents=True, exist_ok=True)
             (Path(out_dir) / name).write_bytes(data)
     return {**out, "markdown": files["report.md"].decode(), "html": files["report.html"].decode()}
+
+
+def _log_report(run, files: dict[str, bytes], summary: dict[str, Any], collected: list[dict[str, Any]],
+                config: dict[str, Any], experiment: str, run_id: str) -> None:
+    """The report's files to the report run *and* to the parent run (the one `uft run` links and a
+    person opens), the summary metrics and the config to the parent, and the parent's description:
+    the decision with a link to the registered model version, the headline table, report links."""
+    import tempfile
+    from pathlib import Path
+
+    from uft.report import mlflow_markdown, run_description
+
+    parent_id = tracking.log_parent_params(experiment, run_id, config)  # for `uft compare`
+    client = tracking._client()
+    md = files["report.md"].decode()
+    for target in (run.info.run_id, parent_id):
+        if target is None:
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            for name, data in files.items():
+                (Path(d) / name).write_bytes(data)
+            # the markdown's plots from this run's artifacts: MLflow's viewer draws no data: images
+            (Path(d) / "report.md").write_text(mlflow_markdown(md, files, target))
+            client.log_artifacts(target, d)
+    if parent_id is None:
+        return
+    for k, v in summary.items():
+        if isinstance(v, (int, float)):
+            client.log_metric(parent_id, k, float(v))
+    exp_id = run.info.experiment_id
+    client.set_tag(parent_id, "mlflow.note.content", run_description(collected, exp_id, parent_id))
+    promotion = next((c["metrics"] for c in collected if c["step"] == "promote"), {})
+    if promotion.get("version") not in (None, "", "None"):  # the registry link as tags too (searchable)
+        client.set_tag(parent_id, "uft.registered_model", str(promotion.get("registered_model")))
+        client.set_tag(parent_id, "uft.model_version", str(promotion["version"]))
 
 
 def _published_files(uri: str, names: tuple[str, ...] | None = None) -> dict[str, bytes]:
@@ -624,15 +672,3 @@ def _projections(encoder_uris: dict[str, str], target_uri: str, max_points: int 
         feats = extract_features(load_encoder(uri)[0], x, device=_device()).numpy()
         out[name] = (PCA(n_components=2, random_state=0).fit_transform(feats), y)
     return out
-
-
-def _log_bytes(name: str, data: bytes) -> None:
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / name
-        p.write_bytes(data)
-        mlflow.log_artifact(str(p))

@@ -181,6 +181,48 @@ def _param(v: Any) -> str:
     return s if len(s) <= 500 else s[:497] + "..."
 
 
+#: MLflow 3.17's UI opens in its GenAI workflow (runs under "Evaluations", no model registry in the
+#: sidebar) unless the page's query selects the classic one: the UI's workflow-type provider reads
+#: the ``workflowType`` search parameter before its stored choice (mlflow/server/js, the context
+#: that keeps "mlflow.workflowType"; there is no server option or experiment tag for it).
+UI_QUERY = "?workflowType=machine_learning"
+
+
+def ui_run_route(experiment_id: str, run_id: str, artifact: str = "") -> str:
+    """The MLflow UI's route (``#/...``) to a run's page, or to one of its artifacts."""
+    tail = f"/artifacts/{artifact}" if artifact else ""
+    return f"#/experiments/{experiment_id}/runs/{run_id}{tail}{UI_QUERY}"
+
+
+def ui_model_version_route(name: str, version: str) -> str:
+    """The MLflow UI's route to a registered model version."""
+    from urllib.parse import quote
+
+    return f"#/models/{quote(str(name), safe='')}/versions/{version}{UI_QUERY}"
+
+
+def ui_url(route: str, port: int = 5000) -> str:
+    """``route`` on the local UI that `uft ui` (`make ui`) starts."""
+    return f"http://127.0.0.1:{port}/{route}"
+
+
+def report_route(experiment: str, pipeline_run_id: str = "") -> str | None:
+    """The UI route to the report of a pipeline run's parent run (the latest pipeline run of
+    ``experiment`` when no id is given), or None when there is none (yet) or tracking is off."""
+    if not enabled():
+        return None
+    client = _client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    where = f"tags.`{TAG_STEP}` = '{PARENT}'" + (f" and tags.`{TAG_RUN}` = '{pipeline_run_id}'" if pipeline_run_id else "")
+    runs = client.search_runs([exp.experiment_id], filter_string=where, order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    if not runs:
+        return None
+    return ui_run_route(exp.experiment_id, runs[0].info.run_id, "report.md")
+
+
 def run_key(run_id: str, job_id: str) -> str:
     """The pipeline run's MLflow key: an explicit ``run_id`` (deterministic reruns) or the KFP job id."""
     return run_id or job_id or "local"

@@ -25,13 +25,20 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 K8S_VERSION = "1.31"
 KUBECTL = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
-TARGETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/local-dev", "overlays/standalone-kfp"]
-WITH_OBJECT_STORE = ["overlays/object-store", "overlays/local-dev"]
-WITHOUT_SECRETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/standalone-kfp"]
+TARGETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/local-dev", "overlays/standalone-kfp",
+           "overlays/kubeflow-profile"]
+WITH_OBJECT_STORE = ["overlays/object-store", "overlays/local-dev", "overlays/kubeflow-profile"]
+WITHOUT_SECRETS = ["base", "overlays/object-store", "overlays/gpu", "overlays/standalone-kfp", "overlays/kubeflow-profile"]
 #: Where each target puts everything (standalone KFP runs pipelines in its own namespace).
 NAMESPACE = {"overlays/standalone-kfp": "kubeflow"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
-SECRET_NAMES = {"uft-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, "uft-postgres": {"POSTGRES_PASSWORD"}}
+_S3_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+#: One S3 identity per client (steps + launcher, MLflow, CI, bucket creation), Postgres, MLflow auth.
+SECRET_NAMES = {"uft-s3": _S3_KEYS, "uft-s3-mlflow": _S3_KEYS, "uft-s3-ci": _S3_KEYS, "uft-s3-admin": _S3_KEYS,
+                "uft-postgres": {"POSTGRES_PASSWORD"},
+                "uft-mlflow-auth": {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}}
+#: Secrets only the external-S3 overlays use (the bucket Job); local-dev does not generate them.
+EXTERNAL_S3_ONLY = {"uft-s3-admin"}
 SECRETISH = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN", re.I)
 
 # A developer box without kubectl skips these; CI (CI=true) must not skip them silently.
@@ -167,6 +174,8 @@ def test_containers_are_bounded_non_root_and_pinned(target):
 @pytest.mark.parametrize("target", TARGETS)
 def test_servers_have_probes(target):
     for owner, spec in pod_specs(target):
+        if owner.startswith("Job/"):
+            continue  # one-shot: nothing to probe
         for c in containers(spec, init=False):
             assert "readinessProbe" in c and "livenessProbe" in c, f"{owner}/{c['name']} lacks probes"
 
@@ -194,7 +203,7 @@ def test_no_secret_values_outside_dev(target):
 def test_dev_overlay_generates_every_referenced_secret_key():
     target = "overlays/local-dev"
     generated = {s["metadata"]["name"]: s for s in objects(target, "Secret")}
-    assert set(generated) == set(SECRET_NAMES)
+    assert set(generated) == set(SECRET_NAMES) - EXTERNAL_S3_ONLY
     for s in generated.values():
         assert s["metadata"]["annotations"]["uft.dev/dev-only"] == "true"
         assert set(s["data"]) == SECRET_NAMES[s["metadata"]["name"]]
@@ -429,3 +438,77 @@ def test_runner_pulls_images_with_the_registry_secret(target):
     imagePullSecrets apply to every step."""
     sa = one(target, "ServiceAccount", "uft-pipeline-runner")
     assert sa["imagePullSecrets"] == [{"name": "uft-registry"}]
+
+
+# --- Istio, authentication, least privilege, the bucket ------------------------------------------
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_uft_pods_stay_out_of_the_istio_mesh_like_kfp_step_pods(target):
+    """A Kubeflow profile namespace is labelled istio-injection=enabled (kubeflow/dashboard
+    profile-controller, setNamespaceLabelsAndServiceMesh) and its ns-owner-access-istio policy
+    admits callers by mTLS identity; the KFP API server starts every step pod with
+    sidecar.istio.io/inject=false (v2_template.go, V2Spec.RunWorkflow). Sidecar-injected MLflow,
+    Postgres or SeaweedFS would then reject the steps: every uft pod opts out too, and
+    NetworkPolicies decide who connects."""
+    from uft.orchestrate.backend import ISTIO_INJECT_ANNOTATION
+
+    key, value = ISTIO_INJECT_ANNOTATION
+    for d in render(target):
+        if d["kind"] in WORKLOADS:
+            annotations = d["spec"]["template"]["metadata"].get("annotations", {})
+            assert annotations.get(key) == value, f"{d['kind']}/{d['metadata']['name']} would get an Istio sidecar"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_mlflow_requires_authentication_and_only_its_namespace_reaches_it(target):
+    mlflow = one(target, "Deployment", "mlflow")["spec"]["template"]["spec"]
+    server = next(c for c in mlflow["containers"] if c["name"] == "mlflow")
+    assert "--app-name=basic-auth" in server["args"]
+    env = env_of(server)
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "uft-mlflow-auth",
+                                                                              "key": "MLFLOW_TRACKING_USERNAME"}
+    script = next(c for c in mlflow["initContainers"] if c["name"] == "auth-config")["args"][0]
+    assert "default_permission = READ" in script and env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == "/auth/basic_auth.ini"
+    policy = one(target, "NetworkPolicy", "mlflow")["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow"}
+    (rule,) = policy["ingress"]
+    assert rule["from"] == [{"podSelector": {}}], "only pods of MLflow's own namespace"
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_s3_client_has_its_own_identity(target):
+    mlflow = next(c for c in one(target, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
+                  if c["name"] == "mlflow")
+    assert env_of(mlflow)["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "uft-s3-mlflow"
+    assert providers(target)["s3"]["default"]["credentials"]["secretRef"]["secretName"] == "uft-s3"
+    if target in WITH_OBJECT_STORE:
+        init = one(target, "StatefulSet", "seaweedfs")["spec"]["template"]["spec"]["initContainers"][0]
+        names = {e["valueFrom"]["secretKeyRef"]["name"] for e in init["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        assert names == {"uft-s3", "uft-s3-mlflow", "uft-s3-ci"}
+        assert "Admin" not in init["args"][0]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_overlays_on_external_s3_create_the_bucket(target):
+    jobs = [d for d in objects(target, "Job") if d["metadata"]["name"] == "uft-bucket"]
+    if target in WITH_OBJECT_STORE or target == "base":
+        assert not jobs  # SeaweedFS creates it (base alone is not applied)
+        return
+    (job,) = jobs
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    assert env["UFT_BUCKET"]["valueFrom"] == BUCKET_REF
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "uft-s3-admin"
+
+
+def test_kubeflow_profile_overlay_leaves_the_namespace_to_the_profile_and_binds_ci_to_kfp_only():
+    """The profile controller owns a profile's namespace (kubeflow/dashboard profile_controller.go,
+    Reconcile: creates it, sets istio-injection); the overlay must not create or relabel it. The
+    CI identity gets KFP's kubeflow-pipelines-edit in this namespace and nothing else."""
+    target = "overlays/kubeflow-profile"
+    assert not objects(target, "Namespace")
+    rb = one(target, "RoleBinding", "uft-ci-pipelines-edit")
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-pipelines-edit"}
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "uft-ci", "namespace": "uft"}]
+    assert one(target, "ServiceAccount", "uft-ci")["automountServiceAccountToken"] is False

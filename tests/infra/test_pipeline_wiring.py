@@ -71,30 +71,37 @@ def executor_of(spec: dict, task: dict) -> str:
     return spec["components"][task["componentRef"]["name"]]["executorLabel"]
 
 
-def resolved_resources(spec: dict, task_name: str, gpus: int) -> dict[str, str]:
-    """The container resources of ``task_name`` for a run with ``gpus``, resolved as the KFP driver
-    does: pipeline parameters and upstream outputs (train_resources run for real) replace placeholders."""
+def task_inputs(spec: dict, task_name: str, gpus: int) -> dict:
+    """The input parameter values a step's executor receives in a run with ``gpus``, typed as KFP
+    holds them: pipeline parameters as declared (``gpus`` a number), train_resources' outputs (run
+    for real) as the strings it declares."""
     from components.resources import train_resources
 
     task = dag_tasks(spec)[task_name]
+    names = ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "gpu_limit")
+    outputs = dict(zip(names, train_resources.python_func(gpus)))
+    values = {}
+    for name, src in task["inputs"].get("parameters", {}).items():
+        if src.get("componentInputParameter", "").endswith("gpus"):
+            values[name] = gpus
+        elif src.get("taskOutputParameter", {}).get("producerTask") == "train-resources":
+            values[name] = outputs[src["taskOutputParameter"]["outputParameterKey"]]
+    return values
+
+
+def resolved_resources(spec: dict, task_name: str, gpus: int) -> dict[str, str]:
+    """The container resources of ``task_name`` for a run with ``gpus``, resolved as the KFP driver
+    does (uft.orchestrate.backend.pod_resources: placeholders from string values only)."""
+    from uft.orchestrate.backend import pod_resources
+
+    task = dag_tasks(spec)[task_name]
     res = spec["deploymentSpec"]["executors"][executor_of(spec, task)]["container"].get("resources", {})
-    outputs = dict(zip(("cpu_request", "cpu_limit", "memory_request", "memory_limit"), train_resources.python_func(gpus)))
-
-    def value(v: str) -> str:
-        m = PLACEHOLDER.match(str(v))
-        if not m:
-            return str(v)
-        src = task["inputs"]["parameters"][m.group(1)]
-        if "componentInputParameter" in src:
-            assert src["componentInputParameter"].endswith("gpus"), src
-            return str(gpus)
-        assert src["taskOutputParameter"]["producerTask"] == "train-resources", src
-        return outputs[src["taskOutputParameter"]["outputParameterKey"]]
-
-    out = {k: value(res[k]) for k in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest",
-                                       "resourceMemoryLimit") if k in res}
-    if res.get("accelerator", {}).get("resourceType") == GPU:
-        out[GPU] = value(res["accelerator"]["resourceCount"])
+    pod = pod_resources(res, task_inputs(spec, task_name, gpus))
+    out = {"resourceCpuRequest": pod["requests"].get("cpu"), "resourceCpuLimit": pod["limits"].get("cpu"),
+           "resourceMemoryRequest": pod["requests"].get("memory"), "resourceMemoryLimit": pod["limits"].get("memory")}
+    out = {k: v for k, v in out.items() if v is not None}
+    if GPU in pod["limits"]:
+        out[GPU] = pod["limits"][GPU]
     return out
 
 

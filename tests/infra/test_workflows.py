@@ -59,10 +59,30 @@ def test_trigger_is_serialised_and_uses_secrets():
     assert wf["concurrency"]["group"] and wf["concurrency"]["cancel-in-progress"] is False
     script = runs(wf)
     assert "make install" in script
-    assert re.search(r'uft trigger --target "\$UFT_TARGET_URI" --host "\$KFP_HOST"', script)
+    assert re.search(r'uft trigger --target "\$UFT_TARGET_URI" --host "\$KFP_HOST" --max-attempts "\$UFT_MAX_ATTEMPTS"',
+                     script)
     (job,) = wf["jobs"].values()
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI", "KFP_HOST"):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KFP_HOST", "KFP_TOKEN"):
         assert job["env"][name] == f"${{{{ secrets.{name} }}}}", f"{name} must come from GitHub secrets"
+    # The trigger never talks to MLflow (the cluster keeps MLflow to its namespace): no URI, no keys.
+    assert "MLFLOW_TRACKING_URI" not in job["env"]
+
+
+def test_trigger_can_state_the_kfp_version_and_caps_attempts():
+    """The API behind a port-forward or proxy may not report its version (ml-pipeline-ui answers
+    apiServerTagName, an unset TAG_NAME is "unknown"): the workflow passes vars.UFT_KFP_VERSION,
+    which `uft trigger` reads as --kfp-version. Retries of one content hash stop after
+    vars.UFT_MAX_ATTEMPTS (default 3)."""
+    (job,) = load("trigger.yml")["jobs"].values()
+    assert job["env"]["UFT_KFP_VERSION"] == "${{ vars.UFT_KFP_VERSION }}"
+    assert job["env"]["UFT_MAX_ATTEMPTS"] == "${{ vars.UFT_MAX_ATTEMPTS || '3' }}"
+    from typer.main import get_command
+
+    from uft.cli import app
+
+    trigger = get_command(app).commands["trigger"]
+    opts = {o.name: o for o in trigger.params}
+    assert opts["kfp_version"].envvar == "UFT_KFP_VERSION" and opts["max_attempts"].default == 3
 
 
 def test_images_workflow_builds_both_images_and_reports_digests():

@@ -182,10 +182,12 @@ def test_compiled_yaml_has_kubernetes_settings_and_rerun_reuses_everything(local
     assert ft["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
     assert ft["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert ft["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
-    assert {e["envVar"] for s in ft["secretAsEnv"] for e in s["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert {e["envVar"] for s in ft["secretAsEnv"] for e in s["keyToEnv"]} == {
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
     res = spec["deploymentSpec"]["executors"]["exec-ssl-finetune"]["container"]["resources"]
-    # The GPU count is the run's `gpus` parameter (default 1), not a compile-time constant.
-    assert res["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus']}}"
+    # The GPU count is the run's `gpus` parameter (default 1), not a compile-time constant; it reaches
+    # the pod as train-resources' string output (the KFP driver drops a number: tests/contract).
+    assert res["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--train-resources-gpu_limit']}}"
     assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert spec["root"]["inputDefinitions"]["parameters"]["gpus"]["defaultValue"] == 1
     ft_task = spec["root"]["dag"]["tasks"]["exit-handler-1"]["componentRef"]["name"]

@@ -8,6 +8,9 @@ Modes:
 - ``hang EXPERIMENT RUN_ID``: open a tracked step run, print ``ready`` and wait to be killed.
 - ``services STATE_DIR``: take the state directory's shared SeaweedFS as `uft run` does, print
   ``{"note", "pid", "endpoint"}`` as JSON, and hold it until stdin closes or a signal arrives.
+- ``service-set STATE_DIR``: enter the local services as `uft run` does (SeaweedFS, MLflow on
+  sqlite), put and read back an object and log an MLflow run with an S3 artifact, print
+  ``{"note", "pid", "endpoint", "ports", "run_id"}`` as JSON and leave.
 - ``pipeline STATE_DIR``: what `uft run` does with the tiniest config: start the local services
   (SeaweedFS with generated keys, MLflow on sqlite) under STATE_DIR, run the whole DAG with
   kfp.local streaming every step's log, print the result as JSON.
@@ -89,6 +92,36 @@ def services(state: str) -> None:
             server.stop()
 
 
+def service_set(state: str) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import boto3
+    import mlflow
+
+    from uft.orchestrate.local import local_services
+    from uft.services import RECORD
+
+    notes: list[str] = []
+    with local_services(Path(state), say=notes.append) as env:
+        record = json.loads((Path(state) / "s3" / RECORD).read_text())
+        s3 = boto3.session.Session().client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                                            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                                            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        bucket = env["UFT_MLFLOW_ARTIFACTS"].split("/")[2]
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key="probe", Body=state.encode())
+        assert s3.get_object(Bucket=bucket, Key="probe")["Body"].read() == state.encode()
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        exp = mlflow.create_experiment("contention", artifact_location=env["UFT_MLFLOW_ARTIFACTS"])
+        with mlflow.start_run(experiment_id=exp) as run, tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_metric("m", 1.0)
+            (Path(tmp) / "a.txt").write_text(state)
+            mlflow.log_artifact(str(Path(tmp) / "a.txt"))
+        print(json.dumps({"note": notes[0], "pid": record["pid"], "endpoint": env["AWS_ENDPOINT_URL"],
+                          "ports": record["ports"], "run_id": run.info.run_id}), flush=True)
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "pretrain":
@@ -97,6 +130,8 @@ if __name__ == "__main__":
         hang(*args)
     elif mode == "services":
         services(args[0])
+    elif mode == "service-set":
+        service_set(args[0])
     elif mode == "pipeline":
         pipeline(args[0])
     else:

@@ -18,6 +18,8 @@ MANIFESTS = [
     {"kind": "Secret", "metadata": {"name": "uft-s3"},
      "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(b"ak").decode(),
               "AWS_SECRET_ACCESS_KEY": base64.b64encode(b"sk").decode()}},
+    {"kind": "Secret", "metadata": {"name": "uft-mlflow-auth"},
+     "stringData": {"MLFLOW_TRACKING_USERNAME": "pipeline", "MLFLOW_TRACKING_PASSWORD": "pw"}},
     {"kind": "Deployment", "metadata": {"name": "mlflow"}},
 ]
 SERVICES = {"seaweedfs": "http://127.0.0.1:1111", "mlflow": "http://127.0.0.1:2222"}
@@ -32,7 +34,8 @@ def compiled(tmp_path_factory):
 
 def test_cluster_objects_decode_the_secret_and_point_services_at_local_endpoints():
     objs = cluster_objects(MANIFESTS, SERVICES)
-    assert objs.secrets == {"uft-s3": {"AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "sk"}}
+    assert objs.secrets["uft-s3"] == {"AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "sk"}
+    assert objs.secrets["uft-mlflow-auth"]["MLFLOW_TRACKING_PASSWORD"] == "pw"  # stringData too
     cfg = objs.config_maps["uft-config"]
     assert cfg["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1111" and cfg["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:1111"
     assert cfg["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:2222" and cfg["UFT_BUCKET"] == "uft-artifacts"
@@ -52,6 +55,7 @@ def test_every_task_of_the_compiled_pipeline_gets_credentials_and_mlflow(compile
         env = pod_env(platform, executor, objs)
         assert env.get("AWS_ACCESS_KEY_ID") == "ak", executor
         assert env.get("MLFLOW_TRACKING_URI") == "http://127.0.0.1:2222", f"{executor} cannot reach MLflow"
+        assert env.get("MLFLOW_TRACKING_USERNAME") == "pipeline", f"{executor} cannot write to MLflow (basic auth)"
 
 
 def test_every_task_gets_the_kfp_run_id_from_its_pod_label(compiled):
@@ -90,3 +94,29 @@ def test_pod_run_args_follow_shm_and_limits():
                     "mem_limit": 8_000_000_000}
     # A limit set from a pipeline parameter is only known at run time: left to the runner.
     assert pod_run_args({}, "x", {"resources": {"resourceCpuLimit": "{{$.inputs.parameters['cpu']}}"}}) == {}
+
+
+def test_resolved_limits_are_the_ones_docker_gets():
+    """The driver's resolution (uft.orchestrate.backend.pod_resources) feeds Docker's limits."""
+    res = {"resourceCpuLimit": "{{$.inputs.parameters['cpu']}}", "resourceMemoryLimit": "{{$.inputs.parameters['mem']}}"}
+    from uft.orchestrate.backend import pod_resources
+
+    resolved = pod_resources(res, {"cpu": "1", "mem": "2G"})
+    assert pod_run_args({}, "x", {"resources": res}, resolved) == {"nano_cpus": 1_000_000_000, "mem_limit": 2_000_000_000}
+
+
+def test_the_exit_handler_gets_the_status_the_backend_sends():
+    """kfp.local hands an exit handler {"state": "SUCCEEDED", "pipeline_task_name": ...}; the
+    backend the protojson of PipelineTaskFinalStatus with the DAG's MLMD state (COMPLETE)."""
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    from uft.orchestrate.containers import backend_arguments
+
+    spec = pipeline_spec_pb2.TaskInputsSpec()
+    spec.parameters["status"].task_final_status.producer_task = "exit-handler-1"
+    spec.parameters["run_id"].component_input_parameter = "run_id"
+    local = {"status": {"state": "SUCCEEDED", "pipeline_task_name": "exit-handler-1", "error": {}}, "run_id": "r"}
+    out = backend_arguments(spec, local, "uft-run-1")
+    assert out == {"status": {"state": "COMPLETE", "pipelineTaskName": "exit-handler-1",
+                              "pipelineJobResourceName": "uft-run-1", "error": {}}, "run_id": "r"}
+    assert backend_arguments(spec, {**local, "status": {"state": "FAILED"}}, "x")["status"]["state"] == "FAILED"

@@ -138,3 +138,73 @@ def test_encoder_signals_orders_sane_over_collapsed(one_torch_thread, tiny_raw):
     assert d["gate_score"] < s["gate_score"]
     with pytest.raises(UftError, match="at least 4"):
         lf.encoder_signals(enc, imgs[:3])
+
+
+def _digits(per_class: int):
+    from uft.data.sources import load_optdigits
+
+    raw = load_optdigits()
+    keep = [i for c in range(10) for i in (raw.labels == c).nonzero()[0][:per_class]]
+    return torch.from_numpy(raw.images[keep]).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(raw.labels[keep])
+
+
+class _RankOne(torch.nn.Module):
+    """Every image mapped onto one line: ``f(x) = s(x) · w`` (features of rank one)."""
+
+    def __init__(self, enc: torch.nn.Module):
+        super().__init__()
+        self.enc, self.w = enc, torch.nn.Parameter(torch.randn(enc.feature_dim))
+
+    def forward(self, x):
+        return self.enc(x).sum(1, keepdim=True) * self.w
+
+
+def test_collapse_rule_fires_on_constant_and_rank_one_encoders(one_torch_thread):
+    from uft.models.encoders import TinyConvNet
+
+    imgs, y = _digits(10)
+    torch.manual_seed(0)
+    sane = TinyConvNet(1, width=8).eval()
+    constant = TinyConvNet(1, width=8).eval()
+    with torch.no_grad():
+        for p in constant.parameters():
+            p.zero_()
+        constant.net[-4].bias.fill_(1.0)  # the last BatchNorm's shift: every image → the same all-ones vector
+    rank_one = _RankOne(TinyConvNet(1, width=8)).eval()
+    kw = dict(target_labels=y, max_images=100)
+    s, c, r = (lf.encoder_signals(e, imgs, **kw) for e in (sane, constant, rank_one))
+    assert torch.allclose(constant(imgs[:5].float()), torch.ones(5, 32))
+    assert lf.collapsed(s) == ""
+    assert "effective rank" in lf.collapsed(c) and "effective rank" in lf.collapsed(r)
+    assert c["effective_rank"] < 1.01 and r["effective_rank"] < 1.01
+
+
+@pytest.mark.slow  # one short SimCLR training for a good reference: ~1 min on a busy 2-core machine
+def test_collapse_rule_fires_on_untrained_encoders_where_the_reference_was_good(one_torch_thread):
+    """Untrained encoders are not collapsed in the narrow sense (rank ≈ 13, retrieval above chance);
+    against a trained reference they are degenerate: no better than the untrained floor."""
+    from uft.models.encoders import TinyConvNet
+    from uft.ssl.base import build_method
+    from uft.ssl.train import TrainConfig, train_ssl
+
+    imgs, y = _digits(30)
+    src = (imgs[::2], y[::2], imgs[1::2], y[1::2], 10)
+    torch.manual_seed(0)
+    m = build_method("simclr", TinyConvNet(1, width=8))
+    train_ssl(m, imgs, TrainConfig(steps=100, batch_size=128, lr=5e-3, seed=0, checkpoint_every=10**6))
+
+    def signals(enc):
+        return lf.encoder_signals(enc.eval(), imgs, target_labels=y, source=src, max_images=300)
+
+    def untrained(seed):
+        torch.manual_seed(seed)
+        return TinyConvNet(1, width=8)
+
+    good = signals(m.encoder)
+    floor = lf.floor_of([signals(untrained(i)) for i in range(3)])
+    kw = dict(floor=floor, reference=good, margin=0.08, probe_margin=0.0125, retention_tolerance=0.026)
+    assert lf.collapsed(good, **kw) == ""
+    for seed in (7, 8, 9):
+        cand = signals(untrained(seed))
+        assert lf.collapsed(cand) == ""  # the narrow rule alone misses it
+        assert lf.collapsed(cand, **kw).startswith("degenerate"), seed

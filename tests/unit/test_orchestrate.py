@@ -16,6 +16,12 @@ from uft.orchestrate.submit import kfp_cron, schedule, submit
 from uft.orchestrate.trigger import target_hash, trigger
 
 
+@pytest.fixture(autouse=True)
+def _tag_images_allowed(monkeypatch):
+    """These tests compile with the default (tag) images; the digest rule has its own tests."""
+    monkeypatch.setenv("UFT_ALLOW_UNPINNED_IMAGES", "1")
+
+
 # --- submit / schedule ----------------------------------------------------------------------------
 
 def test_submit_compiles_validates_and_passes_params():
@@ -369,3 +375,63 @@ def test_cli_sweep_dry_run_lists_the_runs():
     assert "6 runs in experiment 'uft-sweep'" in r.output and "mix_op=mixup seed=2" in r.output
     r = CliRunner().invoke(app, ["sweep", "-g", "mix_op=none", "--seeds", "a,b", "--dry-run"])
     assert r.exit_code == 2 and "not a comma-separated list of integers" in r.output
+
+
+# --- what the cluster path needs (issue: backend contract) ----------------------------------------
+
+def test_images_must_be_pinned_by_digest_unless_allowed(monkeypatch):
+    """A tag default (uft:0.1.0-cpu) that no registry holds leaves pods in ImagePullBackOff and the
+    run hanging: submit and schedule refuse tags before contacting KFP; a development cluster opts
+    in with --allow-unpinned-images."""
+    monkeypatch.delenv("UFT_ALLOW_UNPINNED_IMAGES")
+    c = FakeClient()
+    with pytest.raises(UftError, match=r"not pinned by digest: set UFT_IMAGE and UFT_GPU_IMAGE .*--allow-unpinned-images"):
+        submit(HOST, {}, client=c)
+    with pytest.raises(UftError, match="not pinned by digest"):
+        schedule(HOST, "0 3 * * *", {}, client=c)
+    assert c.runs == [] and c.versions == {} and c.recurring == [] and c._run_api.api_client.calls == []
+    assert submit(HOST, {}, client=c, allow_unpinned=True) == "run-1"
+
+    from uft.orchestrate.submit import compiled_package, require_pinned_images
+
+    with compiled_package() as path:
+        text = path.read_text()
+        digest = "@sha256:" + "a" * 64
+        for image in require_pinned_images(path, allow_unpinned=True):
+            text = text.replace(f"image: {image}\n", f"image: {image.rsplit(':', 1)[0]}{digest}\n")
+        path.write_text(text)
+        assert all(i.endswith(digest) for i in require_pinned_images(path, allow_unpinned=False))
+
+
+def test_trigger_stops_retrying_the_same_data_after_max_attempts(bucket):
+    """A deterministic failure was retried every 30 minutes forever. Attempts are counted per
+    content hash: after max_attempts failed runs the trigger stops (visible: action "stopped", the
+    CLI exits 2 naming the runs); --reset-attempts or new data start a fresh budget."""
+    from typer.testing import CliRunner
+
+    from uft.cli import app
+
+    _put(bucket, "data/target/a.png", b"a")
+    target, store = f"s3://{bucket}/data/target", f"s3://{bucket}/uft"
+    c = FakeClient()
+    args = dict(client=c, max_attempts=2)
+    assert trigger(HOST, target, {"store_uri": store}, **args)["attempts"] == ["run-1"]
+    c.states["run-1"] = "FAILED"
+    assert trigger(HOST, target, {"store_uri": store}, **args)["attempts"] == ["run-1", "run-2"]
+    c.states["run-2"] = "FAILED"
+    stopped = trigger(HOST, target, {"store_uri": store}, **args)
+    assert stopped["action"] == "stopped" and stopped["run_id"] is None and len(c.runs) == 2
+    assert trigger(HOST, target, {"store_uri": store}, **args)["action"] == "stopped" and len(c.runs) == 2
+    with mock.patch("uft.orchestrate.trigger.kfp_client", return_value=c):
+        r = CliRunner().invoke(app, ["trigger", "--host", HOST, "--target", target, "--param", f"store_uri={store}",
+                                     "--max-attempts", "2"])
+    out = " ".join(r.output.split())  # rich wraps the line at the terminal width
+    assert r.exit_code == 2 and "its 2 runs failed (run-1, run-2" in out and "--reset-attempts" in out
+    again = trigger(HOST, target, {"store_uri": store}, reset_attempts=True, **args)
+    assert again["action"] == "retried" and again["attempts"] == ["run-3"]
+    c.states["run-3"] = "FAILED"
+    _put(bucket, "data/target/b.png", b"b")  # new data: a fresh budget
+    new = trigger(HOST, target, {"store_uri": store}, **args)
+    assert new["action"] == "submitted" and new["attempts"] == ["run-4"]
+    with pytest.raises(UftError, match="--max-attempts 0 must be at least 1"):
+        trigger(HOST, target, {"store_uri": store}, client=c, max_attempts=0)

@@ -4,6 +4,8 @@ tags, and consumers loading ``models:/<name>@champion``."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -12,29 +14,49 @@ from uft.promote import CHALLENGER, CHAMPION, Decision, GatePolicy, decide
 
 SANE = {"finite": True, "effective_rank": 20.0, "rank_fraction": 0.3, "view_retrieval": 0.6, "n_views": 200,
         "gate_score": 0.18, "source_retention": 0.90}
+POLICY = GatePolicy(margin=0.10, retention_tolerance=0.02, probe_margin=0.02, noise="constructed")
 
 
 def test_decide_constructed_cases():
-    p = GatePolicy(margin=0.01, retention_tolerance=0.02)
-    first = decide(SANE, None, p)
-    assert first.promote and "empty registry" in first.reasons[0]
-    better = decide({**SANE, "gate_score": 0.25}, SANE, p)
-    assert better.promote and better.alias == CHAMPION
+    p = POLICY
+    none = decide(SANE, None, p)
+    assert none.promote and "no reference" in none.reasons[0]
+    better = decide({**SANE, "gate_score": 0.21}, SANE, p, reference="base encoder")  # +16.7 % > 10 %
+    assert better.promote and better.alias == CHAMPION and "base encoder" in better.reasons[0]
+    slightly = decide({**SANE, "gate_score": 0.19}, SANE, p)  # +5.6 %: within the noise margin
+    assert not slightly.promote and slightly.reasons[0].startswith("finetuning changed nothing measurable")
     tie = decide(SANE, SANE, p)
-    assert not tie.promote and tie.alias == CHALLENGER and "< margin" in tie.reasons[0]
-    forgets = decide({**SANE, "gate_score": 0.25, "source_retention": 0.80}, SANE, p)
-    assert not forgets.promote and any("forgets the source" in r for r in forgets.reasons)
+    assert not tie.promote and tie.alias == CHALLENGER and "changed nothing measurable" in tie.reasons[0]
+    forgets = decide({**SANE, "gate_score": 0.25, "source_retention": 0.85}, SANE, p)
+    assert not forgets.promote and forgets.reasons[0].startswith("forgets the source")
     within = decide({**SANE, "gate_score": 0.25, "source_retention": 0.89}, SANE, p)
     assert within.promote
-    probe = decide({**SANE, "gate_score": 0.25, "probe": 0.70}, {**SANE, "probe": 0.75}, p)
-    assert not probe.promote and any("probe accuracy" in r for r in probe.reasons)
+    # with val labels the val-split probe decides; the gate score may not fall beyond its margin
+    lab = {**SANE, "val_probe": 0.70}
+    assert decide({**lab, "val_probe": 0.73}, lab, p).promote
+    held = decide({**lab, "val_probe": 0.71, "gate_score": 0.30}, lab, p)
+    assert not held.promote and "not better on the val-split probe" in held.reasons[0]
+    fell = decide({**lab, "val_probe": 0.75, "gate_score": 0.15}, lab, p)
+    assert not fell.promote and any("label-free quality fell" in r for r in fell.reasons)
     for bad in ({"effective_rank": 1.0}, {"finite": False}, {"view_retrieval": 0.001}):
-        d = decide({**SANE, "gate_score": 0.9, **bad}, None, p)
+        d = decide({**SANE, "gate_score": 0.9, **bad}, SANE, p)
         assert not d.promote and d.reasons[0].startswith("collapsed"), bad
+    # degenerate: no better than an untrained encoder of the same architecture, the reference being well above it
+    floor = {**SANE, "gate_score": 0.05, "val_probe": 0.40}
+    d = decide({**SANE, "gate_score": 0.052}, SANE, p, floor=floor)
+    assert not d.promote and "untrained" in d.reasons[0]
+    d = decide({**lab, "val_probe": 0.41, "gate_score": 0.3}, lab, p, floor=floor)
+    assert not d.promote and "val_probe" in d.reasons[0] and "untrained" in d.reasons[0]
+    assert decide({**SANE, "gate_score": 0.052}, {**SANE, "gate_score": 0.051}, p, floor=floor).reasons[0].startswith(
+        "finetuning changed nothing")  # reference at the floor itself: the floor rule cannot tell, it does not fire
+    moved = decide({**SANE, "gate_score": 0.5}, SANE, p, shift=0.97, reference="champion version 1")
+    assert not moved.promote and "another domain" in moved.reasons[0]
+    assert decide({**SANE, "gate_score": 0.5}, SANE, p, shift=0.55).promote
     forced = decide({**SANE, "effective_rank": 1.0}, SANE, p, force=True)
     assert forced.promote and forced.forced
     with pytest.raises(UftError, match="margin"):
         GatePolicy(margin=-1)
+    assert GatePolicy().margin > 0 and GatePolicy().noise  # the default margins come from a measurement
 
 
 def _experiment(name: str) -> None:
@@ -69,18 +91,18 @@ def test_registry_idempotent_aliases_tags(mlflow_env, one_torch_thread):
         again = register(name, a, "sha-a", image_size=8, channels=1, serialization_format="pickle")  # a retried step
     assert again.version == v1.version
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
-    apply(name, v1.version, decide(SANE, None), client)
-    apply(name, v1.version, decide(SANE, None), client)  # retried: same state
+    apply(name, v1.version, decide(SANE, None, POLICY), client)
+    apply(name, v1.version, decide(SANE, None, POLICY), client)  # retried: same state
     assert version_by_alias(name, CHAMPION, client).version == v1.version
 
     with mlflow.start_run():
         v2 = register(name, b, "sha-b", image_size=8, channels=1, serialization_format="pickle")
-    held = apply(name, v2.version, decide(SANE, SANE), client)
+    held = apply(name, v2.version, decide(SANE, SANE, POLICY), client)
     assert held.previous_champion == str(v1.version)
     assert version_by_alias(name, CHAMPION, client).version == v1.version
     assert version_by_alias(name, CHALLENGER, client).version == v2.version
     tags = client.get_model_version(name, v2.version).tags
-    assert tags["uft.decision"] == CHALLENGER and "< margin" in tags["uft.reasons"]
+    assert tags["uft.decision"] == CHALLENGER and "changed nothing measurable" in tags["uft.reasons"]
     assert stored_signals(client.get_model_version(name, v2.version))["gate_score"] == pytest.approx(0.18)
 
     # promoting the challenger moves champion and clears its challenger alias
@@ -102,7 +124,7 @@ def test_consumer_loads_champion_by_alias(mlflow_env, one_torch_thread):
     _experiment("promote-load")
     with mlflow.start_run():
         v = register(name, enc, "sha-c", image_size=8, channels=1)
-    apply(name, v.version, decide(SANE, None))
+    apply(name, v.version, decide(SANE, None, POLICY))
     loaded = mlflow.pytorch.load_model(f"models:/{name}@{CHAMPION}")
     info = mlflow.models.get_model_info(f"models:/{name}@{CHAMPION}")
     pre = info.metadata["preprocessing"]
@@ -113,16 +135,20 @@ def test_consumer_loads_champion_by_alias(mlflow_env, one_torch_thread):
         assert torch.allclose(loaded(x), enc(x), atol=1e-5)
 
 
-def test_report_shows_the_decision_and_signals():
+def test_report_shows_the_decision_signals_margins_and_noise():
     from uft.report import build_report
 
     m = {"decision": CHALLENGER, "promoted": False, "version": "3", "registered_model": "uft-encoder",
-         "reasons": ["gate score 0.1 vs champion 0.2: gain -0.1 < margin 0.01"],
-         "signals": {**SANE, "snd": 5.0}, "base_signals": SANE, "champion_signals": {**SANE, "gate_score": 0.2}}
+         "reasons": ["not better: gate score 0.1800 vs champion version 2 0.2000: -10.0 %"],
+         "signals": {**SANE, "snd": 5.0, "val_probe": 0.7}, "base_signals": SANE, "reference": "champion version 2",
+         "champion_signals": {**SANE, "gate_score": 0.2, "val_probe": 0.68}, "floor_signals": {**SANE, "gate_score": 0.05},
+         "policy": {**asdict(POLICY), "noise": "σ over 5 seeds × 2 pairs"}, "domain_shift": 0.52}
     files, summary = build_report([{"step": "promote", "metrics": m}], {})
     md = files["report.md"].decode()
-    assert "Decision: challenger" in md and "version 3" in md and "< margin" in md
-    assert "| gate_score | 0.180 | 0.180 | 0.200 |" in md and "collapsed encoder" in md  # SND's caveat
+    assert "Decision: challenger" in md and "version 3" in md and "Compared with: **champion version 2**" in md
+    assert "| gate_score | 0.1800 | 0.2000 | 0.0500 | -10.0% | ±10.0% |" in md
+    assert "| val_probe | 0.7000 | 0.6800 | – | +0.0200 | 0.0200 |" in md
+    assert "σ over 5 seeds × 2 pairs" in md and "accuracy 0.52" in md and "collapsed encoder" in md  # SND's caveat
     assert summary["promoted"] == 0.0
 
 

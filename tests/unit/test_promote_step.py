@@ -1,6 +1,8 @@
-"""The promote step end to end on tiny published data and a real local MLflow registry (sqlite):
-the first run promotes, an identical rerun and a retried step add nothing, a collapsed encoder is
-held with its reason, and `uft promote --force` overrides the gate."""
+"""The promote step end to end on small published data and a real local MLflow registry (sqlite):
+on an empty registry the candidate is decided against its base encoder, an identical rerun and a
+retried step add nothing, a collapsed encoder is held with its reason, `uft promote --force`
+overrides the gate, `uft promote --explain` says why, and two different runs share one registry
+(the second re-scores the first's champion, also from the registry's torch.export copy)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,28 @@ import torch
 
 
 @pytest.fixture
-def published(tmp_path, tiny_raw):
-    """(store_uri, base encoder URI, sane finetuned URI, collapsed URI, target URI, source URI)."""
+def digits300():
+    """300 labelled 8×8 digits (30 per class): enough for val splits with a 5-shot val probe."""
+    from uft.data.sources import load_optdigits
+
+    raw = load_optdigits()
+    keep = [i for c in range(10) for i in (raw.labels == c).nonzero()[0][:30]]
+    raw.images, raw.labels = raw.images[keep], raw.labels[keep]
+    return raw
+
+
+@pytest.fixture
+def published(tmp_path, digits300):
+    """(store_uri, base encoder URI, sane finetuned URI, collapsed URI, target URI, source URI);
+    target and source have val splits (the gate's images)."""
     from uft.data.ingest import ingest
     from uft.models.artifact import publish_encoder
     from uft.models.encoders import TinyConvNet
     from uft.store import LocalStore
 
     store = LocalStore(tmp_path / "store")
-    target = ingest(tiny_raw, store, name="t", image_size=8, channels=1, test_fraction=0.5)
-    source = ingest(tiny_raw, store, name="s", image_size=8, channels=1, test_fraction=0.3, seed=1)
+    target = ingest(digits300, store, name="t", image_size=8, channels=1, test_fraction=0.3, val_fraction=0.4)
+    source = ingest(digits300, store, name="s", image_size=8, channels=1, test_fraction=0.2, val_fraction=0.3, seed=1)
     spec = {"name": "tiny", "in_channels": 1, "kwargs": {"width": 8}}
     torch.manual_seed(0)
     base = TinyConvNet(1, width=8)
@@ -44,15 +58,20 @@ def test_promote_step_first_rerun_collapsed_force(published, mlflow_env, one_tor
     store, base, ft, dead, target, source = published
     name = "enc"
     kw = dict(source_uri=source, registered_model=name, max_images=60, experiment="promote", model_format="pickle")
-    first = promote_step(ft, base, target, store, run_id="r1", **kw)
-    assert first["promoted"] and first["decision"] == CHAMPION and "empty registry" in first["summary"]
-    report = read_manifest(first["metrics_uri"])[0]["metrics"]
-    assert report["signals"]["effective_rank"] > 1 and "probe" in report["signals"]  # target is labelled
+    vs_base = promote_step(ft, base, target, store, run_id="r0", registered_model="vs-base", source_uri=source,
+                           max_images=60, experiment="promote", model_format="pickle")
+    report = read_manifest(vs_base["metrics_uri"])[0]["metrics"]
+    assert report["reference"] == "base encoder" and report["champion_signals"] == report["base_signals"]
+    assert "base encoder" in vs_base["summary"] and "empty registry" not in vs_base["summary"]
+    assert "val_probe" in report["signals"] and report["signals"]["signals_split"] == "val"  # val labels, not test
+    assert report["floor_signals"]["gate_score"] > 0 and report["policy"]["noise"]
+
+    first = promote_step(ft, base, target, store, run_id="r1", force=True, **kw)
+    assert first["promoted"] and first["decision"] == CHAMPION
 
     again = promote_step(ft, base, target, store, run_id="r1", **kw)  # a rerun of the same run key
     assert again["promoted"] and again["decision"] == CHAMPION and again["summary"] == first["summary"]
     assert again["metrics_uri"] == first["metrics_uri"]
-    assert read_manifest(again["metrics_uri"])[0]["metrics"] == report  # the same decision, as recorded
     again = promote_step(ft, base, target, store, run_id="r2", **kw)  # another run with the same encoder
     assert not again["promoted"] and again["decision"] == "champion (unchanged)"
     client = MlflowClient()
@@ -72,10 +91,17 @@ def test_promote_step_first_rerun_collapsed_force(published, mlflow_env, one_tor
     res = CliRunner().invoke(app, ["promote", "nope", "--force", "--registered-model", name, "--experiment", "promote"])
     assert res.exit_code != 0 and "nope" in res.output
 
+    # why r3 was held, from MLflow alone: each signal for candidate and reference, margins, noise, decision
+    res = CliRunner().invoke(app, ["promote", "r3", "--explain", "--experiment", "promote"])
+    assert res.exit_code == 0, res.output
+    assert "Decision: challenger" in res.output and "collapsed" in res.output
+    assert "| gate_score |" in res.output and "Margins from measured noise:" in res.output
+
     # the registry moved since r1 decided (the forced version is champion now): a rerun of r1 decides
-    # again instead of repeating its recorded "empty registry" decision
+    # again, against the new champion, instead of repeating its recorded forced decision
     moved = promote_step(ft, base, target, store, run_id="r1", **kw)
-    assert "empty registry" not in moved["summary"] and moved["version"] == first["version"]
+    assert "by hand" not in moved["summary"] and moved["version"] == first["version"]
+    assert f"champion version {held['version']}" in moved["summary"]
 
 
 def test_promote_step_without_tracking_registers_nothing(published, one_torch_thread):
@@ -99,10 +125,10 @@ def test_rerun_reads_recorded_signals_and_loads_nothing(published, one_torch_thr
     kw = dict(source_uri=source, registered_model="x", max_images=60)
     first = read_manifest(promote.promote_step(ft, base, target, store, **kw)["metrics_uri"])[0]["metrics"]
     records = LocalStore(Path(store)).list("cache/signals/")
-    assert len(records) == 2  # the finetuned encoder's and the base's
+    assert len(records) == 5  # the finetuned encoder's, the base's, three untrained encoders' (the floor)
 
     loads: list[str] = []
-    for name in ("encoder", "base", "target", "source_eval"):
+    for name in ("encoder", "base", "data"):
         real = getattr(promote._GateInputs, name)
         monkeypatch.setattr(promote._GateInputs, name, property(
             lambda self, name=name, real=real: loads.append(name) or real.func(self)))
@@ -117,3 +143,43 @@ def test_rerun_reads_recorded_signals_and_loads_nothing(published, one_torch_thr
     loads.clear()
     other = read_manifest(promote.promote_step(dead, base, target, store, **kw)["metrics_uri"])[0]["metrics"]
     assert "encoder" in loads and other["signals"] != first["signals"]
+
+
+@pytest.mark.slow  # two torch.export registrations and a pt2 load: ~1 min on a busy 2-core machine
+def test_two_different_runs_share_one_registry(published, mlflow_env, one_torch_thread):
+    """A registry holding a champion from an earlier, different run: the next run re-scores that
+    champion — from its uft artifact, and from the registry's own pt2 (torch.export) copy when the
+    artifact is gone — and decides against it instead of failing."""
+    import shutil
+    from pathlib import Path
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from uft.evaluate.features import extract_features
+    from uft.promote import CHAMPION, load_champion, promote_step, version_by_alias
+    from uft.store import read_manifest
+
+    store, base, ft, dead, target, source = published
+    kw = dict(source_uri=source, registered_model="shared", max_images=60, experiment="promote2")
+    one = promote_step(ft, base, target, store, run_id="run-a", force=True, **kw)  # pt2, the default format
+    assert one["decision"] == CHAMPION
+    two = promote_step(base, base, target, store, run_id="run-b", **kw)  # another encoder, another run
+    m = read_manifest(two["metrics_uri"])[0]["metrics"]
+    assert m["reference"] == f"champion version {one['version']}" and m["champion_signals"]["gate_score"] > 0
+
+    client = MlflowClient()
+    champ = version_by_alias("shared", CHAMPION, client)
+    shutil.rmtree(Path(ft.removesuffix("/manifest.json")))  # the champion's uft artifact is gone: the registry's copy
+    exported = load_champion("shared", champ, client)  # extract_features calls .eval() on it: must not raise
+    images = torch.rand(6, 1, 8, 8)
+    raw = mlflow.pytorch.load_model(f"models:/shared/{champ.version}")
+    with pytest.raises(NotImplementedError):  # torch.export's module: why re-scoring a champion used to fail
+        raw.eval()
+    with torch.no_grad():
+        direct = raw(images)
+    assert torch.allclose(extract_features(exported, images), direct, atol=1e-5)
+    three = promote_step(dead, base, target, store, run_id="run-c", seed=1, **kw)  # new scope: re-scored via pt2
+    m3 = read_manifest(three["metrics_uri"])[0]["metrics"]
+    assert m3["reference"] == f"champion version {one['version']}" and three["decision"] == "challenger"
+    assert m3["champion_signals"]["gate_score"] > 0

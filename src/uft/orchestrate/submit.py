@@ -367,6 +367,26 @@ def run_title(args: dict[str, Any], experiment: str, now: dt.datetime | None = N
 
 # --- one run --------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _cluster_session(host: str, params: dict[str, Any], experiment: str, namespace: str, client: Any,
+                     kfp_version: str | None, allow_unpinned: bool | None, doing: str):
+    """Compile, check the images and the backend, get the experiment → (package path, arguments,
+    client, multi-user?, experiment). The cluster's own errors (HTTP, connection) become one line
+    naming the host and what was being done."""
+    with compiled_package() as path:
+        args = pipeline_arguments(params, package_parameters(path), experiment)
+        require_pinned_images(path, allow_unpinned)
+        client = client or kfp_client(host, namespace)
+        try:
+            _, multi_user = check_backend_info(client, host, kfp_version)
+            exp = client.create_experiment(name=experiment, namespace=namespace)  # gets it when it exists
+            yield path, args, client, multi_user, exp
+        except UftError:
+            raise
+        except Exception as e:
+            raise _cluster_error(host, doing, e) from None
+
+
 def submit(host: str, params: dict[str, Any], experiment: str = "uft", namespace: str = NAMESPACE,
            service_account: str = SERVICE_ACCOUNT, run_name: str | None = None, client: Any = None,
            kfp_version: str | None = None, allow_unpinned: bool | None = None) -> str:
@@ -374,20 +394,11 @@ def submit(host: str, params: dict[str, Any], experiment: str = "uft", namespace
     run in ``experiment`` (created if missing); returns the KFP run id."""
     if not experiment:
         raise UftError("--experiment is empty: name the KFP experiment, e.g. --experiment uft")
-    with compiled_package() as path:
-        args = pipeline_arguments(params, package_parameters(path), experiment)
-        require_pinned_images(path, allow_unpinned)
-        client = client or kfp_client(host, namespace)
-        try:
-            _, multi_user = check_backend_info(client, host, kfp_version)
-            pid, vid, _ = upload_version(client, path, namespace if multi_user else None)
-            exp = client.create_experiment(name=experiment, namespace=namespace)  # gets it when it exists
-            res = client.run_pipeline(experiment_id=exp.experiment_id, job_name=run_name or run_title(args, experiment),
-                                      params=args, pipeline_id=pid, version_id=vid, service_account=service_account)
-        except UftError:
-            raise
-        except Exception as e:  # the cluster's errors (HTTP, connection) become one line naming the host
-            raise _cluster_error(host, "starting a run", e) from None
+    with _cluster_session(host, params, experiment, namespace, client, kfp_version, allow_unpinned,
+                          "starting a run") as (path, args, client, multi_user, exp):
+        pid, vid, _ = upload_version(client, path, namespace if multi_user else None)
+        res = client.run_pipeline(experiment_id=exp.experiment_id, job_name=run_name or run_title(args, experiment),
+                                  params=args, pipeline_id=pid, version_id=vid, service_account=service_account)
     return str(res.run_id)
 
 
@@ -455,28 +466,19 @@ def schedule(host: str, cron: str, params: dict[str, Any], experiment: str = "uf
     kcron = kfp_cron(cron)
     if not name:
         raise UftError("--name is empty: name the recurring run, e.g. --name uft-nightly")
-    with compiled_package() as path:
-        args = pipeline_arguments(params, package_parameters(path), experiment)
-        require_pinned_images(path, allow_unpinned)
-        client = client or kfp_client(host, namespace)
-        try:
-            _, multi_user = check_backend_info(client, host, kfp_version)
-            exp = client.create_experiment(name=experiment, namespace=namespace)  # gets it when it exists
-            existing = _recurring_runs_named(client, exp.experiment_id, name, namespace)
-            if existing and not replace:
-                raise UftError(f"a recurring run named {name!r} already exists in experiment {experiment!r} "
-                               f"(id {existing[0]}): pass --replace to swap it, or another --name")
-            pid, vid, version = upload_version(client, path, namespace if multi_user else None)
-            rr = client.create_recurring_run(
-                experiment_id=exp.experiment_id, job_name=name, description=f"uft on cron {cron!r}, pipeline version {version}",
-                cron_expression=kcron, max_concurrency=1, no_catchup=True, params=args,
-                pipeline_id=pid, version_id=vid, enabled=True, service_account=service_account)
-            for old in existing:
-                client.delete_recurring_run(old)
-        except UftError:
-            raise
-        except Exception as e:
-            raise _cluster_error(host, "creating a recurring run", e) from None
+    with _cluster_session(host, params, experiment, namespace, client, kfp_version, allow_unpinned,
+                          "creating a recurring run") as (path, args, client, multi_user, exp):
+        existing = _recurring_runs_named(client, exp.experiment_id, name, namespace)
+        if existing and not replace:
+            raise UftError(f"a recurring run named {name!r} already exists in experiment {experiment!r} "
+                           f"(id {existing[0]}): pass --replace to swap it, or another --name")
+        pid, vid, version = upload_version(client, path, namespace if multi_user else None)
+        rr = client.create_recurring_run(
+            experiment_id=exp.experiment_id, job_name=name, description=f"uft on cron {cron!r}, pipeline version {version}",
+            cron_expression=kcron, max_concurrency=1, no_catchup=True, params=args,
+            pipeline_id=pid, version_id=vid, enabled=True, service_account=service_account)
+        for old in existing:
+            client.delete_recurring_run(old)
     return str(rr.recurring_run_id)
 
 

@@ -368,7 +368,7 @@ def baseline_hint(config: dict[str, Any]) -> str:
     used = " and ".join(x for x, on in (("source replay", replay), ("data mixing", mixing)) if on)
     return (f"This finetune uses {used}. For plain target-only finetuning (same everything else), run "
             "`uft run -p replay_ratio=0 -p mix_op=none` with this run's other parameters and compare "
-            "(`uft compare`); `bench/uft_sweep.py` measures both over seeds (README, Method comparison).")
+            "(`uft compare`); `bench/uft_grid.py` measures both over seeds (docs/results.md, Replay and mixing vs naive finetuning).")
 
 
 def _verdict_lines(tags: dict[str, dict[str, float]]) -> list[str]:

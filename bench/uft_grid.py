@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bench.uft_sweep import PAIRS, Pair
+from bench.uft_sweep import PAIRS, Pair, _ints, _strs  # the same pairs and comma-list parsers
 
 VARIANTS = ("none", "naive", "replay", "mixing", "replay+mixing")
 METRICS = ("linear_1shot", "linear_10shot", "linear_full", "knn", "source_knn")
@@ -352,14 +352,6 @@ def render(cells: list[dict[str, Any]], cfg: GridConfig, command: str, wall: flo
 
 
 # --- CLI ---------------------------------------------------------------------------------------------
-
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
-
-
-def _strs(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
-
 
 def parse_args(argv: list[str] | None = None) -> tuple[GridConfig, argparse.Namespace]:
     d = GridConfig()

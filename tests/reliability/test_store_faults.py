@@ -47,8 +47,8 @@ class Controller:
     def restart(self, wait: bool = True) -> None:
         """Start again on the same ports and data; ``wait``: until stored objects are readable again
         (the volume server re-registers with the master a few seconds after the S3 API answers)."""
-        ports = iter(list(self.server.ports.values()))  # same order as services._PORT_FLAGS
-        with mock.patch("uft.services.free_port", lambda: next(ports)):
+        ports = dict(self.server.ports)  # the same port per flag as before the crash
+        with mock.patch("uft.services.free_ports", lambda names: {n: ports[n] for n in names}):
             self.server.start()
         deadline = time.monotonic() + 60
         while wait:

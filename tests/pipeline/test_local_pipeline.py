@@ -212,10 +212,12 @@ def test_compiled_yaml_has_kubernetes_settings_and_rerun_reuses_everything(local
     again = collect(res_run.run_id, "pipe")
     assert again.parent_run_id == res_run.parent_run_id
     assert again.metrics["finetuned_linear_1shot"] == res_run.metrics["finetuned_linear_1shot"]
-    # the promotion gate: the first run promoted its encoder; the identical rerun (same run key)
+    # the promotion gate: the first run registered its encoder; the identical rerun (same run key)
     # reports that recorded decision again and adds no version
     from uft.promote import CHAMPION, DEFAULT_MODEL, version_by_alias
 
-    assert res_run.metrics["promoted"] == 1.0 and again.metrics["promoted"] == 1.0
+    # (whether the tiny run's encoder clears the noise margins against its base is the gate's call)
+    assert again.metrics["promoted"] == res_run.metrics["promoted"]
     assert len(client.search_model_versions(f"name = '{DEFAULT_MODEL}'")) == 1
-    assert str(version_by_alias(DEFAULT_MODEL, CHAMPION, client).version) == "1"
+    champion = version_by_alias(DEFAULT_MODEL, CHAMPION, client)
+    assert (champion is not None and str(champion.version) == "1") == (res_run.metrics["promoted"] == 1.0)

@@ -183,17 +183,21 @@ def test_split_rows_and_streamed_replay_selection_match_in_memory(sharded, tmp_p
     assert got == want and len(got) == 12
 
 
-def test_promote_source_sample_is_read_without_loading_the_source(sharded):
+def test_promote_source_sample_is_read_without_loading_the_source(tiny_raw, tmp_path):
     """promote's held-out source sample (labels from the small columns, pixels of the picks only)
-    equals the sample the in-memory code drew."""
+    equals the sample the in-memory code draws: memory from the train split, queries from val."""
+    from uft.data import ingest as ingest_mod
     from uft.promote import _source_eval
+    from uft.store import LocalStore
 
-    ds = load_dataset(sharded)
-    got = _source_eval(sharded, max_images=10, seed=2)
+    uri = ingest_mod.ingest(tiny_raw, LocalStore(tmp_path), name="t", image_size=8, channels=1, test_fraction=0.2,
+                            val_fraction=0.4, seed=0)
+    ds = load_dataset(uri)
+    got = _source_eval(uri, max_images=10, seed=2)
     lab = ds.labels >= 0
-    tr, te = ds.where(lab.numpy() & (ds.split == "train")), ds.where(lab.numpy() & (ds.split == "test"))
+    tr, va = ds.where(lab.numpy() & (ds.split == "train")), ds.where(lab.numpy() & (ds.split == "val"))
     g = np.random.default_rng(2)
     i = torch.from_numpy(np.sort(g.permutation(len(tr))[:20]))
-    j = torch.from_numpy(np.sort(g.permutation(len(te))[:5]))
-    want = (tr.images[i], tr.labels[i], te.images[j], te.labels[j], 10)
+    j = torch.from_numpy(np.sort(g.permutation(len(va))[:10]))
+    want = (tr.images[i], tr.labels[i], va.images[j], va.labels[j], 10)
     assert all(torch.equal(a, b) for a, b in zip(got[:4], want[:4])) and got[4] == 10

@@ -77,8 +77,8 @@ def _worker(rank: int, port: int, out: str, steps: int, crash_at: int) -> None:
 
 def _spawn(out: Path, steps: int, crash_at: int = -1) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    # fork: the children skip re-importing torch and uft (seconds per process on a small machine)
-    mp.start_processes(_worker, args=(_port(), str(out), steps, crash_at), nprocs=WORLD, join=True, start_method="fork")
+    # spawn, not fork: a fork copies whatever locks threads of earlier tests (in a shuffled order) hold
+    mp.start_processes(_worker, args=(_port(), str(out), steps, crash_at), nprocs=WORLD, join=True, start_method="spawn")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -116,7 +116,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
 
 def test_batch_smaller_than_two_per_rank_is_a_clear_error(tmp_path):
     mp.start_processes(_small_batch_worker, args=(_port(), str(tmp_path / "error.txt")), nprocs=WORLD, join=True,
-                       start_method="fork")
+                       start_method="spawn")
     assert (tmp_path / "error.txt").read_text().startswith("batch_size 3 is too small for 2 processes: use at least 4")
 
 

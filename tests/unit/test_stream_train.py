@@ -157,7 +157,7 @@ def _ddp_worker(rank: int, port: int, uri: str, out: str, steps: int, crash_at: 
 def _spawn(uri: str, out: Path, steps: int, crash_at: int = -1) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     mp.start_processes(_ddp_worker, args=(_port(), uri, str(out), steps, crash_at), nprocs=WORLD, join=True,
-                       start_method="fork")
+                       start_method="spawn")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

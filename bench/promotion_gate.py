@@ -14,7 +14,7 @@ Two phases, run in this order:
   probe's own noise (its seed-to-seed spread for one configuration).
 
 The gate reads only val splits; the test split is read here to score decisions, never by the gate.
-Candidates are trained once: the step cache (``uft.steps._cached``) under ``--store`` keeps encoders,
+Candidates are trained once: the step cache (``uft.step_cache.cached``) under ``--store`` keeps encoders,
 and measurements are kept in ``<store>/gate_measurements.<pair>.json``, so a rerun only re-decides.
 
 Run: ``nice -n 10 .venv/bin/python -m bench.promotion_gate --phase noise`` then ``--phase bench``.

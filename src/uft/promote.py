@@ -526,9 +526,9 @@ def _recorded_signals(store, scope: dict[str, Any], encoder_sha: str, compute: C
     """An encoder's signals on ``scope`` (base, target, source content hashes, seed, sample size):
     a pure function of those, so kept in the step cache (``cache/signals/``) and read back on a rerun
     instead of re-extracting features (JSON keeps NaN/inf: a diverged encoder reads back diverged)."""
-    from uft.step_cache import cached as _cached
+    from uft.step_cache import cached
 
-    signals = _cached(store, "signals", {**scope, "encoder": encoder_sha}, lambda _key: compute())
+    signals = cached(store, "signals", {**scope, "encoder": encoder_sha}, lambda _key: compute())
     signals.pop("cached")
     return signals
 

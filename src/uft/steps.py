@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from uft import tracking
 from uft.progress import Progress
-from uft.step_cache import CODE_VERSION, cached  # noqa: F401  (CODE_VERSION: part of every step key)
+from uft.step_cache import cached
 from uft.errors import UftError
 from uft.store import (Store, canonical_json, content_key, manifest_sha, publish, read_manifest,
                        read_verified, step_store)
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("uft")
 # torch and numpy are imported inside the functions that compute: a step whose outputs are cached
 # then never pays torch's import (seconds per process).
-# Step outputs are recorded by content (uft.step_cache); ``_cached`` is that cache.
-_cached = cached
 
 
 def _device() -> str:
@@ -78,9 +76,9 @@ def ingest(spec: str, store_uri: str, *, role: str, image_size: int, channels: i
         # Bundled data is immutable, so its spec is its identity; user data is cached only under a
         # fingerprint of its files (else re-read each time: the manifest hash captures its content).
         if spec in _bundled():
-            out = _cached(store, "ingest", params, compute)
+            out = cached(store, "ingest", params, compute)
         elif fingerprint:
-            out = _cached(store, "ingest", {**params, "fingerprint": fingerprint}, compute)
+            out = cached(store, "ingest", {**params, "fingerprint": fingerprint}, compute)
         else:
             out = {**compute(""), "cached": False}
         if run is not None:
@@ -218,7 +216,7 @@ def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str =
                           replay=None, plan=None, run=run, spec=spec, radreg_target=target,
                           info={"source_sha": source_sha, "method": method})
 
-        return tracking.log_outputs(_cached(store, "pretrain", params, compute))
+        return tracking.log_outputs(cached(store, "pretrain", params, compute))
 
 
 def _encoder_spec(name: str, width: int, in_channels: int) -> dict[str, Any]:
@@ -268,7 +266,7 @@ def subsample_source(source_uri: str, source_sha: str, store_uri: str, *, rule: 
                            "source_sha": source_sha})
             return {"replay_uri": uri, "replay_sha": manifest_sha(uri), "size": len(row_ids)}
 
-        return tracking.log_outputs(_cached(store, "subsample_source", params, compute))
+        return tracking.log_outputs(cached(store, "subsample_source", params, compute))
 
 
 def mix_plan(store_uri: str, *, op: str = "none", alpha: float = 1.0, fraction: float = 0.5,
@@ -362,7 +360,7 @@ def finetune(encoder_uri: str, target_uri: str, store_uri: str, *, source_uri: s
                 _log_model(enc)
             return out
 
-        out = _cached(store, "ssl_finetune", params, compute)
+        out = cached(store, "ssl_finetune", params, compute)
         note = read_manifest(out["encoder_uri"])[0].get("info", {}).get("ssl_head", "")
         if run is not None and note:  # on cache hits too: continued or fresh head, and why
             import mlflow
@@ -415,7 +413,7 @@ def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, 
                 raise UftError(f"encoder {encoder_uri} changed during linear evaluation: this is a bug, please report it")
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, f"linear_{tag}", key, metrics)}
 
-        out = tracking.log_outputs(_cached(store, "linear_eval", params, compute))
+        out = tracking.log_outputs(cached(store, "linear_eval", params, compute))
         _log_metrics(run, out["metrics"])
         return {**out, "tag": tag}
 
@@ -446,7 +444,7 @@ def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, sou
                     len(read_manifest(uri)[0]["classes"]), k=k)
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, f"knn_{tag}", key, metrics)}
 
-        out = tracking.log_outputs(_cached(store, "knn_eval", params, compute))
+        out = tracking.log_outputs(cached(store, "knn_eval", params, compute))
         _log_metrics(run, out["metrics"])
         return {**out, "tag": tag}
 
@@ -517,7 +515,7 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
                        "encoder": tag}
             return {"metrics": metrics, "metrics_uri": _publish_metrics(store, "holistic", key, metrics)}
 
-        out = tracking.log_outputs(_cached(store, "holistic", params, compute))
+        out = tracking.log_outputs(cached(store, "holistic", params, compute))
         check = out["metrics"].get("start_check")
         if check and check["degenerate"] and out.get("cached"):
             log.warning("holistic: %s", start_warning(check))
@@ -592,7 +590,7 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
             tracking.log_outputs({"report_uri": uri})
         return {"report_uri": uri, "summary": summary}
 
-    out = _cached(store, "report", inputs, compute)
+    out = cached(store, "report", inputs, compute)
     files = drawn or _published_files(out["report_uri"], None if out_dir else ("report.md", "report.html"))
     if out_dir:
         from pathlib import Path

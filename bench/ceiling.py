@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bench.common import device_name, make_dataset, now, sync, table
+from bench.common import device_name, make_dataset, now, table
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def real_step_ips(case: Case, uri: str, warmup: int, steps: int) -> tuple[float,
 def ceiling_ips(case: Case, warmup: int, steps: int) -> float:
     """img/s of forward+backward+AdamW+scheduler on fixed random views in device memory, with the
     same precision / memory format / compile settings the training loop uses."""
-    from uft.ssl.train import _schedule, amp_dtype, use_channels_last
+    from uft.ssl.train import _schedule, amp_dtype, optimizer_step, use_channels_last
 
     device = torch.device(case.device)
     cfg = train_config(case, warmup + steps, warmup)
@@ -100,11 +100,7 @@ def ceiling_ips(case: Case, warmup: int, steps: int) -> float:
             times.append(now())
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, _ = loss_fn(v1, v2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        method.after_step()
+        optimizer_step(loss, opt, sched, method)
         running += loss.detach()
     float(running)
     times.append(now())

@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from bench.colour_pair import build_pair
-    from uft import cli
+    from uft.cli import local as cli
     from uft.config import validate_config
     from uft.orchestrate.local import local_services, run_local
 
@@ -48,7 +48,7 @@ def main() -> None:
     rows = []
     with local_services(work / "state"):
         for label, params in (("fixed digit defaults", OLD), ("inferred from the data", {})):
-            choice = cli._infer_defaults(str(src), str(tgt), dict(params))
+            choice = cli.infer_defaults(str(src), str(tgt), dict(params))
             cfg = validate_config({"source": str(src), "target": str(tgt), **choice.values, **params})
             t0, c0 = time.perf_counter(), _cpu_seconds()
             res = run_local(cfg, experiment="bench-defaults", extra_params=choice.params())

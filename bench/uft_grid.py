@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bench.uft_sweep import PAIRS, Pair, _ints, _strs  # the same pairs and comma-list parsers
+from bench.uft_sweep import PAIRS, Pair, _ints, _strs, check_names  # the same pairs, parsers and name check
 
 VARIANTS = ("none", "naive", "replay", "mixing", "replay+mixing")
 METRICS = ("linear_1shot", "linear_10shot", "linear_full", "knn", "source_knn")
@@ -118,7 +118,6 @@ def load_pair(pair: Pair, store: str, cfg: GridConfig) -> PairData:
                        limit=pair.target_limit, test_fraction=TEST_FRACTION.get(pair.name, pair.target_test_fraction), val_fraction=VAL_FRACTION)
     s, t = load_dataset(src["dataset_uri"]), load_dataset(tgt["dataset_uri"])
     s_tr, s_ev, t_tr, t_ev = s.subset("train"), s.subset(cfg.split), t.subset("train"), t.subset(cfg.split)
-    bank = _cap(s_tr.images, s_tr.labels, cfg.source_bank)
     s_e = _cap(s_ev.images, s_ev.labels, cfg.eval_cap)
     t_e = _cap(t_ev.images, t_ev.labels, cfg.eval_cap)
     return PairData(s_tr.images, s_tr.labels, s_e[0], s_e[1], t_tr.images, t_tr.labels, t_e[0], t_e[1],
@@ -376,9 +375,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[GridConfig, argparse.Name
                    help="comma list of result .json files (e.g. one per pair, run in parallel) → OUT.json/.md")
     a = p.parse_args(argv)
     cfg = GridConfig(**{k: getattr(a, k) for k in asdict(d)})
-    bad = [x for x in cfg.pairs if x not in PAIRS] + [x for x in cfg.variants if x not in VARIANTS]
-    if bad:
-        p.error(f"unknown pair/variant {bad}: choose pairs from {list(PAIRS)} and variants from {list(VARIANTS)}")
+    check_names(p, cfg.pairs, cfg.variants, VARIANTS)
     return cfg, a
 
 

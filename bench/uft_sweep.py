@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -422,6 +421,13 @@ def _strs(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+def check_names(parser: argparse.ArgumentParser, pairs: list[str], variants: list[str], known: tuple[str, ...]) -> None:
+    """Exit through ``parser`` naming any pair not in :data:`PAIRS` or variant not in ``known``."""
+    bad = [x for x in pairs if x not in PAIRS] + [x for x in variants if x not in known]
+    if bad:
+        parser.error(f"unknown pair/variant {bad}: choose pairs from {list(PAIRS)} and variants from {list(known)}")
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[SweepConfig, argparse.Namespace]:
     d = SweepConfig()
     p = argparse.ArgumentParser(prog="python -m bench.uft_sweep", description=__doc__.splitlines()[0])
@@ -468,9 +474,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SweepConfig, argparse.Nam
     if a.quick:
         cfg.pairs, cfg.sizes, cfg.seeds, cfg.objectives = cfg.pairs[:1], [100], [0], ["simclr"]
         cfg.pretrain_steps, cfg.finetune_steps = 20, 5
-    bad = [x for x in cfg.pairs if x not in PAIRS] + [x for x in cfg.variants if x not in VARIANTS]
-    if bad:
-        p.error(f"unknown pair/variant {bad}: choose pairs from {list(PAIRS)} and variants from {list(VARIANTS)}")
+    check_names(p, cfg.pairs, cfg.variants, VARIANTS)
     return cfg, a
 
 

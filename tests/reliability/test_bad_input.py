@@ -46,14 +46,13 @@ def art(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bad-input")
     store_uri = str(root / "store")
-    with pytest.MonkeyPatch.context() as m:
-        m.delenv("MLFLOW_TRACKING_URI", raising=False)
-        src = steps.ingest("optdigits", store_uri, role="source", limit=60, test_fraction=0.3, **IMG)
-        tgt = steps.ingest("optdigits", store_uri, role="target", limit=50, test_fraction=0.5, seed=1, **IMG)
-        for i, c in enumerate(("cat", "dog")):  # a labelled target whose classes the source lacks
-            for j in range(3):
-                _noisy(root / "pets" / c / f"{j}.png", seed=10 * i + j)
-        pets = steps.ingest(str(root / "pets"), store_uri, role="target", test_fraction=0.34, **IMG)
+    # tracking is off: tests/conftest.py's _no_ambient_tracking
+    src = steps.ingest("optdigits", store_uri, role="source", limit=60, test_fraction=0.3, **IMG)
+    tgt = steps.ingest("optdigits", store_uri, role="target", limit=50, test_fraction=0.5, seed=1, **IMG)
+    for i, c in enumerate(("cat", "dog")):  # a labelled target whose classes the source lacks
+        for j in range(3):
+            _noisy(root / "pets" / c / f"{j}.png", seed=10 * i + j)
+    pets = steps.ingest(str(root / "pets"), store_uri, role="target", test_fraction=0.34, **IMG)
     torch.manual_seed(0)
     spec = {"name": "tiny", "in_channels": 1, "kwargs": {"width": 4}}
     enc = publish_encoder(open_store(store_uri), "models/x", build_encoder("tiny", in_channels=1, width=4), spec, {})

@@ -60,24 +60,24 @@ def test_crash_before_manifest_publishes_nothing(tmp_path, tiny_raw):
     one_line_error(e, r"manifest\.json does not exist: check the URI or rerun the step")
 
 
-def test_missing_shard_is_rejected(published):
-    store, uri, shard = published
-    store.delete(shard)
-    for read in (load_dataset, verify_manifest):
-        with pytest.raises(UftError) as e:
-            read(uri)
-        one_line_error(e, r"part-00000\.parquet listed in .*manifest\.json is missing: republish the dataset \(rerun ingest\)")
-
-
-def test_corrupt_shard_is_rejected(published):
-    store, uri, shard = published
+def _flip_one_byte(store, shard: str) -> None:
     data = bytearray(store.get(shard))
-    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    data[len(data) // 2] ^= 0xFF
     store.put(shard, bytes(data))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda store, shard: store.delete(shard),
+     r"part-00000\.parquet listed in .*manifest\.json is missing: republish the dataset \(rerun ingest\)"),
+    (_flip_one_byte, r"part-00000\.parquet is corrupt \(sha256 differs from .*manifest\.json\): rerun ingest"),
+], ids=["missing", "corrupt"])
+def test_missing_or_corrupt_shard_is_rejected(published, damage, message):
+    store, uri, shard = published
+    damage(store, shard)
     for read in (load_dataset, verify_manifest):
         with pytest.raises(UftError) as e:
             read(uri)
-        one_line_error(e, r"part-00000\.parquet is corrupt \(sha256 differs from .*manifest\.json\): rerun ingest")
+        one_line_error(e, message)
 
 
 def test_truncated_shard_is_rejected(published):

@@ -81,7 +81,7 @@ def test_verdict_against_the_probe_spread(delta, std, word):
 def test_report_and_run_output_carry_the_verdict(capsys):
     from types import SimpleNamespace
 
-    from uft import cli
+    from uft.cli import local as cli
     from uft.report import build_report
 
     metrics = {"linear_5shot": 0.40, "linear_5shot_std": 0.03}
@@ -93,6 +93,6 @@ def test_report_and_run_output_carry_the_verdict(capsys):
     res = SimpleNamespace(run_id="r", seconds=1.0, metrics={"base_linear_5shot": 0.40, "base_linear_5shot_std": 0.03,
                                                               "finetuned_linear_5shot": 0.405, "finetuned_linear_5shot_std": 0.02},
                           parent_run_id="p", experiment="e", artifacts={})
-    cli._print_result(res, state=__import__("pathlib").Path("."))
+    cli.print_result(res, state=__import__("pathlib").Path("."))
     out = capsys.readouterr().out
     assert "not distinguishable from the base" in out and "Verdict: finetuning changed no few-label probe" in out

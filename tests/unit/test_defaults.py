@@ -150,10 +150,10 @@ def test_bundled_pair_infers_nothing():
 
 def test_uft_run_prints_the_choice_and_warnings(tmp_path, capsys):
     """The CLI's one line names each value and how to override it; warnings go to stderr."""
-    from uft import cli
+    from uft.cli import local as cli
 
     src = _tree(tmp_path / "src", 12, lambda i: _colour(96))
-    choice = cli._infer_defaults(str(src), "optdigits", {})
+    choice = cli.infer_defaults(str(src), "optdigits", {})
     out, errs = capsys.readouterr()
     assert choice.values["channels"] == 3
     assert "channels=3" in out and "image_size=32" in out and "override with -p" in out

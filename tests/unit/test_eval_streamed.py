@@ -33,9 +33,8 @@ def art(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("eval-streamed")
     store_uri = str(root / "store")
-    with pytest.MonkeyPatch.context() as m:
-        m.delenv("MLFLOW_TRACKING_URI", raising=False)
-        tgt = steps.ingest("optdigits", store_uri, role="target", test_fraction=0.2, **IMG)["dataset_uri"]
+    # tracking is off: tests/conftest.py's _no_ambient_tracking
+    tgt = steps.ingest("optdigits", store_uri, role="target", test_fraction=0.2, **IMG)["dataset_uri"]
     torch.manual_seed(0)
     spec = {"name": "tiny", "in_channels": 1, "kwargs": {"width": 8}}
     enc_uri = publish_encoder(open_store(store_uri), "models/x", build_encoder("tiny", in_channels=1, width=8), spec, {})

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from bench.uft_sweep import (DEFAULT_VARIANTS, METRICS, Pair, PAIRS, SweepConfig, aggregate, markdown_table, paired_vs_naive,
-                             render, run_sweep, target_subset)
+from bench.uft_sweep import (
+    DEFAULT_VARIANTS,
+    METRICS,
+    SweepConfig,
+    aggregate,
+    markdown_table,
+    paired_vs_naive,
+    render,
+    run_sweep,
+    target_subset,
+)
+from tests.micro_pair import register_micro_pair
 
 
 @pytest.fixture
 def micro_pair(monkeypatch):
-    # optdigits → optdigits keeps the micro run to the small bundled set (no 10k MNIST parse).
-    monkeypatch.setitem(PAIRS, "micro", Pair("micro", "optdigits", "optdigits", source_limit=300, target_limit=400,
-                                             target_test_fraction=0.4, source_test_fraction=0.2))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return "micro"
+    return register_micro_pair(monkeypatch, source_limit=300, target_limit=400, target_test_fraction=0.4)
 
 
 def test_micro_sweep_rows_and_ranges(tmp_path, micro_pair, monkeypatch):

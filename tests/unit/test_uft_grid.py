@@ -9,8 +9,18 @@ import numpy as np
 import pytest
 
 from bench import radreg_sweep
-from bench.uft_grid import (METRICS, PAIRS, VARIANTS, GridConfig, Pair, diff_table, load_pair, paired, run_grid,
-                            t_interval)
+from bench.uft_grid import (
+    METRICS,
+    PAIRS,
+    VARIANTS,
+    GridConfig,
+    diff_table,
+    load_pair,
+    paired,
+    run_grid,
+    t_interval,
+)
+from tests.micro_pair import register_micro_pair
 
 
 def test_t_interval_matches_the_textbook_formula():
@@ -43,10 +53,7 @@ def test_paired_differences_are_per_seed_and_averaged_over_sizes():
 
 @pytest.fixture
 def micro_pair(monkeypatch):
-    monkeypatch.setitem(PAIRS, "micro", Pair("micro", "optdigits", "optdigits", source_limit=400, target_limit=500,
-                                             target_test_fraction=0.3, source_test_fraction=0.2))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return "micro"
+    return register_micro_pair(monkeypatch, source_limit=400, target_limit=500, target_test_fraction=0.3)
 
 
 def _micro_cfg(pair: str, **kw) -> GridConfig:

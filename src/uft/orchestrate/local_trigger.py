@@ -22,7 +22,7 @@ from uft.errors import UftError
 from uft.orchestrate.trigger import target_hash
 from uft.store import canonical_json, sha256_bytes
 
-PROMOTION_LINE = "Promotion:"  # how `uft run` prints the gate's verdict (uft.cli._print_result)
+PROMOTION_LINE = "Promotion:"  # how `uft run` prints the gate's verdict (uft.cli.print_result)
 
 
 def run_command(source: str, target: str, params: dict[str, str], run_id: str, experiment: str) -> list[str]:

@@ -141,6 +141,16 @@ def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, sched: Any, method: SSLMethod) -> None:
+    """One update: gradients of ``loss``, the optimizer and schedule steps, then the method's own
+    after-step update (a momentum encoder, a queue)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    method.after_step()
+
+
 def train_ssl(
     method: SSLMethod,
     target: "torch.Tensor | StreamSource",
@@ -292,11 +302,7 @@ def train_ssl(
                 else:
                     penalty = radreg_penalty(rfeats.float(), generator=sg, standardized=standardized)
                 loss = loss + cfg.radreg_weight * penalty
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        method.after_step()
+        optimizer_step(loss, opt, sched, method)
         running += loss.detach()
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:

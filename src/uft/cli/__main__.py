@@ -1,0 +1,5 @@
+"""``python -m uft.cli``."""
+
+from uft.cli import main
+
+main()

@@ -184,7 +184,7 @@ def measure_pair(pair: str, candidates: list[Candidate], store: Path, log=print)
     """Train (or read back) every candidate of ``pair`` and measure it → {"base", "floor", "rows"}."""
     from uft.data.dataset import load_dataset
     from uft.models.artifact import load_encoder
-    from uft.promote import _signals, gate_data, untrained_like
+    from uft.promote.signals import _signals, gate_data, untrained_like
     from uft.store import manifest_sha
 
     t0 = time.perf_counter()

@@ -129,8 +129,8 @@ def test_rerun_reads_recorded_signals_and_loads_nothing(published, one_torch_thr
 
     loads: list[str] = []
     for name in ("encoder", "base", "data"):
-        real = getattr(promote._GateInputs, name)
-        monkeypatch.setattr(promote._GateInputs, name, property(
+        real = getattr(promote.signals._GateInputs, name)
+        monkeypatch.setattr(promote.signals._GateInputs, name, property(
             lambda self, name=name, real=real: loads.append(name) or real.func(self)))
     again = read_manifest(promote.promote_step(ft, base, target, store, **kw)["metrics_uri"])[0]["metrics"]
     assert loads == [] and again["signals"] == first["signals"] and again["base_signals"] == first["base_signals"]

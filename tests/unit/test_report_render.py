@@ -157,7 +157,7 @@ def test_gate_sample_matches_what_promote_measures(monkeypatch):
     monkeypatch.setattr(stream, "split_rows", lambda uri: big)
     monkeypatch.setattr(stream, "load_rows", lambda uri, rows: torch.zeros(len(rows)))
     monkeypatch.setattr(store, "read_manifest", lambda uri: ({"classes": [0]}, None, None))
-    tr_x, _, va_x, _, _ = promote._source_eval("s3://b/source/manifest.json", 1000, 0)
+    tr_x, _, va_x, _, _ = promote.signals._source_eval("s3://b/source/manifest.json", 1000, 0)
     assert (len(tr_x), len(va_x)) == (2000, 1000)
 
 

@@ -187,7 +187,7 @@ def test_promote_source_sample_is_read_without_loading_the_source(tiny_raw, tmp_
     """promote's held-out source sample (labels from the small columns, pixels of the picks only)
     equals the sample the in-memory code draws: memory from the train split, queries from val."""
     from uft.data import ingest as ingest_mod
-    from uft.promote import _source_eval
+    from uft.promote.signals import _source_eval
     from uft.store import LocalStore
 
     uri = ingest_mod.ingest(tiny_raw, LocalStore(tmp_path), name="t", image_size=8, channels=1, test_fraction=0.2,

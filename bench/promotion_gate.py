@@ -308,9 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.limit:
         cands = cands[: a.limit]
     if a.cached_only:  # a cache hit never reaches the trainer; anything else would train
-        import uft.steps
+        import uft.steps.train
 
-        uft.steps._train = _refuse_training
+        uft.steps.train._train = _refuse_training
     res = []
     for pr in pairs:
         try:

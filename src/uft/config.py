@@ -112,11 +112,8 @@ class RunConfig(BaseModel):
                 raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(encoder_names())}")
         if self.channels == 2:
             raise ValueError("channels must be 1 (grey) or 3 (RGB)")
-        for m in self.methods():
-            if m not in BUILTIN_HOLISTIC_METHODS:
-                from uft.transfer.holistic import HOLISTIC_METHODS
-
-                one_of(m, HOLISTIC_METHODS, "holistic method")
+        for m in self.methods():  # a fixed list (no registry): uft.transfer.holistic dispatches these
+            one_of(m, BUILTIN_HOLISTIC_METHODS, "holistic method")
         return self
 
     def shots(self) -> list[int]:

@@ -35,11 +35,11 @@ def test_builtin_name_lists_match_the_registries():
     from uft.config import BUILTIN_ENCODERS, BUILTIN_HOLISTIC_METHODS, BUILTIN_SSL_METHODS
     from uft.models.encoders import encoder_names
     from uft.ssl.base import method_names
-    from uft.transfer.holistic import HOLISTIC_METHODS
+    from uft.transfer.holistic import ADAPTERS
 
     assert sorted(BUILTIN_ENCODERS) == encoder_names()
     assert sorted(BUILTIN_SSL_METHODS) == method_names()
-    assert BUILTIN_HOLISTIC_METHODS == HOLISTIC_METHODS
+    assert list(BUILTIN_HOLISTIC_METHODS) == list(ADAPTERS)  # every name config accepts has an adapter
 
 
 def test_default_config_is_checked_without_importing_torch():

@@ -81,6 +81,7 @@ def test_no_import_circles_in_uft():
 
 
 def test_the_circle_check_finds_a_circle():
+    assert layers({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == {0: ["b"], 1: ["a"], 2: ["c"]}
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
 
@@ -90,6 +91,7 @@ def test_low_layers_import_nothing_above_them():
     assert graph["uft.choices"] == set()
     assert graph["uft.store"] <= {"uft.errors"}
     assert "uft.config" not in graph["uft.store"] | graph["uft.data.ingest"]
+    assert not {m for m in graph["uft.config"] if m.startswith(("uft.transfer", "uft.data", "uft.steps"))}
 
 
 #: Absolute paths of a development machine (working trees, home and temporary directories). The
@@ -135,3 +137,28 @@ def test_the_readme_layout_matches_the_tree():
     assert "src/uft/" in top
     for entry in top:
         assert (ROOT / entry).exists(), f"README's layout lists {entry}, which is not in the tree"
+
+
+def layers(graph: dict[str, set[str]]) -> dict[int, list[str]]:
+    """Modules by layer of an acyclic graph: layer 0 imports no uft module, layer n imports only
+    modules below n."""
+    depth: dict[str, int] = {}
+
+    def of(m: str) -> int:
+        if m not in depth:
+            depth[m] = 1 + max((of(d) for d in graph[m]), default=-1)
+        return depth[m]
+
+    out: dict[int, list[str]] = {}
+    for m in sorted(graph):
+        out.setdefault(of(m), []).append(m)
+    return dict(sorted(out.items()))
+
+
+if __name__ == "__main__":  # `python tests/unit/test_layout.py`: the import graph of src/uft, by layer
+    g = import_graph()
+    if found := cycles(g):
+        print("import circles:", *(" → ".join(c) for c in found), sep="\n  ")
+    else:
+        for n, mods in layers(g).items():
+            print(f"layer {n}: {', '.join(m.removeprefix('uft.') for m in mods)}")

@@ -82,7 +82,7 @@ def test_other_method_or_request_gives_a_fresh_head_and_says_so(data, start_stat
     cont = steps.finetune(base, tgt["dataset_uri"], store, method="simclr", steps=2, batch_size=16)
     assert cont["encoder_uri"] != fresh["encoder_uri"]  # the head choice is part of the cache key
     # act:views=4 is the same method as act: a spec's knobs do not make the head foreign
-    assert steps._same_method("act:views=4", "act") and not steps._same_method("act", "simclr")
+    assert steps.train._same_method("act:views=4", "act") and not steps.train._same_method("act", "simclr")
 
 
 def test_head_that_does_not_fit_starts_fresh(data, start_state, caplog):

@@ -123,9 +123,9 @@ def test_code_fingerprint_follows_task_code_not_driver_code(tmp_path, monkeypatc
         shutil.copytree(Path(pkg.__file__).parent, tmp_path / pkg.__name__, ignore=shutil.ignore_patterns("__pycache__"))
         monkeypatch.setattr(sys.modules[pkg.__name__], "__file__", str(tmp_path / pkg.__name__ / "__init__.py"))
     base = runner.code_fingerprint()
-    (tmp_path / "uft" / "cli.py").write_text((tmp_path / "uft" / "cli.py").read_text() + "\n# driver edit\n")
+    (tmp_path / "uft" / "cli" / "local.py").write_text((tmp_path / "uft" / "cli" / "local.py").read_text() + "\n# driver edit\n")
     assert runner.code_fingerprint() == base
-    (tmp_path / "uft" / "steps.py").write_text((tmp_path / "uft" / "steps.py").read_text() + "\n# step edit\n")
+    (tmp_path / "uft" / "steps" / "train.py").write_text((tmp_path / "uft" / "steps" / "train.py").read_text() + "\n# step edit\n")
     assert runner.code_fingerprint() != base
 
 

@@ -14,7 +14,7 @@ from uft.store import default_bucket
 
 
 #: Modules only the driver runs (never a task): editing them leaves the task cache valid.
-DRIVER_ONLY = ("uft/cli.py", "uft/orchestrate/")
+DRIVER_ONLY = ("uft/cli/", "uft/orchestrate/")
 
 
 def code_fingerprint() -> str:

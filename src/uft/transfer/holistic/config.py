@@ -7,11 +7,11 @@ from typing import Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from uft.choices import one_of
+from uft.choices import BUILTIN_HOLISTIC_METHODS, one_of
 from uft.errors import UftError
 
 
-HOLISTIC_METHODS = ("source", "adabn", "naive", "frozen_head", "lolsgd", "distill", "rank_reg", "oracle")
+HOLISTIC_METHODS = BUILTIN_HOLISTIC_METHODS  # the names live in uft.choices, below the configuration
 CALIBRATIONS = ("none", "alg", "pcv")
 
 #: ``on_batch(labels (B,), info)`` is called before every training step; ``info`` holds

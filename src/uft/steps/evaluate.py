@@ -8,7 +8,7 @@ from typing import Any
 from uft import tracking
 from uft.errors import UftError
 from uft.step_cache import cached
-from uft.steps.common import step_device
+from uft.steps.common import keep_heap_flat, step_device
 from uft.store import Store, manifest_sha, publish, read_manifest, step_store
 
 
@@ -35,6 +35,7 @@ def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, 
               "draws": draws, "seed": seed}
     with tracking.step_run(experiment, run_id, f"linear_eval_{tag}", params) as run:
         def compute(key: str) -> dict[str, Any]:
+            keep_heap_flat()  # a pass over every train row: peak memory must not grow with it
             enc, _ = load_encoder(encoder_uri)
             before = state_fingerprint(enc)
             if not _labelled(target_uri):
@@ -66,6 +67,7 @@ def knn_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, sou
               "source_sha": manifest_sha(source_uri) if source_uri else ""}
     with tracking.step_run(experiment, run_id, f"knn_eval_{tag}", params) as run:
         def compute(key: str) -> dict[str, Any]:
+            keep_heap_flat()  # passes over every train row: peak memory must not grow with them
             enc, _ = load_encoder(encoder_uri)
             metrics: dict[str, Any] = {}
             for name, uri in (("knn", target_uri), ("source_knn", source_uri)):

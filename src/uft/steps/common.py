@@ -22,8 +22,8 @@ def keep_heap_flat() -> bool:
     the OS when freed. By default glibc raises the threshold to the size of each large buffer freed
     (up to 32 MB) and serves later buffers of that size from the heap; over a streamed pass that
     allocates and frees the same large image and feature buffers thousands of times, the heap then
-    grows by fragmentation. Measured on `linear_eval` over 1M images: the peak crept from 783 to
-    878 MB during the pass by default, and stayed at 768–772 MB with the threshold fixed
+    grows by fragmentation. Measured on `linear_eval` over 1M images: the peak crept from 768 to
+    858 MB during the pass by default, and stayed at 750–754 MB with the threshold fixed
     (docs/results.md, "Evaluation memory by dataset size"). Returns False where the C library has
     no ``mallopt`` (not glibc): nothing changes there."""
     try:

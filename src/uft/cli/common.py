@@ -1,4 +1,5 @@
-"""What every ``uft`` subcommand shares: the Typer app, the consoles, parameter parsing and the error exit."""
+"""What every ``uft`` subcommand shares: the Typer app, the consoles, parameter parsing, the error
+exit and the live task log of a local run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ err = Console(stderr=True)
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
+    """``--param KEY=VALUE`` options → {KEY: VALUE} (values stay strings; RunConfig types them)."""
     out = {}
     for p in pairs:
         if "=" not in p:
@@ -26,11 +28,14 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
 
 
 def absolute_spec(spec: str) -> str:
+    """A data spec naming an existing local path (``PATH#options``) made absolute: the tasks run in
+    other working directories. Bundled names and URIs pass through."""
     path, sep, opts = spec.partition("#")
     return str(Path(path).resolve()) + sep + opts if path and "://" not in path and Path(path).exists() else spec
 
 
 def fail(e: UftError) -> None:
+    """Print ``e`` as one red line on stderr and exit with code 2."""
     err.print(f"[bold red]error:[/] {e}")
     raise typer.Exit(2)
 

@@ -38,11 +38,12 @@ def linear_eval(encoder_uri: str, target_uri: str, store_uri: str, *, tag: str, 
             keep_heap_flat()  # a pass over every train row: peak memory must not grow with it
             enc, _ = load_encoder(encoder_uri)
             before = state_fingerprint(enc)
-            if not _labelled(target_uri):
+            labels = split_labels(target_uri)  # read once: the check and the probes share it
+            if not _labelled(target_uri, labels):
                 return {"metrics": {}, "metrics_uri": _publish_metrics(store, f"linear_{tag}", key, {})}
             # Streamed: only the probes' train rows and one block of test features are ever in memory.
             metrics: dict[str, Any] = linear_probes_streamed(
-                split_labels(target_uri)["train"],
+                labels["train"],
                 lambda rows: gather_features(enc, target_uri, "train", rows, device=step_device()).numpy(),
                 ((f.numpy(), y.numpy()) for f, y in feature_blocks(enc, target_uri, "test", device=step_device())),
                 [int(s) for s in shots.split(",") if s.strip()], draws, seed)
@@ -165,14 +166,15 @@ def holistic_eval(encoder_uri: str, source_uri: str, target_uri: str, store_uri:
         return out
 
 
-def _labelled(uri: str) -> bool:
+def _labelled(uri: str, labels: dict[str, Any] | None = None) -> bool:
     """Evaluation needs labels on both splits; an unlabelled target is finetuned but not scored.
-    Reads the label and split columns only (no image is decoded)."""
+    ``labels``: :func:`uft.data.stream.split_labels` of ``uri`` when the caller has read it already
+    (it reads the label and split columns of every shard; no image is decoded)."""
     import numpy as np
 
     from uft.data.stream import split_labels
 
-    labels = split_labels(uri)
+    labels = split_labels(uri) if labels is None else labels
     has = [bool((labels.get(sp, np.empty(0)) >= 0).any()) for sp in ("train", "test")]
     if not all(has):
         log.warning("%s has no labelled train/test rows: evaluation on it is skipped", uri)

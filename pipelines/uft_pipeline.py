@@ -49,6 +49,7 @@ from components.ssl_finetune import ssl_finetune
 from components.subsample_source import subsample_source
 from uft.config import RunConfig
 from uft.gpus import training_resources
+from uft.orchestrate.backend import retry_window
 from uft.tracking import KFP_RUN_ENV
 
 D = RunConfig()
@@ -80,8 +81,22 @@ def _cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 #: Wall-clock limit of one attempt of a step (pod ``activeDeadlineSeconds``, kfp-kubernetes
 #: ``set_timeout``): a hung NCCL or S3 call must not hold GPUs, or with one run at a time stall
-#: every later scheduled run. Each of a step's 3 retries gets the limit afresh.
+#: every later scheduled run. Each retry gets the limit afresh (see RETRIES).
 TIMEOUTS = {"cpu": 4 * 3600, "train": 24 * 3600, "holistic": 12 * 3600, "finalize": 15 * 60}
+#: Retries of a failed attempt: CPU steps 3, GPU steps 1 (a GPU step that hangs again would hold
+#: its GPUs for another full timeout per retry). Backoff 30 s, doubling. KFP hands
+#: ``backoff_max_duration`` to Argo's ``backoff.maxDuration``, a window counted from the FIRST
+#: attempt's start that also kills a retry when it ends (uft.orchestrate.backend.next_attempt), so
+#: it is sized to hold every attempt's full timeout (backend.retry_window); a short window would
+#: mean a step that failed after it is never retried.
+RETRIES = {"cpu": 3, "gpu": 1}
+BACKOFF_S, BACKOFF_FACTOR = 30, 2.0
+
+
+def _retry(task: dsl.PipelineTask, timeout: int, retries: int) -> None:
+    window = retry_window(timeout, retries, BACKOFF_S, BACKOFF_FACTOR)
+    task.set_retry(num_retries=retries, backoff_duration=f"{BACKOFF_S}s", backoff_factor=BACKOFF_FACTOR,
+                   backoff_max_duration=f"{window}s")
 
 
 def _platform(task: dsl.PipelineTask, gpus: int | None = None, resources: dsl.PipelineTask | None = None,
@@ -94,13 +109,14 @@ def _platform(task: dsl.PipelineTask, gpus: int | None = None, resources: dsl.Pi
     is a number (see uft.orchestrate.backend.pod_resources).
     """
     _cluster_env(task)
-    task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
     task.set_caching_options(True)
     if gpus is None and resources is None:
         task.set_cpu_request("1").set_cpu_limit("2").set_memory_request("2G").set_memory_limit("8G")
         kubernetes.set_timeout(task, timeout or TIMEOUTS["cpu"])
+        _retry(task, timeout or TIMEOUTS["cpu"], RETRIES["cpu"])
         return task
     kubernetes.set_timeout(task, timeout or TIMEOUTS["train"])
+    _retry(task, timeout or TIMEOUTS["train"], RETRIES["gpu"])
     task.set_accelerator_type("nvidia.com/gpu")
     if resources is not None:
         task.after(resources)  # kfp.local orders tasks by data edges only; resources are not one

@@ -73,6 +73,28 @@ def test_an_unknown_tag_or_a_ui_without_its_api_server_reports_no_version():
     assert healthz_fields({"apiServerReady": False, "frontendTagName": "2.17.0"}) == (None, None)
 
 
+def test_a_ui_whose_api_server_went_down_is_not_read_as_a_version(monkeypatch):
+    """frontend/server/handlers/healthz.ts, getHealthzHandler (2.15.0 and 2.17.0): one
+    ``healthzStats`` object lives as long as the UI; when the fetch of the API server's healthz
+    fails, the catch branch sets only ``healthzStats.apiServerReady = false`` and the last
+    ``apiServerTagName``/``apiServerMultiUser`` stay in the answer. uft reads ``apiServerReady``:
+    such an answer gives no version, and submit stops with one line naming the API server."""
+    from uft.orchestrate.backend import healthz_fields
+    from uft.orchestrate.submit import check_backend, kfp_client
+
+    stale = {**UI, "apiServerReady": False}  # what the UI answers after its API server went away
+    assert healthz_fields(stale) == (None, None)
+    assert healthz_fields(UI) == ("2.17.0", True)
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    monkeypatch.setenv("UFT_KFP_VERSION", "2.17.0")  # not even a stated version gets past a dead API server
+    server, _ = _serve(stale)
+    try:
+        with pytest.raises(UftError, match=r"cannot reach its API server \(healthz apiServerReady: false\)"):
+            check_backend(kfp_client(f"http://127.0.0.1:{server.server_port}"), "here")
+    finally:
+        server.shutdown()
+
+
 def test_multi_user_uploads_go_into_the_profile_namespace():
     """backend/src/apiserver/server/pipeline_upload_server.go, UploadPipeline: the pipeline's
     namespace is the ``namespace`` query (ReplaceNamespace keeps it in multi-user mode, blanks it

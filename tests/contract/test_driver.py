@@ -9,8 +9,8 @@ import re
 import pytest
 
 from tests.contract.conftest import container_tasks, input_type
-from uft.orchestrate.backend import (RUN_ID_LABEL, PodSpecError, final_status, mlflow_status, placeholder_input,
-                                     pod_resources, resolve_pod_spec_param)
+from uft.orchestrate.backend import (MLMD_STATES, RUN_ID_LABEL, PodSpecError, final_status, mlflow_status,
+                                     placeholder_input, pod_resources, resolve_pod_spec_param)
 
 GPU = "nvidia.com/gpu"
 POD_SPEC_FIELDS = ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit")
@@ -99,8 +99,8 @@ def test_the_exit_handler_gets_the_dag_state_and_closes_complete_as_finished(com
 
     ended = []
     monkeypatch.setattr(uft.tracking, "finish_parent", lambda exp, key, status: ended.append(status))
-    for state, want in (("COMPLETE", "FINISHED"), ("FAILED", "FAILED"), ("CANCELED", "KILLED"), ("RUNNING", "FAILED"),
-                        ("SUCCEEDED", "FINISHED")):
+    for state, want in (("COMPLETE", "FINISHED"), ("FAILED", "FAILED"), ("RUNNING", "FAILED"), ("SUCCEEDED", "FINISHED"),
+                        ("CANCELED", "FAILED")):
         finalize.python_func(status=dsl.PipelineTaskFinalStatus(state=state, pipeline_job_resource_name="r",
                                                                 pipeline_task_name="exit-handler-1", error_code=None,
                                                                 error_message=None),
@@ -124,7 +124,7 @@ def test_every_step_has_a_timeout_the_driver_puts_on_the_pod(compiled):
     """kfp-kubernetes 2.17.0 kubernetes.set_timeout → KubernetesExecutorConfig
     ``activeDeadlineSeconds``; backend/src/v2/driver/k8s.go, extendPodSpecPatch (2.15.0 and
     2.17.0): ``if timeout > 0 { podSpec.ActiveDeadlineSeconds = &timeout }``. Every step, the exit
-    handler's included, is bounded; a GPU step by at most a day per attempt."""
+    handler's included, is bounded; a GPU step by at most a day per attempt (retries: test_argo.py)."""
     spec, executors = compiled
     for name, (_, task) in container_tasks(spec).items():
         ex = executors.get(spec["components"][task["componentRef"]["name"]]["executorLabel"], {})
@@ -133,17 +133,28 @@ def test_every_step_has_a_timeout_the_driver_puts_on_the_pod(compiled):
     assert int(executors["exec-finalize"]["activeDeadlineSeconds"]) <= 3600
 
 
-def test_retries_compile_to_the_task_retry_policy(compiled):
-    """backend/src/v2/compiler/argocompiler/container.go (2.17.0: getTaskRetryParametersWithValues
-    / getTaskRetryStrategyFromInput; 2.15.0: the same retryPolicy fields) turns each task's
-    ``retryPolicy`` into an Argo retryStrategy. Every step but the exit handler retries 3 times with
-    a capped backoff; the timeout above applies to each attempt."""
-    spec, _ = compiled
-    for name, (_, task) in container_tasks(spec).items():
-        if name == "finalize":
-            continue
-        rp = task.get("retryPolicy", {})
-        assert rp.get("maxRetryCount") == 3 and rp.get("backoffMaxDuration") == "600s", (name, rp)
+def test_a_terminated_run_reaches_the_exit_handler_as_failed_or_running_never_canceled(compiled, monkeypatch):
+    """backend/src/common/util/execution_spec.go, GetTerminatePatch (2.15.0 and 2.17.0): terminating
+    a run patches the workflow with ``"activeDeadlineSeconds": 0``; Argo stops its pods and still
+    runs exit hooks (workflow/controller/exit_handler.go: ``onExitTemplate: true``). The exit
+    handler's DAG state comes from metadata/client.go, UpdateDAGExecutionsState: COMPLETE, FAILED,
+    or left RUNNING ("DAG is still running") when a killed task never reported; CANCELED is only
+    what CreateExecution writes for a task that was never triggered. So finalize closes a cancelled
+    run FAILED, and nothing in uft claims KILLED."""
+    from kfp import dsl
+
+    import uft.tracking
+    from components.finalize import finalize
+
+    ended = []
+    monkeypatch.setattr(uft.tracking, "finish_parent", lambda exp, key, status: ended.append(status))
+    for state in ("FAILED", "RUNNING"):  # what a terminated run's exit-handler DAG can hold
+        finalize.python_func(status=dsl.PipelineTaskFinalStatus(state=state, pipeline_job_resource_name="r",
+                                                                pipeline_task_name="exit-handler-1", error_code=None,
+                                                                error_message=None),
+                             run_id="", job_id="job", experiment="e")
+    assert ended == ["FAILED", "FAILED"]
+    assert {mlflow_status(s) for s in MLMD_STATES} == {"FINISHED", "FAILED"}, "no MLMD state maps to KILLED"
 
 
 def test_the_cache_key_covers_inputs_so_cached_steps_take_no_per_run_value(compiled):

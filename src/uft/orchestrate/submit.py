@@ -251,6 +251,11 @@ def backend_info(client: Any) -> tuple[str | None, bool | None]:
                             auth_settings=["Bearer"], response_type="object", _return_http_data_only=True)
     except Exception:  # an older or newer server without this endpoint: fall back to the stated version
         return None, None
+    if isinstance(data, dict) and data.get("apiServerReady") is False:
+        # The UI answers, but its last try to reach the API server failed (the version it still
+        # carries is stale: uft.orchestrate.backend.healthz_fields); every call would fail too.
+        raise UftError("the KFP UI answers but cannot reach its API server (healthz apiServerReady: false): "
+                       "check `kubectl -n kubeflow rollout status deployment/ml-pipeline`, then retry")
     return healthz_fields(data)
 
 

@@ -192,7 +192,7 @@ def test_compiled_yaml_has_kubernetes_settings_and_rerun_reuses_everything(local
     assert spec["root"]["inputDefinitions"]["parameters"]["gpus"]["defaultValue"] == 1
     ft_task = spec["root"]["dag"]["tasks"]["exit-handler-1"]["componentRef"]["name"]
     inner = spec["components"][ft_task]["dag"]["tasks"]["ssl-finetune"]
-    assert inner["retryPolicy"]["maxRetryCount"] == 3
+    assert inner["retryPolicy"]["maxRetryCount"] == 1  # GPU steps retry once (pipelines.uft_pipeline.RETRIES)
     text = path.read_text()
     assert "SECRET_ACCESS_KEY\"" not in text.replace("secretKey: AWS_SECRET_ACCESS_KEY", "")  # only references
 

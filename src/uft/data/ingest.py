@@ -8,6 +8,7 @@ publish to the same prefix and a rerun finds it already there.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tempfile
 from collections import Counter
@@ -38,43 +39,94 @@ FORMAT_VERSION = 1
 #: sees. ``val``: held out from all training, for every decision (label-free promotion signals,
 #: label-using gates, hyperparameters, γ, start checks). ``test``: only reports decisions afterwards.
 SPLITS = ("train", "val", "test")
-#: Mixed into the seed of the validation draw so it is independent of the test draw.
-VAL_SALT = 0x5A
+
+#: The split rule, recorded in every manifest (``split_rule``) and with every registered encoder
+#: (:mod:`uft.promote.registry`). A row's split is a function of its own content only — never of its
+#: position, the file list, the other rows or the run seed — so an image keeps its split for life:
+#: growing a folder, re-ingesting with another seed or growing ``train/`` moves no old image.
+#: Identical images (same pixels) get the same split, so a duplicate can never sit in train and val.
+SPLIT_RULE = "content-blake2b/1"
+#: The fixed project key of the keyed hash: the split is not a plain hash of public pixels, so a
+#: dataset cannot be arranged (by accident or on purpose) to line up with another tool's split.
+#: Changing it re-deals every split: bump :data:`SPLIT_RULE` with it.
+SPLIT_KEY = b"uft.split.v1"
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int, val_fraction: float = 0.0) -> np.ndarray:
-    """Deterministic per-class split → ``(N,)`` array of "train"/"val"/"test".
+def content_keys(images: np.ndarray) -> np.ndarray:
+    """Rows ``(N, H, W, C)`` uint8 (as published: decoded, framed, resized) → ``(N, 2)`` uint64 keys.
 
-    The test rows are drawn exactly as without a validation split (so test sets stay comparable
-    across versions); ``val_fraction`` of each class's remaining rows then become "val".
-    Unlabelled rows (label -1) are one class and split uniformly.
+    blake2b keyed with :data:`SPLIT_KEY` over the row's shape and pixels, 16 bytes per row. Why the
+    published pixels, not the file bytes: the key can be recomputed from any published dataset (the
+    promotion gate does, to check what an encoder trained on) with no extra column and no access to
+    the original files; it survives lossless re-encoding, renaming and moving a file, and bundled
+    datasets have no files at all. The cost: another ``image_size``/``channels``/framing gives other
+    pixels and so other keys (a new key space; :mod:`uft.promote` says it cannot tell across them).
+    Hashing costs ~1 µs a row, small beside decoding.
     """
-    rng = np.random.default_rng(seed)
-    split = np.full(len(labels), "train", dtype=object)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        n_test = int(round(len(idx) * test_fraction))
-        split[idx[:n_test]] = "test"
-    return carve_val(labels, split.astype(str), val_fraction, seed)
+    n = len(images)
+    out = np.empty((n, 2), np.uint64)
+    shape = ("x".join(str(d) for d in images.shape[1:]) + ":").encode()
+    for i in range(n):
+        h = hashlib.blake2b(shape, key=SPLIT_KEY, digest_size=16)
+        h.update(np.ascontiguousarray(images[i]).tobytes())
+        out[i] = np.frombuffer(h.digest(), np.uint64)
+    return out
 
 
-def carve_val(labels: np.ndarray, splits: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """Move ``val_fraction`` of each class's "train" rows to "val" → new ``(N,)`` split array.
+def _uniform(k: np.ndarray) -> np.ndarray:
+    """uint64 → float64 in [0, 1) (the top 53 bits, exactly representable)."""
+    return (np.asarray(k, np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def split_by_keys(keys: np.ndarray, test_fraction: float, val_fraction: float = 0.0,
+                  given: np.ndarray | None = None) -> np.ndarray:
+    """Content keys ``(N, 2)`` → ``(N,)`` "train"/"val"/"test" by :data:`SPLIT_RULE`.
+
+    The key's first word, mapped to ``u ∈ [0, 1)``, decides test (``u < test_fraction``); its second
+    word, ``v``, carves val from the rest (``v < val_fraction``). With ``given`` (``(N,)`` "train"/
+    "test", data that comes with its own split) the given test rows stay test and only train rows are
+    carved by ``v``: the same rule, so val is the same set whichever layout it came from. Each row is
+    decided alone, so the per-class fractions are those of a binomial draw (sd ``√(f(1−f)/n)`` for a
+    class of ``n``) rather than exact counts: the price of a split that never moves an old row.
+    """
+    keys = np.asarray(keys, np.uint64).reshape(-1, 2)
+    u, v = _uniform(keys[:, 0]), _uniform(keys[:, 1])
+    if given is None:
+        out = np.where(u < test_fraction, "test", "train").astype(object)
+    else:
+        out = np.asarray(given).astype(object).copy()
+    out[(out == "train") & (v < val_fraction)] = "val"
+    return out.astype(str)
+
+
+def _position_keys(n: int, seed: int) -> np.ndarray:
+    """Keys for arrays handed over without images (benchmarks, tests): seeded per position."""
+    return np.random.default_rng([seed, 0x5A]).integers(0, 2**64, size=(n, 2), dtype=np.uint64)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = 0, val_fraction: float = 0.0, *,
+                     images: np.ndarray | None = None) -> np.ndarray:
+    """``(N,)`` labels → ``(N,)`` array of "train"/"val"/"test" by :func:`split_by_keys`.
+
+    ``images`` ``(N, H, W, C)`` uint8: the rows whose content decides (what :func:`ingest` passes;
+    ``seed`` is then unused). Without images (arrays with no pixels: benchmarks, tests) each
+    position gets a seeded key. Every class gets the fractions in expectation (stratified by
+    independence: each row decides alone, whatever its class); unlabelled rows (-1) likewise.
+    """
+    keys = content_keys(images) if images is not None else _position_keys(len(labels), seed)
+    return split_by_keys(keys, test_fraction, val_fraction)
+
+
+def carve_val(labels: np.ndarray, splits: np.ndarray, val_fraction: float, seed: int = 0, *,
+              images: np.ndarray | None = None) -> np.ndarray:
+    """Move the "train" rows whose content says so to "val" (``val_fraction`` of each class in
+    expectation) → new ``(N,)`` split array; "test" rows are kept as they are.
 
     Used for data that arrives with its own train/test split (bundled MNIST, ImageFolder train/ and
-    test/), whose test rows are kept as they are. A class keeps at least one train row.
+    test/). ``images``/``seed``: as in :func:`stratified_split`.
     """
-    out = np.asarray(splits).astype(object)
-    if val_fraction <= 0:
-        return out.astype(str)
-    rng = np.random.default_rng([seed, VAL_SALT])
-    for c in np.unique(labels):
-        idx = np.flatnonzero((labels == c) & (out == "train"))
-        rng.shuffle(idx)
-        n_val = min(int(round(len(idx) * val_fraction)), max(len(idx) - 1, 0))
-        out[idx[:n_val]] = "val"
-    return out.astype(str)
+    keys = content_keys(images) if images is not None else _position_keys(len(labels), seed)
+    return split_by_keys(keys, 0.0, val_fraction, given=np.asarray(splits))
 
 
 def _shard_bytes(table: pa.Table) -> bytes:
@@ -162,6 +214,7 @@ class ShardWriter:
             "schema": {f.name: str(f.type) for f in SCHEMA},
             "origin": origin,
             "framing": framing,  # uft.data.framing: keep / content_box / box:T,L,H,W (part of the hash)
+            "split_rule": SPLIT_RULE,  # how each row's split follows from its content (part of the hash)
         }
         # Content address: the hash of the manifest body and the shard hashes, known before any write.
         fingerprint = sha256_bytes(canonical_json([manifest, sorted(self.hashes.items())]))
@@ -257,20 +310,25 @@ def ingest(raw: RawImages, store: Store, *, name: str, image_size: int, channels
         raise UftError(f"channels={channels} is invalid: use 1 (grey) or 3 (RGB)")
     keep = _subset(raw.labels, limit, seed)
     labels = raw.labels[keep]
-    splits = (carve_val(labels, raw.splits[keep], val_fraction, seed) if raw.splits is not None
-              else stratified_split(labels, test_fraction, seed, val_fraction))
+    given = raw.splits[keep] if raw.splits is not None else None
     # Rows are written in a seeded random order: an ImageFolder (and the bundled MNIST) lists them
     # class by class, and the streamed reader shuffles only within a window of a few shards, so
     # file order would give single-class batches on large datasets. Row ids keep the file order.
     order = np.random.default_rng([seed, ROW_ORDER_SALT]).permutation(len(keep))
-    keep, labels, splits = keep[order], labels[order], splits[order]
+    keep, labels = keep[order], labels[order]
+    given = given[order] if given is not None else None
 
     def batches() -> Iterator[Batch]:
         for start in range(0, len(keep), SHARD_ROWS):
             sl = slice(start, start + SHARD_ROWS)
             rows = raw.images[keep[sl]]
             same = rows.shape[1:] == (image_size, image_size, channels)  # resize_images would be the identity
-            yield (rows if same else resize_images(rows, image_size, channels)), labels[sl], splits[sl], keep[sl]
+            rows = rows if same else resize_images(rows, image_size, channels)
+            # The split of a row is decided by its published pixels alone (SPLIT_RULE), so it is
+            # made here, one batch at a time, with no pass over the whole dataset first.
+            splits = split_by_keys(content_keys(rows), test_fraction if given is None else 0.0, val_fraction,
+                                   given=None if given is None else given[sl])
+            yield rows, labels[sl], splits, keep[sl]
 
     return publish_batches(batches(), store, name=name, image_shape=(image_size, image_size, channels),
                            classes=raw.classes, origin=raw.info, framing=raw.framing)

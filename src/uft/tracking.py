@@ -2,7 +2,8 @@
 
 Retries are idempotent: a step that runs again under the same pipeline run id reuses its MLflow
 run instead of creating a duplicate, and a step that raises ends its run FAILED (never RUNNING).
-When KFP's MLflow integration injects ``MLFLOW_RUN_ID``, that run is the step's run.
+When KFP's MLflow plugin (2.17+) injects ``MLFLOW_RUN_ID``/``MLFLOW_EXPERIMENT_ID``, uft's own
+run still wins (:func:`take_plugin_run` says why); the plugin's run id is kept as a tag.
 Tracking is off when ``MLFLOW_TRACKING_URI`` is unset (library use without a server).
 """
 
@@ -17,6 +18,31 @@ from uft.errors import TransientError, UftError
 PARENT = "pipeline"
 TAG_RUN = "uft.pipeline_run_id"
 TAG_STEP = "uft.step"
+#: What KFP's MLflow plugin puts into a step container when an admin enables it (backend/src/v2/
+#: common/plugins/mlflow/handler.go, RetrieveUserContainerEnvVars, 2.17.0): its own nested run
+#: and experiment. (It also sets MLFLOW_TRACKING_URI and credentials; the driver appends uft's
+#: ConfigMap and Secret variables after them, so on a duplicate name uft's value is the later one.)
+KFP_PLUGIN_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
+#: Tag on uft's step run naming the KFP plugin's run of the same step, to go from one to the other.
+TAG_KFP_PLUGIN_RUN = "uft.kfp_mlflow_run_id"
+_plugin: dict[str, str] = {}
+
+
+def take_plugin_run() -> dict[str, str]:
+    """Remove KFP's plugin variables (:data:`KFP_PLUGIN_ENV`) from this process's environment and
+    return them (``{}`` without the plugin); later calls return what the first one took.
+
+    uft's run wins, on purpose: its runs are keyed on (pipeline run id, step) under uft's own
+    parent run and experiment, which is what makes a retried step reuse its run, lets
+    :func:`finish_parent` close orphans, and what ``uft compare`` and the promotion gate read. The
+    plugin's run sits under the plugin's parent in the plugin's experiment, and the plugin ends it
+    itself from KFP's execution state. MLflow's fluent API would otherwise adopt them silently
+    (``mlflow.start_run`` resumes ``MLFLOW_RUN_ID``; ``MLFLOW_EXPERIMENT_ID`` is its default
+    experiment), so they are taken out before any MLflow call."""
+    for key in KFP_PLUGIN_ENV:
+        if (value := os.environ.pop(key, None)) is not None:
+            _plugin[key] = value
+    return dict(_plugin)
 
 
 def enabled() -> bool:
@@ -24,6 +50,7 @@ def enabled() -> bool:
 
 
 def _client():
+    take_plugin_run()  # before MLflow reads them (see there)
     # Fail fast on an unreachable server instead of MLflow's minutes of default retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -80,13 +107,14 @@ def step_run(experiment: str, pipeline_run_id: str, step: str, params: dict[str,
     import mlflow
 
     exp = experiment_id(experiment)
-    injected = os.environ.get("MLFLOW_RUN_ID")
     parent = get_or_create_run(exp, pipeline_run_id, PARENT, run_name=f"uft-{pipeline_run_id}")
-    run_id = injected or get_or_create_run(exp, pipeline_run_id, step, parent_id=parent)
+    run_id = get_or_create_run(exp, pipeline_run_id, step, parent_id=parent)
     client = _client()
     if params:
         _check_params(client, run_id, step, pipeline_run_id, params)
     client.update_run(run_id, status="RUNNING")
+    if plugin_run := take_plugin_run().get("MLFLOW_RUN_ID"):
+        client.set_tag(run_id, TAG_KFP_PLUGIN_RUN, plugin_run)
     with mlflow.start_run(run_id=run_id, experiment_id=exp, log_system_metrics=False) as run, _sigterm_raises():
         try:
             if params:

@@ -6,8 +6,10 @@ from components.image import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def pretrain(source: dsl.Input[dsl.Dataset], store_uri: str, encoder: str, encoder_width: int, method: str,
              steps: int, batch_size: int, lr: float, seed: int, pretrained_encoder: str, checkpoint_every: int,
-             run_id: str, experiment: str, model: dsl.Output[dsl.Model], gpus_per_node: int = 1):
-    """SSL pretraining on the source (or pass through given pretrained weights) → ``model``.
+             run_id: str, experiment: str, model: dsl.Output[dsl.Model], gpus_per_node: int = 1,
+             encoder_weights: str = ""):
+    """SSL pretraining on the source (or pass through given pretrained weights, or load the checkpoint
+    ``encoder_weights`` into ``encoder``) → ``model``.
 
     ``gpus_per_node`` > 1: the step runs under ``torchrun`` with that many processes (DDP); 1: in-process.
     """
@@ -19,8 +21,8 @@ def pretrain(source: dsl.Input[dsl.Dataset], store_uri: str, encoder: str, encod
     kwargs = dict(source_uri=source_uri, source_sha=source_sha, store_uri=store_uri, encoder=encoder,
                   encoder_width=encoder_width, method=method, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                   pretrained_encoder=pretrained_encoder, checkpoint_every=checkpoint_every,
-                  run_id=pod_run_key(run_id), experiment=experiment)
-    if gpus_per_node > 1 and not pretrained_encoder:
+                  encoder_weights=encoder_weights, run_id=pod_run_key(run_id), experiment=experiment)
+    if gpus_per_node > 1 and not pretrained_encoder and not encoder_weights:
         from uft.ssl.ddp_entry import launch
 
         out = launch("pretrain", kwargs, nproc=gpus_per_node)

@@ -156,6 +156,7 @@ def uft_pipeline(
     encoder: str = D.encoder,
     encoder_width: int = D.encoder_width,
     pretrained_encoder: str = D.pretrained_encoder,
+    encoder_weights: str = D.encoder_weights,
     pretrain_method: str = D.pretrain_method,
     pretrain_steps: int = D.pretrain_steps,
     ssl_method: str = D.ssl_method,
@@ -214,7 +215,7 @@ def uft_pipeline(
         base = _platform(pretrain(source=src, store_uri=store_uri, encoder=encoder, encoder_width=encoder_width,
                                   method=pretrain_method, steps=pretrain_steps, batch_size=batch_size, lr=lr, seed=seed,
                                   pretrained_encoder=pretrained_encoder, checkpoint_every=checkpoint_every,
-                                  gpus_per_node=gpus, **run), resources=res)
+                                  encoder_weights=encoder_weights, gpus_per_node=gpus, **run), resources=res)
         base_model = base.outputs["model"]
         replay = _platform(subsample_source(source=src, encoder=base_model, target=tgt, store_uri=store_uri,
                                             rule=replay_rule, size=replay_size, seed=seed, **run))

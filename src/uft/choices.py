@@ -16,6 +16,10 @@ MIX_PAIRINGS = ("target_source", "target_target")
 #: not listed is looked up in the registries themselves (uft.models, uft.ssl, uft.transfer.holistic);
 #: tests/unit/test_config.py keeps these lists equal to the registries.
 BUILTIN_ENCODERS = ("efficientnet_lite0", "resnet18", "resnet50", "tiny")
+#: Library encoders are named ``FAMILY:<architecture>`` (uft.models.library), e.g. ``timm:convnext_atto``.
+ENCODER_FAMILIES = ("timm", "torchvision")
+#: Checkpoint files ``encoder_weights`` reads (uft.models.weights); ``models:/`` URIs name registered versions.
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
 BUILTIN_SSL_METHODS = ("act", "barlow", "byol", "moco", "simclr")
 BUILTIN_HOLISTIC_METHODS = ("source", "adabn", "naive", "frozen_head", "lolsgd", "distill", "rank_reg", "oracle")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from uft.choices import (BUILTIN_ENCODERS, BUILTIN_HOLISTIC_METHODS, BUILTIN_SSL_METHODS, FRAMINGS, MIX_OPS,  # noqa: F401
-                         MIX_PAIRINGS, REPLAY_RULES, one_of)
+from uft.choices import (BUILTIN_ENCODERS, BUILTIN_HOLISTIC_METHODS, BUILTIN_SSL_METHODS,  # noqa: F401
+                         ENCODER_FAMILIES, FRAMINGS, MIX_OPS, MIX_PAIRINGS, REPLAY_RULES, WEIGHT_SUFFIXES, one_of)
 from uft.errors import UftError
 from uft.store import DEFAULT_BUCKET, default_bucket, default_store_uri  # noqa: F401  (re-exported)
 
@@ -47,6 +47,8 @@ class RunConfig(BaseModel):
     encoder: str = "tiny"
     encoder_width: int = Field(32, ge=4, le=1024)
     pretrained_encoder: str = Field("", description="encoder manifest URI; skips pretraining when set")
+    encoder_weights: str = Field("", description="checkpoint for `encoder` (.pth/.pt/.safetensors path or s3:// URI, "
+                                 "or models:/name@alias | models:/name/version); skips pretraining when set")
     pretrain_method: str = "simclr"
     pretrain_steps: int = Field(300, ge=1)
     ssl_method: str = "simclr"
@@ -105,11 +107,28 @@ class RunConfig(BaseModel):
                 parse_method_spec(spec)  # the knobs are the method's constructor keywords
             except UftError as e:
                 raise ValueError(f"{field}: {e}") from None
-        if self.encoder not in BUILTIN_ENCODERS:
+        family, sep, _ = self.encoder.partition(":")
+        if sep and family in ENCODER_FAMILIES:  # timm:<name> / torchvision:<name>: the library knows the name
+            from uft.models.library import check_name
+
+            try:
+                check_name(self.encoder)
+            except UftError as e:
+                raise ValueError(f"encoder: {e}") from None
+        elif self.encoder not in BUILTIN_ENCODERS:
             from uft.models.encoders import encoder_names
 
             if self.encoder not in encoder_names():
-                raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(encoder_names())}")
+                raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(encoder_names())}, "
+                                 f"{', '.join(f + ':<name>' for f in ENCODER_FAMILIES)}")
+        if self.encoder_weights:
+            from uft.models.weights import weights_form_problem
+
+            if problem := weights_form_problem(self.encoder_weights):
+                raise ValueError(f"encoder_weights: {problem}")
+            if self.pretrained_encoder:
+                raise ValueError("encoder_weights and pretrained_encoder both set: pass one (a checkpoint, or a uft "
+                                 "encoder manifest)")
         if self.channels == 2:
             raise ValueError("channels must be 1 (grey) or 3 (RGB)")
         for m in self.methods():  # a fixed list (no registry): uft.transfer.holistic dispatches these

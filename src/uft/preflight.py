@@ -9,6 +9,8 @@ listings alone, never by decoding images or training:
   directory that exists and holds image files in a valid layout, an ``s3://`` prefix that answers
   with the given credentials and holds objects, or a dataset manifest;
 - a pretrained encoder manifest, when given, exists and is an encoder;
+- ``encoder_weights``, when given, loads into the chosen encoder (keys and shapes, strictly):
+  local files in the local stage, ``s3://`` and ``models:/`` once the store and MLflow answer;
 - the store URI has a known scheme (and, remotely, answers with the given credentials);
 - holistic transfer's class layouts fit: the target's classes are the source's, in the same order,
   and ``holistic_seen`` names existing target classes (:func:`holistic_class_problem`, which the
@@ -286,6 +288,10 @@ def _run(values: dict[str, Any], store_uri: str, stages: Iterable[str], *, valid
         if enc and (("local" in stages and not is_remote(enc)) or (remote and is_remote(enc))):
             _prefixed("pretrained_encoder", lambda: _manifest(enc, "pretrained_encoder", "encoder"))
             rep.checked.append("pretrained_encoder")
+        weights = str(values.get("encoder_weights") or "")
+        if weights and (("local" in stages and _local_weights(weights)) or (remote and not _local_weights(weights))):
+            _prefixed("encoder_weights", lambda: _check_weights(weights, values))
+            rep.checked.append("encoder_weights")
         # Class layouts of labelled pairs only (holistic evaluation skips unlabelled data).
         src, tgt = rep.datasets.get("source"), rep.datasets.get("target")
         if src is not None and tgt is not None and src.classes and tgt.classes:
@@ -293,6 +299,34 @@ def _run(values: dict[str, Any], store_uri: str, stages: Iterable[str], *, valid
                 raise UftError(problem)
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _local_weights(spec: str) -> bool:
+    return not spec.startswith(("s3://", "models:/"))
+
+
+def _check_weights(spec: str, values: dict[str, Any]) -> None:
+    """Build the encoder and load ``encoder_weights`` into it, as the pretrain step will: a mismatch is
+    one line naming the file and keys, before any data is read. The images' channel count may still
+    change (defaults inferred from the data), so a built-in encoder whose first conv fits the other
+    count passes here and is checked again by the step."""
+    from uft.models.weights import import_encoder
+
+    name = str(values["encoder"])
+    kwargs = {"width": int(values["encoder_width"])} if name == "tiny" else {}
+    channels = int(values.get("channels") or 1)
+    try:
+        import_encoder(spec, name, channels, **kwargs)
+    except UftError:
+        if ":" in name:  # library encoders take grey or RGB with the same weights
+            raise
+        try:
+            import_encoder(spec, name, 4 - channels, **kwargs)  # 1 ↔ 3
+        except UftError:
+            pass
+        else:
+            return
+        raise
 
 
 def _prefixed(what: str, fn):
@@ -327,4 +361,5 @@ def for_cluster(values: dict[str, Any]) -> None:
 def needs_remote(cfg, store_uri: str = "") -> bool:
     """Whether the remote stage has anything to check (data, encoder or store on S3, an http MLflow)."""
     return (any(is_remote(s) for s in (cfg.source, cfg.target, cfg.pretrained_encoder)) or store_uri.startswith("s3://")
+            or not _local_weights(getattr(cfg, "encoder_weights", "") or "x")
             or os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")))

@@ -116,3 +116,93 @@ def test_same_conv_matches_tensorflow_padding(size):
 def test_efficientnet_rejects_unsupported_channels():
     with pytest.raises(UftError, match="in_channels"):
         EfficientNetLite0(in_channels=2, pretrained=False)
+
+
+# ---- library encoders: timm:<name>, torchvision:<name> ------------------------------------------
+
+_IMNET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+_IMNET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def test_torchvision_resnet18_is_torchvisions_pooled_features():
+    from uft.models.library import import_torchvision
+
+    tv = import_torchvision()
+    torch.manual_seed(0)
+    enc = build_encoder("torchvision:resnet18", in_channels=1).eval()
+    assert enc.feature_dim == 512 and enc.arch == "torchvision:resnet18"
+    assert not any(isinstance(m, nn.Linear) for m in enc.modules())  # the classifier is gone
+    ref = tv.models.resnet18().eval()
+    ref.load_state_dict({**enc.model.state_dict(), "fc.weight": ref.fc.weight, "fc.bias": ref.fc.bias})
+    ref.fc = nn.Identity()
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():  # grey repeated to RGB, ImageNet statistics: what torchvision's models expect
+        torch.testing.assert_close(enc(x), ref((x.expand(-1, 3, -1, -1) - _IMNET_MEAN) / _IMNET_STD), rtol=0, atol=0)
+    with pytest.raises(UftError, match="channels"):
+        enc(torch.rand(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_convnext", "mobilenetv3_small_050"])
+def test_timm_encoder_uses_its_pretrained_cfg_and_pooled_width(name):
+    from uft.models.library import import_timm
+
+    timm = import_timm()
+    torch.manual_seed(0)
+    enc = build_encoder(f"timm:{name}", in_channels=3).eval()
+    cfg = timm.create_model(name, pretrained=False).pretrained_cfg
+    torch.testing.assert_close(enc.mean.flatten(), torch.tensor(cfg["mean"], dtype=torch.float32))
+    torch.testing.assert_close(enc.std.flatten(), torch.tensor(cfg["std"], dtype=torch.float32))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = enc(x)
+        torch.testing.assert_close(out, enc.model((x - enc.mean) / enc.std), rtol=0, atol=0)
+    assert out.shape == (2, enc.feature_dim)  # mobilenetv3: the pre-logits width (1024), not num_features (576)
+    assert enc.head_keys and all(k.split(".")[0] in cfg["classifier"] for k in enc.head_keys)
+
+
+def test_library_names_are_validated_in_one_line():
+    from uft.config import validate_config
+
+    assert validate_config({"encoder": "timm:test_efficientnet"}).encoder == "timm:test_efficientnet"
+    assert validate_config({"encoder": "torchvision:mobilenet_v3_small"}).encoder == "torchvision:mobilenet_v3_small"
+    for bad, said in (("timm:resnet_nope", "timm has no model"), ("torchvision:resnet_nope", "torchvision has no"),
+                      ("keras:resnet18", "unknown encoder")):
+        with pytest.raises(UftError, match=said) as e:
+            validate_config({"encoder": bad})
+        assert "\n" not in str(e.value) and "encoder" in str(e.value)
+    with pytest.raises(UftError, match="timm has no model"):
+        build_encoder("timm:resnet_nope")
+
+
+def test_torchvision_import_fallback_warns_once_and_builds_models():
+    """In a fresh process: torchvision imports (normally, or with the known-failure stub and one
+    warning), and its models and timm's build on this torch."""
+    import subprocess
+    import sys
+
+    code = ("import warnings, sys\n"
+            "warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    from uft.models.library import import_torchvision, import_timm\n"
+            "    tv = import_torchvision(); import_torchvision(); import_timm()\n"
+            "stub = type(sys.modules.get('torchvision._meta_registrations')).__name__ == 'module' and "
+            "not getattr(sys.modules['torchvision._meta_registrations'], '__file__', None)\n"
+            "n = sum('C++ ops' in str(x.message) for x in w)\n"
+            "assert n == (1 if stub else 0), (n, stub)\n"
+            "print(stub, tv.models.resnet18().fc.in_features)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "512"
+
+
+def test_uft_resnet18_is_not_torchvisions_so_it_stays_uft_own():
+    """uft's ``resnet18`` has the small-image stem (3×3 stride-1 conv, no max-pool): another
+    architecture than torchvision's (7×7 stride 2 + max-pool), so it cannot be a thin name over it;
+    torchvision's is ``torchvision:resnet18``. Its weights do not load into uft's, by name and shape."""
+    from uft.models.library import import_torchvision
+    from uft.models.weights import Checkpoint, fit_state_dict
+
+    ours = build_encoder("resnet18", in_channels=3)
+    theirs = import_torchvision().models.resnet18()
+    with pytest.raises(UftError, match="another architecture"):
+        fit_state_dict(ours, Checkpoint(theirs.state_dict(), "torchvision.pth", "0"), "resnet18")

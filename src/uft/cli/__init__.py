@@ -1,12 +1,12 @@
 """The ``uft`` command: the shared app (:mod:`.common`), subcommands on this machine (:mod:`.local`),
-comparing runs (:mod:`.compare`) and the cluster (:mod:`.cluster`)."""
+comparing runs (:mod:`.compare`), exporting encoders (:mod:`.export`) and the cluster (:mod:`.cluster`)."""
 
 from __future__ import annotations
 
 import sys
 
 # Importing the modules registers their commands, in this order in `uft --help`.
-from uft.cli import local, compare, cluster  # noqa: F401  # isort: skip
+from uft.cli import local, compare, export, cluster  # noqa: F401  # isort: skip
 from uft.cli.common import app
 from uft.orchestrate import forkserver
 

@@ -1,7 +1,9 @@
 """Encoders: images ``(N, C, H, W)`` float in [0, 1] → features ``(N, feature_dim)``.
 
 Every encoder normalises its own input (so callers never juggle per-model statistics) and exposes
-``feature_dim``. Build one by name with :func:`build_encoder`.
+``feature_dim``. Build one by name with :func:`build_encoder`: a registered name (``tiny``,
+``resnet18``, …) or ``FAMILY:NAME`` for a family of library architectures registered with
+:func:`register_family` (``timm:convnext_atto``, ``torchvision:resnet18``; :mod:`uft.models.library`).
 """
 
 from __future__ import annotations
@@ -35,10 +37,17 @@ class TinyConvNet(nn.Module):
 
 EncoderFactory = Callable[..., nn.Module]
 ENCODERS: dict[str, EncoderFactory] = {"tiny": TinyConvNet}
+#: ``prefix`` → factory(arch name, in_channels=…, **kwargs): architectures named ``prefix:arch``.
+FAMILIES: dict[str, EncoderFactory] = {}
 
 
 def register_encoder(name: str, factory: EncoderFactory) -> None:
     ENCODERS[name] = factory
+
+
+def register_family(prefix: str, factory: EncoderFactory) -> None:
+    """Encoders named ``prefix:<arch>``; ``factory(arch, in_channels=…, **kwargs)`` builds one."""
+    FAMILIES[prefix] = factory
 
 
 def encoder_names() -> list[str]:
@@ -49,8 +58,12 @@ def encoder_names() -> list[str]:
 def build_encoder(name: str, in_channels: int = 1, **kwargs) -> nn.Module:
     """Build an encoder by name; an unknown name lists the valid ones."""
     _load_all()
+    prefix, sep, arch = name.partition(":")
+    if sep and prefix in FAMILIES:
+        return FAMILIES[prefix](arch, in_channels=in_channels, **kwargs)
     if name not in ENCODERS:
-        raise UftError(f"unknown encoder {name!r}: choose one of {', '.join(sorted(ENCODERS))}")
+        families = "".join(f", {p}:<name>" for p in sorted(FAMILIES))
+        raise UftError(f"unknown encoder {name!r}: choose one of {', '.join(sorted(ENCODERS))}{families}")
     return ENCODERS[name](in_channels=in_channels, **kwargs)
 
 

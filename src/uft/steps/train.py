@@ -99,8 +99,9 @@ def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str =
              method: str = "simclr", steps: int = 300, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
              pretrained_encoder: str = "", checkpoint_every: int = 50, radreg_weight: float = 0.0,
              radreg_form: str = "closed", radreg_target_uri: str = "", run_id: str = "local",
-             experiment: str = "uft") -> dict[str, Any]:
-    """SSL on the source train split → base encoder (or pass through ``pretrained_encoder``).
+             experiment: str = "uft", encoder_weights: str = "") -> dict[str, Any]:
+    """SSL on the source train split → base encoder (or pass through ``pretrained_encoder``, or
+    ``encoder`` with the checkpoint ``encoder_weights`` loaded: :func:`import_weights`).
 
     ``radreg_weight > 0``: RadReg as its paper uses it, estimated each step on unlabelled images of
     ``radreg_target_uri``'s train split (``closed`` form on raw features, ``adversarial`` on
@@ -114,6 +115,9 @@ def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str =
 
         load_encoder(pretrained_encoder)  # verify it loads before the DAG depends on it
         return {"encoder_uri": pretrained_encoder, "encoder_sha": manifest_sha(pretrained_encoder), "cached": True}
+    if encoder_weights:
+        return import_weights(source_uri, source_sha, store_uri, encoder=encoder, encoder_width=encoder_width,
+                              encoder_weights=encoder_weights, run_id=run_id, experiment=experiment)
     store = step_store(store_uri)
     if radreg_weight > 0 and not radreg_target_uri:
         raise UftError("pretrain radreg_weight > 0 needs radreg_target_uri: pass the (unlabelled) target dataset "
@@ -145,6 +149,39 @@ def pretrain(source_uri: str, source_sha: str, store_uri: str, *, encoder: str =
                           info={"source_sha": source_sha, "method": method})
 
         return tracking.log_outputs(cached(store, "pretrain", params, compute))
+
+
+def import_weights(source_uri: str, source_sha: str, store_uri: str, *, encoder: str, encoder_width: int,
+                   encoder_weights: str, run_id: str = "local", experiment: str = "uft") -> dict[str, Any]:
+    """The base encoder from a checkpoint instead of pretraining: build ``encoder`` for the source's
+    channel count, load ``encoder_weights`` (file, ``s3://``, ``models:/name@alias``; strictly, see
+    :mod:`uft.models.weights`), publish it as an encoder artifact whose manifest records where the
+    weights came from (source, sha256, registered version) → outputs as :func:`pretrain`'s.
+
+    Cached on the weights' sha256, so the same checkpoint is published once; reads the source's
+    manifest only (its channel count), never its images."""
+    from uft.data.stream import StreamSource
+    from uft.models.artifact import publish_encoder
+    from uft.models.weights import import_encoder
+
+    store = step_store(store_uri)
+    channels = StreamSource(source_uri, split="train").channels()
+    spec = _encoder_spec(encoder, encoder_width, channels)
+    enc, info = import_encoder(encoder_weights, spec["name"], spec["in_channels"], **spec["kwargs"])
+    params = {"encoder": encoder, "encoder_width": encoder_width, "in_channels": spec["in_channels"],
+              "encoder_weights": encoder_weights, "weights_sha256": info["weights_sha256"]}
+    with tracking.step_run(experiment, run_id, "pretrain", params) as run:
+        def compute(key: str) -> dict[str, Any]:
+            uri = publish_encoder(store, f"models/imported/{key}", enc, spec, {**info, "source_sha": source_sha})
+            return {"encoder_uri": uri, "encoder_sha": manifest_sha(uri)}
+
+        out = cached(store, "import_weights", params, compute)
+        if run is not None:  # the lineage: which checkpoint (or registered version) the base encoder is
+            import mlflow
+
+            mlflow.set_tags({"uft.encoder_weights": encoder_weights, "uft.weights_sha256": info["weights_sha256"],
+                             **{f"uft.weights_{k}": str(v) for k, v in info.items() if k.startswith(("registered_", "encoder_uri"))}})
+        return tracking.log_outputs(out)
 
 
 def _encoder_spec(name: str, width: int, in_channels: int) -> dict[str, Any]:
@@ -241,7 +278,8 @@ def _log_model(encoder: torch.nn.Module) -> None:
     import numpy as np
     import torch
 
-    in_ch = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    # A library encoder takes grey images into an RGB stem: its own in_channels, not its first conv's.
+    in_ch = getattr(encoder, "in_channels", None) or next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
     example = np.zeros((1, in_ch, 16, 16), dtype=np.float32)
     mlflow.pytorch.log_model(encoder, name="encoder", input_example=example,
                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])

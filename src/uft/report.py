@@ -371,13 +371,19 @@ def baseline_hint(config: dict[str, Any]) -> str:
             "(`uft compare`); `bench/uft_grid.py` measures both over seeds (docs/results.md, Replay and mixing vs naive finetuning).")
 
 
-def _verdict_lines(tags: dict[str, dict[str, float]]) -> list[str]:
-    """Whether finetuning changed the target metrics beyond the few-label probes' spread (:mod:`uft.verdict`)."""
+def _verdict_lines(tags: dict[str, dict[str, float]], config: dict[str, Any] | None = None,
+                   datasets: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Whether finetuning changed the target metrics beyond the few-label probes' label-draw spread and,
+    where measured for this configuration, seed noise (:mod:`uft.verdict`)."""
     from uft.verdict import finetune_verdicts, summary_line
 
     flat = {f"{tag}_{k}": v for tag, m in tags.items() for k, v in m.items()}
-    lines = finetune_verdicts(flat)
-    head = [f"**{line}**", ""] if (line := summary_line(flat)) else []
+    ctx = dict(config or {})
+    shape = (datasets or {}).get("target", {}).get("image_shape")
+    if shape:  # the input size the encoder saw, for uft.verdict.SEED_NOISE's configuration check
+        ctx.setdefault("image_size", shape[0])
+    lines = finetune_verdicts(flat, ctx)
+    head = [f"**{line}**", ""] if (line := summary_line(flat, ctx)) else []
     return [*head, *[f"- {s}" for s in lines], ""] if lines else []
 
 
@@ -395,8 +401,9 @@ def build_report(collected: list[dict[str, Any]], config: dict[str, Any],
     tags = _by_tag(collected)
     if tags:
         header, rows = accuracy_table(tags)
-        md += ["## Target accuracy (frozen encoder)", "", _md_table(header, rows), ""]
-        md += _verdict_lines(tags)
+        md += ["## Target accuracy (frozen encoder)", "", _md_table(header, rows), "",
+               "± = sd over the few-label probe's label draws (one run: not an interval over seeds).", ""]
+        md += _verdict_lines(tags, config, datasets)
         md += [line for line in (baseline_hint(config), config.get("ssl_head_note", "")) if line]
         md += ["", "![accuracy](accuracy.png)", ""]
         files["accuracy.png"] = _accuracy_plot(tags)

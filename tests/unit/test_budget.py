@@ -73,7 +73,8 @@ def test_verdict_against_the_probe_spread(delta, std, word):
          "finetuned_linear_5shot_std": std / 2, "base_knn": 0.6, "finetuned_knn": 0.61}
     lines = finetune_verdicts(m)
     assert lines[0].startswith("finetuning changed the k-NN accuracy by +0.010 (one fit: no spread measured)")
-    assert lines[1] == f"finetuning changed the 5-label probe by {delta:+.3f} ± {std:.3f}: {word}" + (
+    assert lines[1] == (f"finetuning changed the 5-label probe by {delta:+.3f} (sd over label draws: base {std:.3f}, "
+                        f"finetuned {std / 2:.3f} (label noise only, not an interval over seeds)): {word}") + (
         " from the base" if word == "not distinguishable" else " than the base")
     assert ("no few-label probe" in summary_line(m)) == (word == "not distinguishable")
 
@@ -89,7 +90,8 @@ def test_report_and_run_output_carry_the_verdict(capsys):
                  {"step": "linear_finetuned", "metrics": {"linear_5shot": 0.405, "linear_5shot_std": 0.02}}]
     files, _ = build_report(collected, {})
     md = files["report.md"].decode()
-    assert "finetuning changed the 5-label probe by +0.005 ± 0.030: not distinguishable from the base" in md
+    assert ("finetuning changed the 5-label probe by +0.005 (sd over label draws: base 0.030, finetuned 0.020 "
+            "(label noise only, not an interval over seeds)): not distinguishable from the base") in md
     res = SimpleNamespace(run_id="r", seconds=1.0, metrics={"base_linear_5shot": 0.40, "base_linear_5shot_std": 0.03,
                                                               "finetuned_linear_5shot": 0.405, "finetuned_linear_5shot_std": 0.02},
                           parent_run_id="p", experiment="e", artifacts={})

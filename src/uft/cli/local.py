@@ -133,7 +133,8 @@ def infer_defaults(source: str, target: str, params: dict[str, str], listings: d
 def print_result(res, state: Path, config: dict | None = None) -> None:
     from uft.report import baseline_hint
 
-    t = Table(title=f"uft run {res.run_id} — {res.seconds:.0f} s")
+    t = Table(title=f"uft run {res.run_id} — {res.seconds:.0f} s",
+              caption="± = sd over the few-label probe's label draws (one run: not an interval over seeds)")
     t.add_column("metric")
     t.add_column("base", justify="right")
     t.add_column("finetuned", justify="right")
@@ -146,7 +147,7 @@ def print_result(res, state: Path, config: dict | None = None) -> None:
     console.print(t)
     from uft.verdict import finetune_verdicts, summary_line
 
-    for line in [*finetune_verdicts(res.metrics), summary_line(res.metrics)]:  # did finetuning change anything?
+    for line in [*finetune_verdicts(res.metrics, config), summary_line(res.metrics, config)]:  # did finetuning change anything?
         if line:
             console.print(line, soft_wrap=True, highlight=False)
     if config and (hint := baseline_hint(config)):  # replay/mixing vs plain target-only finetuning

@@ -40,7 +40,10 @@ def report(metrics_uris: list[str], store_uri: str, *, config: dict[str, Any], e
         with tracking.step_run(experiment, run_id, "report") as run:
             curves, shown = {}, dict(config)
             for name, uri in (encoder_uris or {}).items():
-                info = read_manifest(uri)[0].get("info", {})
+                manifest = read_manifest(uri)[0]
+                info = manifest.get("info", {})
+                if name == "finetune":  # the verdict's seed-noise table applies to one encoder only
+                    shown.setdefault("encoder", manifest.get("spec", {}).get("name", ""))
                 if info.get("losses"):
                     curves[name] = [tuple(p) for p in info["losses"]]
                 if info.get("ssl_head"):  # continued / fresh projector of the finetune

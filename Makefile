@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 2> >(grep -v "is ignored" >&2)
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]' 2> >(grep -v "is ignored" >&2)
 	$(BIN)/python -c "import torch, kfp, mlflow, boto3, pyarrow, uft" # fail here if anything is missing
+	@# torchvision/timm must not have replaced the CPU torch (torchvision 0.28.0 requires torch==2.13.0, which it is)
+	$(BIN)/python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), f'torch {v} replaced 2.13.0'"
 	$(BIN)/python -c "from uft.orchestrate.local import mlflow_schema_template as t; t()" # new local MLflow stores copy it
 	@touch $(STAMP)
 $(MNIST):

@@ -111,7 +111,22 @@ class S3Store:
                      read_timeout=timeout)
         # A fresh session per store: boto3's default session caches credentials, which would hide a rotated key.
         self.client = boto3.session.Session().client("s3", config=cfg, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-        self._call(lambda: self.client.head_bucket(Bucket=bucket), "open", "", create_bucket=create_bucket)
+        # Opened by listing one key under the prefix, not by HeadBucket: HeadBucket is a bucket-wide
+        # check that a least-privilege identity cannot pass. SeaweedFS authorises it as `Read:<bucket>`
+        # with no key, which a prefix grant `Read:<bucket>/uft/*` does not match, and the exact grant
+        # that does (`Read:<bucket>`) lets its holder read every object of the bucket
+        # (weed/s3api/auth_credentials.go, Identity.CanDo); AWS authorises it as s3:ListBucket. A
+        # prefix-scoped list needs exactly the grant the store needs anyway (List on its prefix in
+        # SeaweedFS, s3:ListBucket on AWS) and answers NoSuchBucket for a missing bucket. The
+        # trailing "/" matters: SeaweedFS matches `List:<bucket>/uft/*` against "uft/", not "uft".
+        # A whole-bucket store (no prefix: a manifest read by URI) opens without a call; its first
+        # call names a missing bucket or a refused key. Creating a bucket needs bucket-wide rights
+        # anyway, so only then is HeadBucket used.
+        if self.prefix:
+            self._call(lambda: self.client.list_objects_v2(Bucket=bucket, Prefix=self.prefix + "/", MaxKeys=1), "open", "",
+                       create_bucket=create_bucket)
+        elif create_bucket:
+            self._call(lambda: self.client.head_bucket(Bucket=bucket), "open", "", create_bucket=True)
 
     @property
     def uri(self) -> str:
@@ -138,8 +153,8 @@ class S3Store:
                         f"S3 refused the credentials for s3://{self.bucket}: set AWS_ACCESS_KEY_ID / "
                         "AWS_SECRET_ACCESS_KEY to a key with access to this bucket"
                     ) from None
-                if code in {"NoSuchBucket", "404"} and op == "open":
-                    if create_bucket:
+                if (code == "NoSuchBucket") or (code == "404" and op == "open"):
+                    if create_bucket and op == "open":
                         self._create_bucket()
                         return None  # type: ignore[return-value]
                     raise UftError(f"bucket s3://{self.bucket} does not exist: create it or pass an existing bucket") from None
@@ -171,7 +186,12 @@ class S3Store:
         try:
             self.client.create_bucket(Bucket=self.bucket)
         except ClientError as e:  # parallel steps may create it at the same moment: that is fine
-            if e.response.get("Error", {}).get("Code") not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+            code = e.response.get("Error", {}).get("Code")
+            if code in {"AccessDenied", "403"} or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+                # the pipeline's identities may not create buckets (docs/deploy.md): say who does
+                raise UftError(f"bucket s3://{self.bucket} does not exist and these credentials may not create it: "
+                               "create it first (on a cluster the bucket Job or SeaweedFS's postStart does)") from None
+            if code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                 raise
 
     def put(self, key: str, data: bytes) -> None:
@@ -267,7 +287,7 @@ _BUCKETS: dict[tuple[str, ...], "S3Store"] = {}
 
 def _bucket_store(bucket: str) -> S3Store:
     """The :class:`S3Store` of a whole bucket, reused for the same endpoint and credentials: a new
-    one costs a boto3 session, client and HEAD (~0.5 s of CPU), and verifying a run's cached
+    one costs a boto3 session and client (~0.5 s of CPU), and verifying a run's cached
     outputs resolves dozens of URIs. The key holds the endpoint and a hash of the secret, so a
     rotated key or another server gets a fresh client (nothing stale is reused)."""
     env = os.environ
@@ -287,6 +307,44 @@ def split_uri(uri: str) -> tuple[Store, str]:
         return _bucket_store(bucket), key
     path = Path(uri.removeprefix("file://")).resolve()
     return LocalStore(path.parent), path.name
+
+
+# --- loading raw data ------------------------------------------------------------------------------
+
+def upload_tree(src: Path, dest: Store, *, delete: bool = False) -> dict[str, int]:
+    """Copy every file under the directory ``src`` to ``dest`` at its relative path (the target
+    images an operator loads into ``s3://bucket/data/target``; `uft load-target`).
+
+    Hidden files and folders are skipped (as :class:`LocalStore` lists). A file already there with
+    the same bytes (size and MD5, S3's ETag of a single-part upload) is not sent again. ``delete``:
+    also remove the objects under ``dest`` that ``src`` does not have, so the prefix mirrors it (the
+    trigger hashes everything under the prefix). Returns ``{"uploaded", "unchanged", "deleted",
+    "extra"}`` counts (``extra``: objects left in place that ``src`` lacks)."""
+    if not src.is_dir():
+        raise UftError(f"{src} is not a directory: pass the folder of target images (class folders or flat)")
+    files = {p.relative_to(src).as_posix(): p for p in sorted(src.rglob("*"))
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)}
+    if not files:
+        raise UftError(f"{src} holds no files: pass the folder of target images (class folders or flat)")
+    if isinstance(dest, S3Store):
+        there = {key: (size, etag) for key, size, etag in dest.entries()}
+    else:
+        there = {key: (len(b), hashlib.md5(b, usedforsecurity=False).hexdigest()) for key in dest.list() for b in [dest.get(key)]}
+    counts = {"uploaded": 0, "unchanged": 0, "deleted": 0, "extra": 0}
+    for key, path in files.items():
+        data = path.read_bytes()
+        if there.get(key) == (len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()):  # ETag, not security
+            counts["unchanged"] += 1
+            continue
+        dest.put(key, data)
+        counts["uploaded"] += 1
+    for key in sorted(set(there) - set(files)):
+        if delete:
+            dest.delete(key)
+            counts["deleted"] += 1
+        else:
+            counts["extra"] += 1
+    return counts
 
 
 # --- manifest-last publication --------------------------------------------------------------------

@@ -35,6 +35,7 @@ WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 _S3_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 #: One S3 identity per client (steps + launcher, MLflow, CI, bucket creation), Postgres, MLflow auth.
 SECRET_NAMES = {"uft-s3": _S3_KEYS, "uft-s3-mlflow": _S3_KEYS, "uft-s3-ci": _S3_KEYS, "uft-s3-admin": _S3_KEYS,
+                "uft-s3-loader": _S3_KEYS,  # optional: the identity that loads data/ (SeaweedFS overlays)
                 "uft-postgres": {"POSTGRES_PASSWORD"},
                 "uft-mlflow-auth": {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}}
 #: Secrets only the external-S3 overlays use (the bucket Job); local-dev does not generate them.
@@ -485,7 +486,7 @@ def test_each_s3_client_has_its_own_identity(target):
     if target in WITH_OBJECT_STORE:
         init = one(target, "StatefulSet", "seaweedfs")["spec"]["template"]["spec"]["initContainers"][0]
         names = {e["valueFrom"]["secretKeyRef"]["name"] for e in init["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-        assert names == {"uft-s3", "uft-s3-mlflow", "uft-s3-ci"}
+        assert names == {"uft-s3", "uft-s3-mlflow", "uft-s3-ci", "uft-s3-loader"}
         assert "Admin" not in init["args"][0]
 
 

@@ -1,4 +1,4 @@
-"""``uft`` subcommands for a Kubeflow Pipelines cluster: compile, submit, schedule, trigger."""
+"""``uft`` subcommands for a Kubeflow Pipelines cluster: compile, submit, schedule, trigger, load-target."""
 
 from __future__ import annotations
 
@@ -144,3 +144,22 @@ def _warn_token() -> None:
     if line:
         prefix = "::warning::" if os.environ.get("GITHUB_ACTIONS") == "true" else "warning: "
         print(prefix + line)
+
+
+@app.command("load-target")
+def load_target_cmd(
+    directory: Path = typer.Argument(..., help="folder of target images (class folders, or flat for unlabelled data)"),
+    to: str = typer.Argument(..., help="where the pipeline reads them: s3://bucket/data/target (or a directory)"),
+    delete: bool = typer.Option(False, "--delete", help="also remove objects under TO that DIRECTORY lacks (a mirror)"),
+) -> None:
+    """Upload the target images to the prefix a run's `target` names, with the loader identity
+    (Secret uft-s3-loader: read/write data/ only; docs/deploy.md). Unchanged files are skipped."""
+    from uft.store import open_store, upload_tree
+
+    try:
+        counts = upload_tree(directory, open_store(to), delete=delete)
+    except UftError as e:
+        fail(e)
+    extra = f"; {counts['extra']} objects there are not in {directory} (kept; --delete removes them)" if counts["extra"] else ""
+    console.print(f"{to}: {counts['uploaded']} uploaded, {counts['unchanged']} unchanged, {counts['deleted']} deleted{extra}",
+                  highlight=False, soft_wrap=True)

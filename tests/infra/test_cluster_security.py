@@ -94,7 +94,7 @@ def test_each_s3_identity_reaches_only_its_prefixes(tmp_path):
 def test_the_bucket_job_creates_the_bucket_once(tmp_path, s3_server, monkeypatch):
     """The Job of infra/components/bucket, its script run as the pod would (env from uft-config and
     an admin identity) against the local S3 server: it creates UFT_BUCKET, then finds it."""
-    job = one("overlays/gpu", "Job", "uft-bucket")
+    (job,) = [d for d in render("overlays/gpu") if d["kind"] == "Job"]  # uft-bucket-<content hash>
     (c,) = job["spec"]["template"]["spec"]["containers"]
     assert c["command"] == ["python", "-c"]
     bucket = f"job-{int(time.time() * 1000)}"

@@ -6,6 +6,7 @@ pipeline's identity may move a registered model's alias)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +20,10 @@ import pytest
 from tests.infra.test_manifests import KUBECTL, one, render
 from uft.orchestrate.containers import cluster_objects
 
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: the manifests are rendered with it")
+# A developer box without kubectl skips these; under CI=true they run and fail on a missing kubectl
+# (`make install-kubectl`), as tests/infra/test_manifests.py does.
+pytestmark = pytest.mark.skipif(KUBECTL is None and os.environ.get("CI", "").lower() != "true",
+                                reason="kubectl is not installed: the manifests are rendered with it (make install-kubectl)")
 DEV = "overlays/local-dev"
 
 
@@ -50,7 +54,6 @@ def _allowed(fn) -> bool:
         return False
 
 
-@pytest.mark.slow
 def test_each_s3_identity_reaches_only_its_prefixes(tmp_path):
     from uft.services import Credentials, SeaweedServer, free_port, weed_binary
 
@@ -105,7 +108,6 @@ def test_the_bucket_job_creates_the_bucket_once(tmp_path, s3_server, monkeypatch
     assert again.returncode == 0 and f"bucket {bucket} exists" in again.stdout, again.stderr
 
 
-@pytest.mark.slow
 def test_only_the_pipeline_identity_may_move_the_champion_alias(tmp_path):
     """MLflow's basic-auth app as infra/base/mlflow.yaml starts it (--app-name=basic-auth, the
     init container's auth config with its database swapped for SQLite, the admin from Secret
@@ -131,6 +133,12 @@ def test_only_the_pipeline_identity_may_move_the_champion_alias(tmp_path):
         f"database_uri = sqlite:///{tmp_path}/auth.db" if line.startswith("database_uri") else line
         for line in ini.splitlines()) + "\n")
     env = {k: v for k, v in _env(server, cluster).items() if k.startswith("MLFLOW_AUTH_ADMIN") or k == "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+    # The tracking database starts from the installed schema template (uft.orchestrate.local), as every
+    # local store does: migrating a fresh sqlite schema took ~15 s of the server's start.
+    from uft.orchestrate.local import mlflow_schema_template
+
+    if template := mlflow_schema_template():
+        shutil.copyfile(template, tmp_path / "mlflow.db")
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
     args = [a for a in server["args"] if a.startswith("--app-name")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -52,11 +53,26 @@ def test_off_and_env_and_bad_mode(monkeypatch):
         Progress("x", 10, stream=out)
 
 
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, as stderr is under `uft run` in a shell: rich draws there."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def test_bar_mode_renders_without_error():
-    out = io.StringIO()
-    with Progress("ssl", 5, mode="bar", stream=out) as p:
+    """On a terminal the default mode is the bar: it shows the label, the count done and the info
+    (loss), draws no parseable lines, and is erased at the end (transient)."""
+    out = _Terminal()
+    with Progress("ssl", 5, stream=out) as p:  # no mode given: a terminal picks the bar
+        assert p.mode == "bar"
         for i in range(1, 6):
             p.update(i, loss=0.5)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # drop the terminal's control codes
+    final = text.split("\r")[-2]  # the last frame drawn before the bar is erased
+    assert "ssl" in final and "5/5" in final and "loss 0.5" in final, repr(text)
+    assert "uft-progress" not in text
+    assert out.getvalue().endswith("\x1b[2K")  # transient: the last write erases the bar's line
 
 
 def test_runner_tap_reports_task_start_progress_and_end():

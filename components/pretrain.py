@@ -7,11 +7,13 @@ from components.image import GPU_IMAGE
 def pretrain(source: dsl.Input[dsl.Dataset], store_uri: str, encoder: str, encoder_width: int, method: str,
              steps: int, batch_size: int, lr: float, seed: int, pretrained_encoder: str, checkpoint_every: int,
              run_id: str, experiment: str, model: dsl.Output[dsl.Model], gpus_per_node: int = 1,
-             encoder_weights: str = ""):
+             encoder_weights: str = "", radreg_weight: float = 0.0, radreg_form: str = "closed",
+             radreg_target_uri: str = ""):
     """SSL pretraining on the source (or pass through given pretrained weights, or load the checkpoint
     ``encoder_weights`` into ``encoder``) → ``model``.
 
     ``gpus_per_node`` > 1: the step runs under ``torchrun`` with that many processes (DDP); 1: in-process.
+    ``radreg_weight`` > 0: RadReg in the pretraining loss, estimated on ``radreg_target_uri``'s train split.
     """
     from uft.lineage import emit, resolve
     from uft.steps import pretrain as step
@@ -21,7 +23,8 @@ def pretrain(source: dsl.Input[dsl.Dataset], store_uri: str, encoder: str, encod
     kwargs = dict(source_uri=source_uri, source_sha=source_sha, store_uri=store_uri, encoder=encoder,
                   encoder_width=encoder_width, method=method, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                   pretrained_encoder=pretrained_encoder, checkpoint_every=checkpoint_every,
-                  encoder_weights=encoder_weights, run_id=pod_run_key(run_id), experiment=experiment)
+                  encoder_weights=encoder_weights, radreg_weight=radreg_weight, radreg_form=radreg_form,
+                  radreg_target_uri=radreg_target_uri, run_id=pod_run_key(run_id), experiment=experiment)
     if gpus_per_node > 1 and not pretrained_encoder and not encoder_weights:
         from uft.ssl.ddp_entry import launch
 

@@ -164,6 +164,9 @@ def uft_pipeline(
     batch_size: int = D.batch_size,
     lr: float = D.lr,
     radreg_weight: float = D.radreg_weight,
+    pretrain_radreg_weight: float = D.pretrain_radreg_weight,
+    pretrain_radreg_form: str = D.pretrain_radreg_form,
+    pretrain_radreg_target: str = D.pretrain_radreg_target,
     checkpoint_every: int = D.checkpoint_every,
     replay_rule: str = D.replay_rule,
     replay_size: int = D.replay_size,
@@ -215,7 +218,11 @@ def uft_pipeline(
         base = _platform(pretrain(source=src, store_uri=store_uri, encoder=encoder, encoder_width=encoder_width,
                                   method=pretrain_method, steps=pretrain_steps, batch_size=batch_size, lr=lr, seed=seed,
                                   pretrained_encoder=pretrained_encoder, checkpoint_every=checkpoint_every,
-                                  encoder_weights=encoder_weights, gpus_per_node=gpus, **run), resources=res)
+                                  encoder_weights=encoder_weights, gpus_per_node=gpus,
+                                  # RadReg's target is a URI parameter, not the target ingest's artifact: wired
+                                  # to that artifact, every new target would invalidate the pretrain cache.
+                                  radreg_weight=pretrain_radreg_weight, radreg_form=pretrain_radreg_form,
+                                  radreg_target_uri=pretrain_radreg_target, **run), resources=res)
         base_model = base.outputs["model"]
         replay = _platform(subsample_source(source=src, encoder=base_model, target=tgt, store_uri=store_uri,
                                             rule=replay_rule, size=replay_size, seed=seed, **run))

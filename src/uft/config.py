@@ -55,7 +55,13 @@ class RunConfig(BaseModel):
     finetune_steps: int = Field(200, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(2e-3, gt=0, le=10)
-    radreg_weight: float = Field(0.0, ge=0)
+    radreg_weight: float = Field(0.0, ge=0, description="μ of RadReg during finetuning, on the batch's target rows")
+    pretrain_radreg_weight: float = Field(0.0, ge=0, description="μ of RadReg added to the pretraining loss, as its "
+                                          "paper uses it (uft.ssl.radreg); 0 = off")
+    pretrain_radreg_form: str = Field("closed", description="closed (linear heads, raw features) | adversarial "
+                                      "(a ReLU head by gradient ascent, standardised features)")
+    pretrain_radreg_target: str = Field("", description="manifest URI of the target dataset RadReg is estimated on "
+                                        "(its train split, labels unread); needed when pretrain_radreg_weight > 0")
     checkpoint_every: int = Field(50, ge=1)
 
     replay_rule: str = "uniform"
@@ -131,6 +137,15 @@ class RunConfig(BaseModel):
                                  "encoder manifest)")
         if self.channels == 2:
             raise ValueError("channels must be 1 (grey) or 3 (RGB)")
+        if self.pretrain_radreg_form not in ("closed", "adversarial"):
+            raise ValueError(f"pretrain_radreg_form {self.pretrain_radreg_form!r}: use closed or adversarial")
+        if self.pretrain_radreg_weight > 0:
+            if not self.pretrain_radreg_target:
+                raise ValueError("pretrain_radreg_weight > 0 needs pretrain_radreg_target: the target dataset's manifest "
+                                 "URI (e.g. the target dataset an earlier run ingested), or pretrain_radreg_weight=0")
+            if self.pretrained_encoder or self.encoder_weights:
+                raise ValueError("pretrain_radreg_weight > 0 with pretraining skipped (pretrained_encoder / "
+                                 "encoder_weights set): drop one of them")
         for m in self.methods():  # a fixed list (no registry): uft.transfer.holistic dispatches these
             one_of(m, BUILTIN_HOLISTIC_METHODS, "holistic method")
         return self

@@ -86,3 +86,105 @@ def emit(path: str | Path, metadata: dict[str, Any], manifest_uri: str, content_
     metadata.update(describe(manifest_uri, content_hash))
     write_pointer(path, metadata)
     return metadata
+
+
+# --- what an encoder trained on, and whether a scored row was in it ------------------------------
+# Every registered version records the datasets and the split rule it trained on (:func:`training_record`,
+# the version tag ``uft.lineage``); the promotion gate asks :func:`trained_keys` which of the rows it
+# is about to score each compared encoder trained on, and scores only the others.
+
+LINEAGE_TAG = "uft.lineage"
+#: What a manifest without ``split_rule`` used: the old per-run shuffle of positions (seeded).
+LEGACY_RULE = "seeded-positions/0"
+
+
+def _space(manifest: dict[str, Any]) -> list[Any]:
+    """The content-key space of a dataset: keys hash published pixels, so they compare only between
+    datasets of the same image shape and framing."""
+    return [*manifest.get("image_shape", []), str(manifest.get("framing", "keep"))]
+
+
+def training_record(target_uri: str, source_uri: str = "") -> dict[str, Any]:
+    """What a finetuned encoder trained on → a JSON-able record (the version tag ``uft.lineage``):
+    the target's and the source's manifest URI and hash, their split rule and key space. Training
+    reads the ``train`` split of both (finetuning on the target, replay and pretraining on the source)."""
+    out: dict[str, Any] = {"splits": ["train"]}
+    for role, uri in (("target", target_uri), ("source", source_uri)):
+        if not uri:
+            continue
+        manifest = read_manifest(uri)[0]
+        out[role] = {"uri": uri, "sha": manifest_sha(uri), "split_rule": manifest.get("split_rule", LEGACY_RULE),
+                     "space": _space(manifest), "train_rows": int(manifest.get("splits", {}).get("train", 0))}
+    return out
+
+
+def record_from_tags(tags: dict[str, str]) -> dict[str, Any] | None:
+    """A registered version's training record: its ``uft.lineage`` tag, or for a version registered
+    before lineage was recorded its target (tags ``uft.target_uri``/``uft.target_sha``; source
+    unknown); None when neither is there."""
+    raw = tags.get(LINEAGE_TAG)
+    if raw:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+    if tags.get("uft.target_uri"):
+        return {"splits": ["train"], "legacy": True,
+                "target": {"uri": tags["uft.target_uri"], "sha": tags.get("uft.target_sha", "")}}
+    return None
+
+
+def dataset_keys(uri: str, splits: tuple[str, ...] = ("train",)) -> set[bytes]:
+    """Content keys (:func:`uft.data.ingest.content_keys`, 16 bytes each) of a published dataset's
+    rows in ``splits``, computed from their pixels, one shard at a time."""
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from uft.data.ingest import content_keys
+    from uft.store import read_verified
+
+    manifest, store, prefix = read_manifest(uri)
+    shape = tuple(manifest["image_shape"])
+    out: set[bytes] = set()
+    for name in sorted(manifest["files"]):
+        t = pq.read_table(io.BytesIO(read_verified(store, prefix, manifest, name, uri)), columns=["split", "image"])
+        sp = t.column("split").to_numpy(zero_copy_only=False).astype(str)
+        keep = np.flatnonzero(np.isin(sp, splits))
+        if not len(keep):
+            continue
+        images = t.column("image").take(keep).to_pylist()
+        rows = np.frombuffer(b"".join(images), np.uint8).reshape(len(keep), *shape)
+        out.update(k.tobytes() for k in content_keys(rows))
+    return out
+
+
+def trained_keys(record: dict[str, Any] | None, role: str, scored_uri: str) -> tuple[set[bytes] | None, str]:
+    """The content keys an encoder trained on in its ``role`` ("target"/"source") dataset, as far as
+    they can meet rows of ``scored_uri`` → (keys or None, how it was established).
+
+    None means it cannot be told (no record, another key space, data no longer readable). An empty
+    set is proven: the same dataset under the content rule, whose val rows share no content with its
+    train rows (identical pixels always fall in the same split)."""
+    from uft.data.ingest import SPLIT_RULE
+
+    part = (record or {}).get(role)
+    if part == "none":
+        return set(), f"it never trained on {role} data"
+    if not part or not part.get("uri"):
+        return None, f"no record of the {role} data it trained on"
+    scored = read_manifest(scored_uri)[0]
+    if part.get("sha") == manifest_sha(scored_uri) and scored.get("split_rule") == SPLIT_RULE:
+        return set(), f"the same {role} dataset, split by content ({SPLIT_RULE}): no val row is a train row"
+    try:
+        manifest = read_manifest(part["uri"])[0]
+        if part.get("sha") and manifest_sha(part["uri"]) != part["sha"]:
+            return None, f"its {role} dataset {part['uri']} changed since it trained"
+    except (UftError, OSError, ValueError, KeyError):
+        return None, f"its {role} dataset {part['uri']} is no longer readable"
+    if _space(manifest) != _space(scored):
+        return None, (f"it trained on {role} images of another size or framing ({_space(manifest)} vs "
+                      f"{_space(scored)}): content keys do not compare")
+    keys = dataset_keys(part["uri"])
+    return keys, f"{len(keys)} {role} train rows of {part['uri'].rsplit('/', 2)[-2][:12]} compared by content"

@@ -95,7 +95,16 @@ def test_promote_step_first_rerun_collapsed_force(published, mlflow_env, one_tor
     res = CliRunner().invoke(app, ["promote", "r3", "--explain", "--experiment", "promote"])
     assert res.exit_code == 0, res.output
     assert "Decision: challenger" in res.output and "collapsed" in res.output
-    assert "| gate_score |" in res.output and "Margins from measured noise:" in res.output
+    assert "| gate_score |" in res.output and "Decision interval: val_probe gain over the champion" in res.output
+    assert "Rows scored: no scored row was in the training split of either encoder" in res.output
+    assert "split by content (content-blake2b/1)" in res.output
+    # the decision's MLflow tags carry its interval and the lineage check
+    from uft import tracking
+    tags = tracking.find_run(tracking.experiment_id("promote"), "r3", "promote").data.tags
+    assert tags["uft.gain.signal"] == "val_probe" and float(tags["uft.gain.low"]) <= float(tags["uft.gain.high"])
+    assert tags["uft.lineage.check"].startswith("no scored row was trained on")
+    lineage = client.get_model_version(name, held["version"]).tags["uft.lineage"]
+    assert '"split_rule": "content-blake2b/1"' in lineage and target.split("/")[-2] in lineage
 
     # the registry moved since r1 decided (the forced version is champion now): a rerun of r1 decides
     # again, against the new champion, instead of repeating its recorded forced decision
@@ -183,3 +192,38 @@ def test_two_different_runs_share_one_registry(published, mlflow_env, one_torch_
     m3 = read_manifest(three["metrics_uri"])[0]["metrics"]
     assert m3["reference"] == f"champion version {one['version']}" and three["decision"] == "challenger"
     assert m3["champion_signals"]["gate_score"] > 0
+
+
+class _Version:
+    def __init__(self, version: str, tags: dict):
+        self.version, self.tags = version, tags
+
+
+def test_rows_a_champion_trained_on_are_not_scored_and_unknown_lineage_cannot_be_told(published, digits300, tmp_path):
+    """A champion trained under another split of the same images (here: a larger val fraction, so
+    some of this run's val rows were its train rows; the old per-position rule did the same): those
+    rows are left out of scoring. A champion whose training data cannot be read: cannot tell."""
+    import json
+
+    from uft.data.ingest import ingest
+    from uft.lineage import LINEAGE_TAG, dataset_keys, training_record
+    from uft.promote.signals import gate_data, nhwc_keys
+    from uft.promote.step import scored_rows_check
+    from uft.store import LocalStore
+
+    store, base, ft, dead, target, source = published
+    other = ingest(digits300, LocalStore(tmp_path / "o"), name="t", image_size=8, channels=1, test_fraction=0.3,
+                   val_fraction=0.1)  # the same images, a smaller val share: more of them trained on
+    champ = _Version("1", {LINEAGE_TAG: json.dumps(training_record(other, source))})
+    lineage, exclude, exclude_source = scored_rows_check(training_record(target, source), champ, target, source)
+    val_keys = set(nhwc_keys(gate_data(target, source, 1000, 0).target.numpy()))
+    trained = dataset_keys(other)
+    assert lineage["cannot_tell"] is None and exclude_source == frozenset()  # same source: proven disjoint
+    assert val_keys & trained and (val_keys & trained) <= exclude  # overlapping rows are found...
+    data = gate_data(target, source, 1000, 0, exclude=exclude)
+    assert data.excluded == len(val_keys & trained) and not set(nhwc_keys(data.target.numpy())) & trained  # ...and left out
+    assert any("compared by content" in c for c in lineage["checked"])
+
+    legacy = _Version("1", {"uft.target_uri": str(tmp_path / "gone" / "manifest.json")})
+    lineage, _, exclude_source = scored_rows_check(training_record(target, source), legacy, target, source)
+    assert "no longer readable" in lineage["cannot_tell"] and exclude_source is None  # source unknown: not scored

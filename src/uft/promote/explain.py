@@ -8,7 +8,8 @@ from typing import Any
 
 
 from uft.errors import UftError
-from uft.promote.policy import CHAMPION, DEFAULT_MODEL, DOMAIN_SHIFT_ACCURACY, Decision, GatePolicy, _has, decide
+from uft.promote.policy import (CHAMPION, DEFAULT_MODEL, DOMAIN_SHIFT_ACCURACY, Decision, GatePolicy, _has, decide,
+                                interval_line)
 from uft.promote.registry import _client, apply, stored_signals, version_by_alias
 
 
@@ -25,8 +26,8 @@ READINGS = {
     "neighbourhood_agreement": "overlap of k-NN neighbourhoods with the base encoder (1 = unchanged)",
 }
 #: signal → (policy field, how its change is read, what the rule does with it)
-RULED = {"gate_score": ("margin", "relative", "promote needs +margin (without val labels); hold below −margin"),
-         "val_probe": ("probe_margin", "absolute", "promote needs +margin (with val labels)"),
+RULED = {"gate_score": ("min_gate_gain", "relative", "without val labels: the gain's interval must clear it"),
+         "val_probe": ("min_probe_gain", "absolute", "with val labels: the gain's interval must clear it"),
          "source_retention": ("retention_tolerance", "absolute", "hold when it drops by more")}
 
 
@@ -45,7 +46,7 @@ def explain_lines(m: dict[str, Any]) -> list[str]:
     where = cand.get("signals_split", "val")
     lines = [head, "", f"Compared with: **{refname}**, on the same held-out images (target {where} split, "
              f"{cand.get('n_views', '?')} images; source val split for retention).", ""]
-    header = ["signal", "candidate", refname, "untrained floor", "change", "margin", "rule / reading"]
+    header = ["signal", "candidate", refname, "untrained floor", "change", "bar", "rule / reading"]
     # numbers right, text left (the report renders the alignment row)
     lines += ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 2) + ":---|"]
     for k in READINGS:
@@ -56,7 +57,7 @@ def explain_lines(m: dict[str, Any]) -> list[str]:
             field_, how, rule = RULED[k]
             if how == "relative":
                 change = f"{cand[k] / ref[k] - 1:+.1%}" if ref[k] else "–"
-                margin = f"±{policy.get(field_, float('nan')):.1%}"
+                margin = f"+{policy.get(field_, float('nan')):.1%}"
             else:
                 change, margin = f"{cand[k] - ref[k]:+.4f}", f"{policy.get(field_, float('nan')):.4f}"
         lines.append("| " + " | ".join([k, _fmt(cand.get(k)), _fmt(ref.get(k)), _fmt(floor.get(k)), change, margin,
@@ -64,7 +65,16 @@ def explain_lines(m: dict[str, Any]) -> list[str]:
     if isinstance(m.get("domain_shift"), (int, float)):
         lines += ["", f"Domain check: a classifier tells the champion's target from this one with accuracy "
                       f"{m['domain_shift']:.2f} (another domain at ≥ {DOMAIN_SHIFT_ACCURACY}; same domain ≈ 0.5)."]
-    lines += ["", f"Margins from measured noise: {policy.get('noise') or 'not recorded'}", "", "Reasons:"]
+    iv = m.get("interval")
+    lines += ["", "Decision interval: " + (interval_line(iv, refname) if iv else
+                                           "none — the two encoders were not scored on the same rows (held)")]
+    lin = m.get("lineage") or {}
+    if lin:
+        verdict = (f"cannot tell — {lin['cannot_tell']}" if lin.get("cannot_tell") else
+                   f"no scored row was in the training split of either encoder ({lin.get('excluded_target', 0)} "
+                   "target val rows left out because one of them trained on it)")
+        lines += ["", f"Rows scored: {verdict}."] + [f"- {c}" for c in lin.get("checked", [])]
+    lines += ["", f"Noise bands (floor check, retention): {policy.get('noise') or 'not recorded'}", "", "Reasons:"]
     lines += [f"- {r}" for r in m.get("reasons", [])] + [""]
     return lines
 

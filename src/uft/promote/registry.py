@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from uft.errors import UftError
-from uft.promote.policy import CHALLENGER, CHAMPION, SIGNAL_TAG, TAG_KEY, Decision
+from uft.promote.policy import CHALLENGER, CHAMPION, SIGNAL_TAG, TAG_KEY, Decision, decision_tags
 
 if TYPE_CHECKING:
     import torch
@@ -117,6 +117,7 @@ def apply(name: str, version: str, decision: Decision, client=None) -> Decision:
     for k, v in decision.candidate.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             tags[SIGNAL_TAG + k] = repr(float(v))
+    tags.update(decision_tags(decision))  # the gain's interval and the lineage check, with the decision
     if decision.previous_champion:
         tags["uft.previous_champion"] = decision.previous_champion
     for k, v in tags.items():

@@ -31,22 +31,103 @@ class GateData:
     target_labels: Any = None
     source: tuple | None = None
     split: str = "val"
+    excluded: int = 0  # target rows left out because a compared encoder trained on them
+    excluded_source: int = 0  # source query rows left out likewise
 
 
-def gate_data(target_uri: str, source_uri: str, max_images: int, seed: int) -> GateData:
-    """The published target/source datasets → :class:`GateData` (val splits; see its doc)."""
+def nhwc_keys(images) -> list[bytes]:
+    """Content keys (:func:`uft.data.ingest.content_keys`) of uint8 ``(N, C, H, W)`` images, as published (HWC)."""
+    from uft.data.ingest import content_keys
+
+    x = np.ascontiguousarray(np.asarray(images).transpose(0, 2, 3, 1))
+    return [k.tobytes() for k in content_keys(x)]
+
+
+def gate_data(target_uri: str, source_uri: str, max_images: int, seed: int, *, exclude: frozenset[bytes] = frozenset(),
+              exclude_source: frozenset[bytes] | None = frozenset()) -> GateData:
+    """The published target/source datasets → :class:`GateData` (val splits; see its doc).
+
+    ``exclude``: content keys of target rows a compared encoder trained on (:mod:`uft.lineage`): they
+    are not scored. ``exclude_source``: likewise for the source queries; None = it cannot be told
+    what the encoders trained on in the source, so source retention is not measured."""
     from uft.data.dataset import load_dataset
 
     tgt = load_dataset(target_uri)
     split = "val" if int((tgt.split == "val").sum()) >= 4 else "train"
     rows = tgt.subset(split)
+    n_excluded = 0
+    if exclude:
+        keep = np.asarray([k not in exclude for k in nhwc_keys(rows.images.numpy())], bool)
+        n_excluded = int((~keep).sum())
+        rows = rows.where(keep)
     y = rows.labels.numpy()
     counts = np.bincount(y[y >= 0]) if (y >= 0).any() else np.zeros(0, int)
     counts = counts[counts > 0]
     # The val probe draws VAL_SHOTS per class and scores the rest: every class needs more rows than that.
     usable = split == "val" and bool((y >= 0).all()) and len(counts) >= 2 and int(counts.min()) > VAL_SHOTS
     labels = rows.labels if usable else None
-    return GateData(rows.images, labels, _source_eval(source_uri, max_images, seed), split)
+    source, n_src = None, 0
+    if exclude_source is not None:
+        source = _source_eval(source_uri, max_images, seed)
+        if source is not None and exclude_source:
+            keep = np.asarray([k not in exclude_source for k in nhwc_keys(source[2].numpy())], bool)
+            n_src = int((~keep).sum())
+            source = (*source[:2], source[2][keep], source[3][keep], source[4]) if keep.sum() >= 1 else None
+    return GateData(rows.images, labels, source, split, n_excluded, n_src)
+
+
+@dataclass
+class _Draws:
+    shots: int = VAL_SHOTS
+    draws: int = 10  # split_probe's default
+
+
+def paired_outcomes(encoder: torch.nn.Module, data: GateData, seed: int, max_images: int) -> dict[str, Any]:
+    """Per-row outcomes of ``encoder`` on exactly the rows, views and label draws that
+    :func:`uft.evaluate.label_free.encoder_signals` scores (same sampling, same seed) → ``{"rows": digest
+    of the scored rows' content keys, "retrieval": (n,) share of the image's two views that retrieve
+    each other, "probe": (D, n) 1 right / 0 wrong / -1 support of draw d (with val labels)}``.
+
+    Two encoders scored on the same data get the same rows, views and draws, so the outcomes pair
+    up row by row (:func:`uft.promote.policy.paired_gain`); their means are ``view_retrieval`` and
+    ``val_probe``."""
+    import torch
+
+    from uft.data.augment import AugmentConfig, augment
+    from uft.evaluate.features import extract_features
+    from uft.evaluate.label_free import _unit
+    from uft.evaluate.linear import few_label_indices, fit_probe
+    from uft.store import sha256_bytes
+
+    images = data.target
+    g = torch.Generator().manual_seed(seed)  # the draws of encoder_signals, in its order
+    idx = torch.randperm(len(images), generator=g)[:max_images].sort().values
+    raw = images[idx]
+    x = raw.float().div(255) if raw.dtype == torch.uint8 else raw.float()
+    aug = AugmentConfig()
+    v1, v2 = augment(x.clone(), aug, g), augment(x.clone(), aug, g)
+    out: dict[str, Any] = {"rows": sha256_bytes(b"".join(nhwc_keys(raw.numpy())) if raw.dtype == torch.uint8
+                                                else raw.numpy().tobytes())}
+    f1, f2 = (extract_features(encoder, v).numpy().astype(np.float64) for v in (v1, v2))
+    if not (np.isfinite(f1).all() and np.isfinite(f2).all()):
+        return out  # a diverged encoder: no outcomes, so no interval (the collapse rule holds it anyway)
+    z = np.concatenate([_unit(f1), _unit(f2)])
+    sim = z @ z.T
+    np.fill_diagonal(sim, -np.inf)
+    n = len(x)
+    hit = sim.argmax(axis=1) == np.concatenate([np.arange(n, 2 * n), np.arange(n)])
+    out["retrieval"] = ((hit[:n].astype(float) + hit[n:]) / 2).tolist()
+    if data.target_labels is not None:
+        f = extract_features(encoder, x).numpy().astype(np.float64)
+        y = data.target_labels[idx].numpy()
+        probe = np.full((_Draws.draws, n), -1, np.int8)
+        for d in range(_Draws.draws):
+            sup = few_label_indices(y, _Draws.shots, seed * 1000 + d)
+            rest = np.setdiff1d(np.arange(n), sup)
+            scaler, clf = fit_probe(f[sup], y[sup])
+            probe[d, rest] = clf.predict(scaler.transform(f[rest])) == y[rest]
+        out["probe"] = probe.tolist()
+    return out
 
 
 def _signals(encoder: torch.nn.Module, base: torch.nn.Module, data: GateData, seed: int, max_images: int) -> dict[str, Any]:
@@ -55,6 +136,8 @@ def _signals(encoder: torch.nn.Module, base: torch.nn.Module, data: GateData, se
     s = encoder_signals(encoder, data.target, base=base, source=data.source, target_labels=data.target_labels,
                         max_images=max_images, seed=seed)
     s["signals_split"] = data.split
+    s["paired"] = paired_outcomes(encoder, data, seed, max_images)
+    s["excluded_rows"] = data.excluded
     return s
 
 
@@ -101,9 +184,10 @@ class _GateInputs:
     recorded (:func:`_recorded_signals`) and whose encoder is already registered loads nothing."""
 
     def __init__(self, encoder_uri: str, base_encoder_uri: str, target_uri: str, source_uri: str, max_images: int,
-                 seed: int):
+                 seed: int, exclude: frozenset[bytes] = frozenset(), exclude_source: frozenset[bytes] | None = frozenset()):
         self.encoder_uri, self.base_encoder_uri, self.target_uri = encoder_uri, base_encoder_uri, target_uri
         self.source_uri, self.max_images, self.seed = source_uri, max_images, seed
+        self.exclude, self.exclude_source = exclude, exclude_source
 
     @cached_property
     def encoder(self) -> torch.nn.Module:
@@ -119,7 +203,8 @@ class _GateInputs:
 
     @cached_property
     def data(self) -> GateData:
-        return gate_data(self.target_uri, self.source_uri, self.max_images, self.seed)
+        return gate_data(self.target_uri, self.source_uri, self.max_images, self.seed, exclude=self.exclude,
+                         exclude_source=self.exclude_source)
 
     def signals(self, encoder: torch.nn.Module) -> dict[str, Any]:
         return _signals(encoder, self.base, self.data, self.seed, self.max_images)

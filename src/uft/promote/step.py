@@ -3,6 +3,7 @@ same held-out images, decide, move the alias, and record the decision (cached by
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from typing import Any, Callable
@@ -10,7 +11,7 @@ from typing import Any, Callable
 
 from uft.errors import UftError
 from uft.promote.policy import (CHAMPION, DEFAULT_MODEL, FLOOR_SEEDS, SIGNALS_VERSION, TAG_KEY, Decision,
-                                 GatePolicy, decide)
+                                 GatePolicy, decide, decision_tags)
 from uft.promote.registry import _client, apply, find_version, load_champion, register, version_by_alias
 from uft.promote.signals import _champion_shift, _GateInputs, untrained_like
 
@@ -51,7 +52,8 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
     registered."""
     from uft import tracking
     from uft.evaluate.label_free import floor_of
-    from uft.store import content_key, manifest_sha, step_store, publish, read_manifest
+    from uft.lineage import LINEAGE_TAG, training_record
+    from uft.store import content_key, manifest_sha, publish, read_manifest, sha256_bytes, step_store
 
     if not registered_model.strip():
         raise UftError("registered_model is empty: pass a registry model name, e.g. uft-encoder")
@@ -59,20 +61,28 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
     store = step_store(store_uri)
     h, _, c = read_manifest(target_uri)[0]["image_shape"]
     encoder_sha, target_sha = manifest_sha(encoder_uri), manifest_sha(target_uri)
+    champ_now = version_by_alias(registered_model, CHAMPION, _client()) if tracking.enabled() else None
+    record = training_record(target_uri, source_uri)
+    lineage, exclude, exclude_source = scored_rows_check(record, champ_now, target_uri, source_uri)
     scope = {"base": manifest_sha(base_encoder_uri), "target": target_sha, "max_images": max_images, "seed": seed,
-             "source": manifest_sha(source_uri) if source_uri else "", "signals": SIGNALS_VERSION}
-    data = _GateInputs(encoder_uri, base_encoder_uri, target_uri, source_uri, max_images, seed)
+             "source": manifest_sha(source_uri) if source_uri else "", "signals": SIGNALS_VERSION,
+             # the rows left out (lineage) change what is scored: part of the signals' key
+             "left_out": sha256_bytes(b"".join(sorted(exclude)) + b"|" + (b"".join(sorted(exclude_source))
+                                                                          if exclude_source is not None else b"none"))}
+    data = _GateInputs(encoder_uri, base_encoder_uri, target_uri, source_uri, max_images, seed, exclude, exclude_source)
     cand = _recorded_signals(store, scope, encoder_sha, lambda: data.signals(data.encoder))
     base_sig = _recorded_signals(store, scope, scope["base"], lambda: data.signals(data.base))
     floor = floor_of([_recorded_signals(store, scope, f"untrained:{i}:" + scope["base"],
                                         lambda i=i: data.signals(untrained_like(base_encoder_uri, seed=i)))
                       for i in range(FLOOR_SEEDS)])
+    lineage["excluded_target"] = int(cand.get("excluded_rows", 0))
     key = content_key("promote", run_id, encoder_sha, registered_model)  # where this run key's decision is published
     params = {"encoder_sha": encoder_sha, "target_sha": target_sha, "registered_model": registered_model,
               "margin": margin, "retention_tolerance": retention_tolerance, "probe_margin": probe_margin}
     with tracking.step_run(experiment, run_id, "promote", params) as run:
         if run is None:
-            decision = decide(cand, base_sig, policy, force=force, floor=floor, reference="base encoder")
+            decision = decide(cand, base_sig, policy, force=force, floor=floor, reference="base encoder",
+                              lineage=lineage)
             decision.reasons.append("not registered: MLflow tracking is off (set MLFLOW_TRACKING_URI)")
             decision.promote = False
             alias = "not registered"
@@ -95,12 +105,13 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
                                     previous_champion=recorded.get("previous_champion"),
                                     reference=recorded.get("reference", "champion"),
                                     floor=recorded.get("floor_signals"), policy=recorded.get("policy"),
-                                    shift=recorded.get("domain_shift"))
+                                    shift=recorded.get("domain_shift"), interval=recorded.get("interval"),
+                                    lineage=recorded.get("lineage"))
                 alias = recorded["decision"]
             elif is_champion and not force:
                 # A retry after the alias was set, or another run with the same encoder: nothing to decide.
                 decision = Decision(False, [f"unchanged: this encoder is already champion version {mine.version}"],
-                                    cand, None, version=str(mine.version), policy=asdict(policy))
+                                    cand, None, version=str(mine.version), policy=asdict(policy), lineage=lineage)
                 alias = "champion (unchanged)"
             else:
                 if champ_v is not None:
@@ -115,23 +126,32 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
                     shift = _champion_shift(champ_v, target_sha, data)
                 else:  # empty registry: the candidate must still beat what it was finetuned from
                     ref, ref_name, shift = base_sig, "base encoder", None
-                decision = decide(cand, ref, policy, force=force, floor=floor, reference=ref_name, shift=shift)
+                if champ_v is not None and (champ_now is None or str(champ_v.version) != str(champ_now.version)):
+                    # the champion moved since the rows were checked against it: check again before deciding
+                    raise UftError(f"the champion of {registered_model} moved to version {champ_v.version} while this "
+                                   "promote step ran: retry the step (its signals are cached)")
+                decision = decide(cand, ref, policy, force=force, floor=floor, reference=ref_name, shift=shift,
+                                  lineage=lineage)
                 decision.shift = shift
                 version = register(registered_model, data.encoder, encoder_sha, image_size=h, channels=c,
                                    client=client, serialization_format=model_format,
                                    tags={"uft.pipeline_run_id": run_id, "uft.encoder_uri": encoder_uri,
-                                         "uft.target_sha": target_sha, "uft.target_uri": target_uri})
+                                         "uft.target_sha": target_sha, "uft.target_uri": target_uri,
+                                         LINEAGE_TAG: json.dumps(record, sort_keys=True)})
                 apply(registered_model, version.version, decision, client)
                 alias = decision.alias
             mlflow.log_metrics({f"signal_{k}": float(v) for k, v in cand.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))})
             mlflow.set_tags({"uft.decision": alias, "uft.model_version": str(decision.version),
-                             "uft.registered_model": registered_model, "uft.reasons": " | ".join(decision.reasons)[:4900]})
+                             "uft.registered_model": registered_model, "uft.reasons": " | ".join(decision.reasons)[:4900],
+                             **decision_tags(decision)})
         metrics = {"decision": alias, "promoted": decision.promote, "version": decision.version,
-                   "registered_model": registered_model, "reasons": decision.reasons, "signals": cand,
-                   "base_signals": base_sig, "champion_signals": decision.champion, "reference": decision.reference,
+                   "registered_model": registered_model, "reasons": decision.reasons, "signals": _lean(cand),
+                   "base_signals": _lean(base_sig), "champion_signals": _lean(decision.champion),
+                   "reference": decision.reference,
                    "floor_signals": floor, "previous_champion": decision.previous_champion,
-                   "domain_shift": decision.shift,
+                   "domain_shift": decision.shift, "interval": decision.interval,
+                   "lineage": decision.lineage or lineage,
                    "policy": decision.policy or asdict(policy)}
         uri = publish(store, f"metrics/promote/{key}", {}, {"kind": "metrics", "step": "promote",
                                                              "metrics": _jsonable(metrics)})
@@ -145,6 +165,48 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
                "reasons": decision.reasons, "summary": f"{alias}" + (f" version {decision.version}" if decision.version
                                                                      else "") + ": " + "; ".join(decision.reasons)}
         return tracking.log_outputs(out)
+
+
+def _lean(signals: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Signals without their per-row outcomes (kept in the signals cache, not in the decision's record)."""
+    return None if signals is None else {k: v for k, v in signals.items() if k != "paired"}
+
+
+def scored_rows_check(record: dict[str, Any], champ_v, target_uri: str,
+                      source_uri: str) -> tuple[dict[str, Any], frozenset[bytes], frozenset[bytes] | None]:
+    """Which rows the gate may score: none that the candidate (``record``, :func:`uft.lineage.training_record`)
+    or its reference (the champion version ``champ_v``, else the base encoder, which trained on the
+    source only) trained on → (lineage summary, target keys to leave out, source keys to leave out or
+    None when that cannot be told — source retention is then not measured).
+
+    A reference whose target training rows cannot be told (no lineage and its old dataset gone,
+    another image size) sets ``cannot_tell``: the decision is held, not guessed."""
+    from uft.lineage import record_from_tags, trained_keys
+
+    if champ_v is not None:
+        ref_name, ref_record = f"champion version {champ_v.version}", record_from_tags(dict(champ_v.tags))
+    else:
+        ref_name, ref_record = "base encoder", {"target": "none", "source": record.get("source")}
+    checked, cannot, exclude, exclude_source = [], [], set(), set()
+    for who, rec in (("candidate", record), (ref_name, ref_record)):
+        for role, uri in (("target", target_uri), ("source", source_uri)):
+            if not uri:
+                continue
+            keys, how = trained_keys(rec, role, uri)
+            checked.append(f"{who}, {role}: {how}")
+            if keys is None and role == "target":
+                cannot.append(f"which target rows the {who} trained on ({how})")
+            elif keys is None:
+                exclude_source = None
+            elif role == "target":
+                exclude |= keys
+            elif exclude_source is not None:
+                exclude_source |= keys
+    if exclude_source is None and source_uri:
+        checked.append("source retention not measured: what a compared encoder trained on in the source cannot be told")
+    lineage = {"checked": checked, "reference": ref_name, "cannot_tell": "; ".join(cannot) or None,
+               "candidate_record": record}
+    return lineage, frozenset(exclude), (frozenset(exclude_source) if exclude_source is not None else None)
 
 
 def _jsonable(x: Any) -> Any:

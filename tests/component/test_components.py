@@ -175,6 +175,15 @@ def test_eval_components_log_kfp_metrics(chain):
     assert {"source_overall", "naive_unseen", "frozen_head_seen"} <= set(chain["hol_metrics"])
     hol = chain["hol_metrics"]  # the start check comes with the rows (a tiny source model here, so either verdict)
     assert 0.0 <= hol["start_accuracy"] <= 1.0 and hol["start_degenerate"] in (0.0, 1.0)
+    # ...and the verdict logged is the rule's (uft.transfer.holistic.source.start_check, defaults) on the
+    # accuracy, chance and top-class share the step published: near chance, or one class taking most
+    from uft.store import read_manifest
+
+    check = read_manifest(chain["holistic"])[0]["metrics"]["start_check"]
+    acc, chance, share = check["accuracy"], check["chance"], check["top_class_share"]
+    assert (hol["start_accuracy"], hol["start_top_class_share"]) == (acc, share) and 0 < chance < 1
+    rule = acc < min(2.0 * chance, (1 + chance) / 2) or share > max(0.5, 1.5 * chance)
+    assert hol["start_degenerate"] == float(rule), check
 
 
 def test_report_written_with_plot(chain):

@@ -18,6 +18,19 @@ Candidates are trained once: the step cache (``uft.step_cache.cached``) under ``
 and measurements are kept in ``<store>/gate_measurements.<pair>.json``, so a rerun only re-decides.
 
 Run: ``nice -n 10 .venv/bin/python -m bench.promotion_gate --phase noise`` then ``--phase bench``.
+
+- ``--phase validate``: the pre-registered validation of the interval rule (docs/results.md,
+  "Promotion gate validation — protocol"; the rule is :func:`uft.promote.decide` with its
+  documented constants, nothing here tunes it). Four pairs, one never used to design the gate
+  (:data:`HELD_OUT_PAIR`); every configuration of :data:`VALIDATE_CONFIGS` with :data:`VALIDATE_SEEDS`
+  seeds, seed ``s`` finetuned from its own base (pretrained with seed ``s``), so candidates are
+  independent; each decided against its own base and against a finetuned champion (the default
+  configuration at seed ``100 + s`` from the same base); plus the same-configuration row (the default
+  at seed ``200 + s`` against that champion: another seed, same data — the goal is none promoted).
+  Truth: a configuration is truly better than its reference when the 95 % t-interval of its paired
+  test-probe gain over the seeds lies above 0. Precision and recall with Clopper–Pearson 95 %
+  intervals. Hours of CPU: ``nice -n 10 .venv/bin/python -m bench.promotion_gate --phase validate``
+  (``--pairs`` one at a time in parallel, then once more with all pairs for the report).
 """
 
 from __future__ import annotations
@@ -287,11 +300,173 @@ def confusion(ds: list[dict[str, Any]]) -> dict[str, Any]:
             "collapsed_promoted": sum(d["promoted"] and d["built"] == "constant" for d in ds)}
 
 
+# --- the validate phase (pre-registered protocol; see the module doc) -------------------------------
+
+#: The pair never used to design the gate (its rule, constants, signals): Fashion-MNIST as source,
+#: UCI optdigits as target.
+HELD_OUT_PAIR = "fashion-optdigits"
+VALIDATE_PAIRS = ("mnist-optdigits", "fashion-mnist", "colour", HELD_OUT_PAIR)
+PAIRS[HELD_OUT_PAIR] = ("fashion_mnist", "optdigits", 1, 3000, 0, 0.3)
+#: The pipeline's own split fractions (target val 0.2 of the non-test rows, test 0.5), so each
+#: decision meets the val size it meets in production.
+VALIDATE_FRACTIONS = {"target_test": 0.5, "target_val": 0.2}
+VALIDATE_SEEDS = 5
+VALIDATE_CONFIGS = [
+    Candidate("default"),
+    Candidate("20 steps", steps=20),
+    Candidate("200 steps", steps=200),
+    Candidate("byol", method="byol"),
+    Candidate("no replay", replay_ratio=0.0),
+    Candidate("mixup target×source", mix_op="mixup"),
+    Candidate("lr 0.5", lr=0.5, bad="learning rate far too high"),
+    Candidate("from scratch", from_scratch=True, bad="target-only SSL from scratch"),
+]
+CHAMPION_SEED, SAME_CONFIG_SEED = 100, 200
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval for ``k`` successes in ``n`` trials → (low, high); (nan, nan) for n = 0."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    low = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return low, high
+
+
+def paired_truth(deltas: list[float], level: float = 0.95) -> dict[str, Any]:
+    """Test-probe gains of one configuration over its reference, paired by seed → the mean, its
+    t-interval and the truth: "better" when the interval lies above 0, "worse" below, else "tie"."""
+    from scipy.stats import t
+
+    d = np.asarray(deltas, np.float64)
+    half = float(t.ppf(1 - (1 - level) / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    mean = float(d.mean())
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(d),
+            "truth": "better" if mean - half > 0 else "worse" if mean + half < 0 else "tie"}
+
+
+def validate_pair(pair: str, store: Path, log=print) -> dict[str, Any]:
+    """Every encoder of the protocol on ``pair`` (trained once, cached): gate signals with paired
+    per-row outcomes on val, and the test-probe truth → {"pair", "rows": [...]}."""
+    from uft import steps
+    from uft.data.dataset import load_dataset
+    from uft.models.artifact import load_encoder
+    from uft.promote.signals import _signals, gate_data
+    from uft.store import manifest_sha
+
+    src_spec, tgt_spec, ch, s_lim, t_lim, _ = PAIRS[pair]
+    if pair == "colour":
+        src_spec, tgt_spec = _colour_specs(store)
+    meas = Measurements(store / f"gate_validate.{pair}.json")
+    s = steps.ingest(src_spec, str(store), role="source", image_size=IMAGE_SIZE, channels=ch, limit=s_lim,
+                     test_fraction=0.1, val_fraction=0.1, seed=0)
+    t = steps.ingest(tgt_spec, str(store), role="target", image_size=IMAGE_SIZE, channels=ch, limit=t_lim,
+                     test_fraction=VALIDATE_FRACTIONS["target_test"], val_fraction=VALIDATE_FRACTIONS["target_val"], seed=0)
+    tgt = load_dataset(t["dataset_uri"])
+    data = gate_data(t["dataset_uri"], s["dataset_uri"], MAX_IMAGES, 0)
+    rows = []
+    for seed in range(VALIDATE_SEEDS):
+        base_uri = steps.pretrain(s["dataset_uri"], s["dataset_sha"], str(store), encoder="tiny", encoder_width=WIDTH,
+                                  steps=PRETRAIN_STEPS, batch_size=256, seed=seed)["encoder_uri"]
+        replay = steps.subsample_source(s["dataset_uri"], s["dataset_sha"], str(store), size=500, seed=seed)["replay_uri"]
+        uris = {"source": s["dataset_uri"], "target": t["dataset_uri"], "base": base_uri, "replay": replay}
+        base = load_encoder(base_uri)[0]
+        scope = f"{pair}|{manifest_sha(base_uri)}|{manifest_sha(t['dataset_uri'])}"
+
+        def one(uri: str, enc=None) -> dict[str, Any]:
+            enc = enc if enc is not None else load_encoder(uri)[0]
+            return {"signals": _signals(enc, base, data, 0, MAX_IMAGES), **truth(enc, tgt)}
+
+        rows.append({"seed": seed, "role": "base", "config": "base", **meas.get(f"{scope}|base", lambda: one("", base))})
+        todo = [("candidate", c, seed) for c in VALIDATE_CONFIGS] + [("champion", DEFAULT, CHAMPION_SEED + seed),
+                                                                     ("same-config", DEFAULT, SAME_CONFIG_SEED + seed)]
+        for role, c, cseed in todo:
+            cand = Candidate(**{**asdict(c), "seed": cseed})
+            uri = build(cand, uris, store)
+            m = meas.get(f"{scope}|{manifest_sha(uri)}", lambda: one(uri))
+            rows.append({"seed": seed, "role": role, "config": c.name, "bad": c.bad, **m})
+            log(f"[{pair}] seed {seed} {role:11s} {c.name:22s} test {m['test_probe']:.3f}")
+    return {"pair": pair, "held_out": pair == HELD_OUT_PAIR, "rows": rows,
+            "split_sizes": {k: int((tgt.split == k).sum()) for k in ("train", "val", "test")}}
+
+
+def validate_decisions(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each candidate (and same-config rerun) of pair ``p`` decided by the rule against its base and
+    against the champion of its seed, with the truth of its configuration over the seeds."""
+    from uft.promote import GatePolicy, decide
+
+    policy = GatePolicy()
+    by = {(r["seed"], r["role"], r["config"]): r for r in p["rows"]}
+    out = []
+    for (seed, role, config), r in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        if role not in ("candidate", "same-config"):
+            continue
+        for ref_kind in ("base", "champion") if role == "candidate" else ("champion",):
+            refs = {s: by.get((s, "base", "base") if ref_kind == "base" else (s, "champion", "default"))
+                    for s in range(VALIDATE_SEEDS)}
+            mine = {s: by.get((s, role, config)) for s in range(VALIDATE_SEEDS)}
+            pairs = [(mine[s], refs[s]) for s in range(VALIDATE_SEEDS) if mine[s] and refs[s]]
+            truth_ = paired_truth([a["test_probe"] - b["test_probe"] for a, b in pairs]) if len(pairs) >= 2 else None
+            ref = refs[seed]
+            for labels in (True, False):
+                strip = (lambda x: x) if labels else (lambda x: {k: v for k, v in x.items() if k != "val_probe"})
+                d = decide(strip(r["signals"]), strip(ref["signals"]), policy, reference=ref_kind)
+                out.append({"pair": p["pair"], "held_out": p["held_out"], "role": role, "config": config, "seed": seed,
+                            "reference": ref_kind, "val_labels": labels, "promoted": d.promote,
+                            "interval": d.interval, "truth": truth_, "reason": d.reasons[0] if d.reasons else ""})
+    return out
+
+
+def validate_report(res: list[dict[str, Any]]) -> str:
+    """The protocol's tables: precision and recall (Clopper–Pearson 95 %) per rule × reference, the
+    held-out pair on its own, and the same-configuration row."""
+    from uft.promote import GatePolicy
+
+    policy = GatePolicy()
+    ds = [d for p in res for d in validate_decisions(p)]
+    md = header("Promotion gate validation (pre-registered protocol)", "bench.promotion_gate --phase validate")
+    md += (f"- rule: promote when the lower bound of the {policy.level:.0%} paired-bootstrap interval of the gain "
+           f"exceeds {policy.min_probe_gain} (val probe, with val labels) / {policy.min_gate_gain:.0%} (gate score, "
+           "label-free); truth: 95 % t-interval of the paired test-probe gain over "
+           f"{VALIDATE_SEEDS} seeds above 0\n- pairs: {', '.join(r['pair'] for r in res)} (held out: {HELD_OUT_PAIR})\n\n")
+    rows = []
+    cand = [d for d in ds if d["role"] == "candidate" and d["truth"]]
+    for labels in (True, False):
+        for ref in ("base", "champion"):
+            for scope in ("all pairs", HELD_OUT_PAIR):
+                sel = [d for d in cand if d["val_labels"] == labels and d["reference"] == ref
+                       and (scope == "all pairs" or d["pair"] == scope)]
+                prom = [d for d in sel if d["promoted"]]
+                tp = sum(d["truth"]["truth"] == "better" for d in prom)
+                real = [d for d in sel if d["truth"]["truth"] == "better" and d["truth"]["mean"] >= policy.min_probe_gain]
+                hit = sum(d["promoted"] for d in real)
+                pl, ph = clopper_pearson(tp, len(prom))
+                rl, rh = clopper_pearson(hit, len(real))
+                rows.append(["with val labels" if labels else "label-free", ref, scope, len(sel), len(prom), tp,
+                             f"{tp / len(prom):.2f} [{pl:.2f}, {ph:.2f}]" if prom else "–", len(real),
+                             f"{hit / len(real):.2f} [{rl:.2f}, {rh:.2f}]" if real else "–"])
+    md += table(["rule", "reference", "pairs", "decisions", "promoted", "promoted & truly better",
+                 "precision [CP 95 %]", "real gains ≥ min", "recall [CP 95 %]"], rows)
+    same = [d for d in ds if d["role"] == "same-config"]
+    md += "\n## Same configuration, another seed (goal: none promoted)\n\n"
+    srows = []
+    for labels in (True, False):
+        sel = [d for d in same if d["val_labels"] == labels]
+        k = sum(d["promoted"] for d in sel)
+        lo, hi = clopper_pearson(k, len(sel))
+        srows.append(["with val labels" if labels else "label-free", len(sel), k, f"[{lo:.2f}, {hi:.2f}]"])
+    md += table(["rule", "reruns", "promoted", "share promoted, CP 95 %"], srows)
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--phase", choices=("noise", "bench"), required=True)
+    p.add_argument("--phase", choices=("noise", "bench", "validate"), required=True)
     p.add_argument("--pairs", default="", help="comma-separated (default: the phase's pairs)")
     p.add_argument("--store", default=".uft/bench_gate", help="step cache and measurements (reused by reruns)")
     p.add_argument("--out", default="", help="output path without extension")
@@ -302,8 +477,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     store = Path(a.store).resolve()
     store.mkdir(parents=True, exist_ok=True)
-    pairs = [s for s in a.pairs.split(",") if s] or (list(NOISE_PAIRS) if a.phase == "noise" else list(PAIRS))
+    pairs = [s for s in a.pairs.split(",") if s] or (list(NOISE_PAIRS) if a.phase == "noise" else
+                                                     list(VALIDATE_PAIRS) if a.phase == "validate" else
+                                                     [q for q in PAIRS if q != HELD_OUT_PAIR])
     t0 = time.perf_counter()
+    if a.phase == "validate":  # the pre-registered protocol: every pair, then the report once all are measured
+        res = [validate_pair(pr, store, log=lambda m: print(m, flush=True)) for pr in pairs]
+        out = Path(a.out or RESULTS / "promotion_gate_validate")
+        out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
+        if set(pairs) == set(VALIDATE_PAIRS):
+            md = validate_report(res)
+            out.with_suffix(".md").write_text(md)
+            print(md)
+        return 0
     cands = NOISE if a.phase == "noise" else BENCH
     if a.limit:
         cands = cands[: a.limit]
@@ -332,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
         return 0
     out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
-    if set(pairs) != set(PAIRS) and not a.cached_only:  # one pair of a parallel run: the report comes later
+    if set(pairs) != set(PAIRS) - {HELD_OUT_PAIR} and not a.cached_only:  # one pair of a parallel run: the report comes later
         return 0
     md = bench_report(res, json.loads((RESULTS / "promotion_gate_noise.json").read_text()), time.perf_counter() - t0)
     out.with_suffix(".md").write_text(md)

@@ -31,6 +31,10 @@ def test_the_window_counts_from_the_first_attempt_and_bounds_every_retry():
     # an early failure is retried after 30 s, and the retry is killed at t0 + 600 (not 600 s after it starts)
     d = next_attempt(OLD, [(t0, t0 + 60)], now=t0 + 60)
     assert d.retry and d.wait_s == 30 and d.deadline == t0 + 600
+    # a second failure is judged against the FIRST attempt's start: 560 s in, a 60 s backoff ends past 600
+    d = next_attempt(OLD, [(t0, t0 + 500), (t0 + 530, t0 + 560)], now=t0 + 560)
+    assert (d.retry, d.reason) == (False, "Backoff would exceed max duration limit")
+    assert next_attempt(OLD, [(t0, t0 + 10), (t0 + 40, t0 + 50)], now=t0 + 50).deadline == t0 + 600
     # backoffs double: 30, 60, 120 s; after limit retries, no more
     attempts = [(t0, t0 + 1), (t0 + 31, t0 + 32), (t0 + 92, t0 + 93)]
     assert next_attempt(OLD, attempts, now=t0 + 93).wait_s == 120

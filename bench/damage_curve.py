@@ -410,13 +410,59 @@ def analysis_table(cells: list[dict[str, Any]]) -> str:
         if len(sizes) >= 2:
             lo, hi = sizes[0], sizes[-1]
 
-            def drop(sz: int, m: str) -> dict[int, float]:
-                a, b = values(cells, p, sz, "naive", last, "test", m), values(cells, p, sz, "naive", 0, "test", m)
+            def change(sz: int, m: str) -> dict[int, float]:
+                """Source: the drop from the base D; target: the fall from that size's val peak."""
+                ref = 0 if m == "source_knn" else peak_step(cells, p, sz, m)
+                a, b = values(cells, p, sz, "naive", last, "test", m), values(cells, p, sz, "naive", ref, "test", m)
                 return {k: a[k] - b[k] for k in set(a) & set(b)}
 
-            lines.append(f"| {p} | {lo} vs {hi} | size: D_{lo}({last}) − D_{hi}({last}) | "
-                         + " | ".join(fmt(diff(drop(lo, m), drop(hi, m))) for m in ("linear_10shot", "knn", "source_knn")) + " |")
+            lines.append(f"| {p} | {lo} vs {hi} | size: change at {last} for {lo} − for {hi} (target: fall from "
+                         "peak; source: D) | "
+                         + " | ".join(fmt(diff(change(lo, m), change(hi, m))) for m in ("linear_10shot", "knn", "source_knn"))
+                         + " |")
     return "\n".join(lines)
+
+
+def claims(cells: list[dict[str, Any]]) -> list[str]:
+    """The protocol's item 6, applied as written: the premise at the smallest size, and each remedy at
+    naive's damage step on the metric that was damaged → markdown lines."""
+    out = []
+    last = steps_of(cells)[-1]
+    pairs = list(dict.fromkeys(c["pair"] for c in cells))
+    small = {p: min(c["size"] for c in cells if c["pair"] == p) for p in pairs}
+    confirmed, clean = [], []
+    for p in pairs:
+        s = small[p]
+        td, why = damage_step(cells, p, s)
+        if td is None:
+            d = diff(values(cells, p, s, "naive", last, "test", "source_knn"), values(cells, p, s, "naive", 0, "test", "source_knn"))
+            m, h = t_interval(d) if len(d) else (float("nan"), float("nan"))
+            clean.append(bool(len(d) >= 2 and m - h > -0.02))
+            out.append(f"- {p}, {s} images: naive not damaged within {last} steps (val); test source drop at {last}: {fmt(d)}.")
+            continue
+        ok = []
+        if why.startswith("source"):
+            ok.append(below(diff(values(cells, p, s, "naive", td, "test", "source_knn"),
+                                 values(cells, p, s, "naive", 0, "test", "source_knn"))))
+        for m in PRIMARY_TARGET:
+            if f"{HEADERS[m]} below" in why:
+                tp = peak_step(cells, p, s, m)
+                ok.append(below(diff(values(cells, p, s, "naive", td, "test", m), values(cells, p, s, "naive", tp, "test", m))))
+        confirmed.append(any(ok))
+        out.append(f"- {p}, {s} images: naive damaged from step {td} on val ({why}); "
+                   f"{'confirmed' if any(ok) else 'not confirmed'} on test.")
+        for v in [x for x in REMEDIES if any(c["variant"] == x for c in cells)]:
+            metric = "source_knn" if why.startswith("source") else next(m for m in PRIMARY_TARGET if f"{HEADERS[m]} below" in why)
+            d = diff(values(cells, p, s, v, td, "test", metric), values(cells, p, s, "naive", td, "test", metric))
+            word = "holds" if above(d) else "hurts" if below(d) else "no effect detected"
+            out.append(f"  - {v} − naive at step {td} on {HEADERS[metric]}: {fmt(d)} → {word}")
+    if len(confirmed) == len(pairs) and all(confirmed):
+        verdict = "holds"
+    elif len(clean) == len(pairs) and all(clean):
+        verdict = "does not hold"
+    else:
+        verdict = "not resolved"
+    return [f"Premise (naive finetuning on the smallest target is damaged, on every pair): **{verdict}**.", ""] + out
 
 
 def remedy_table(cells: list[dict[str, Any]]) -> str:
@@ -474,6 +520,10 @@ def render(cells: list[dict[str, Any]], cfg: CurveConfig, command: str, wall: fl
         "## Analyses (protocol items 2–4)",
         "",
         analysis_table(cells),
+        "",
+        "## Claims (protocol item 6, rules fixed in advance)",
+        "",
+        *claims(cells),
         "",
         "## Replay and mixing (protocol item 5)",
         "",

@@ -45,6 +45,30 @@ def test_peak_and_damage_follow_the_protocol_on_val():
     assert dc.damage_step(_cells(noisy, flat), "p", 100) == (None, "")
 
 
+def _remedy_cells(src_naive: dict[int, list[float]], remedy_gain: float) -> list[dict]:
+    """naive and replay on both splits; replay's source k-NN = naive's + ``remedy_gain`` after step 0."""
+    flat = {t: [0.5 + 0.01 * s for s in range(5)] for t in src_naive}
+    out = []
+    for split in dc.SPLITS:
+        out += _cells(flat, src_naive, "naive", split)
+        out += _cells(flat, {t: [x + (remedy_gain if t else 0) for x in xs] for t, xs in src_naive.items()}, "replay", split)
+    return out
+
+
+def test_claims_apply_the_pre_registered_rules():
+    drop = {0: [0.90, 0.91, 0.89, 0.90, 0.92], 100: [0.80, 0.82, 0.79, 0.81, 0.80]}
+    text = "\n".join(dc.claims(_remedy_cells(drop, 0.05)))
+    assert "**holds**" in text and "confirmed on test" in text and "replay − naive at step 100 on source k-NN" in text
+    assert text.rstrip().endswith("→ holds")
+    assert "→ hurts" in "\n".join(dc.claims(_remedy_cells(drop, -0.05)))
+    # no damage, and the test drop's lower bound above −0.02: the premise does not hold here
+    flat = {0: [0.90, 0.91, 0.89, 0.90, 0.92], 100: [0.901, 0.909, 0.891, 0.899, 0.921]}
+    assert "**does not hold**" in "\n".join(dc.claims(_remedy_cells(flat, 0.0)))
+    # no damage on val but too noisy to exclude a drop of 0.02: not resolved
+    noisy = {0: [0.90, 0.91, 0.89, 0.90, 0.92], 100: [0.95, 0.85, 0.93, 0.86, 0.92]}
+    assert "**not resolved**" in "\n".join(dc.claims(_remedy_cells(noisy, 0.0)))
+
+
 def test_intervals_are_paired_t_intervals_over_seeds():
     a, b = {0: 0.5, 1: 0.7, 2: 0.6}, {0: 0.45, 1: 0.66, 2: 0.56}
     d = dc.diff(a, b)
@@ -60,7 +84,10 @@ def micro(monkeypatch):
 
 
 def _micro_cfg(pair: str) -> dc.CurveConfig:
+    # naive and replay + mixing (the latter runs both the replay and the mixing path): the probes' fits
+    # dominate the cost, so two variants keep the test well under 20 s on a loaded 2-core machine
     return dc.CurveConfig(pairs=[pair], sizes=[40], seeds=[0, 1], checkpoints=[0, 2, 3], encoder_width=4,
+                          variants=["naive", "replay+mixing"],
                           image_size=8, pretrain_steps=2, pretrain_batch=32, batch_size=16, replay_mult=2,
                           draws=1, eval_cap=40, source_bank=100, source_limit=400, shots=[10])
 
@@ -75,9 +102,9 @@ def test_micro_damage_curve_end_to_end(tmp_path, micro, monkeypatch):
     store = str(tmp_path / "store")
     cells, _ = dc.run(cfg, store, log=lambda s: None)
     # one run per (seed, size, variant) of max(checkpoints) steps, after one base per seed
-    assert calls == ([cfg.pretrain_steps] + [3] * len(dc.VARIANTS)) * 2
+    assert calls == ([cfg.pretrain_steps] + [3] * len(cfg.variants)) * 2
     keys = {(c["variant"], c["seed"], c["step"], c["split"]) for c in cells}
-    assert keys == {(v, s, t, sp) for v in dc.VARIANTS for s in (0, 1) for t in (0, 2, 3) for sp in dc.SPLITS}
+    assert keys == {(v, s, t, sp) for v in cfg.variants for s in (0, 1) for t in (0, 2, 3) for sp in dc.SPLITS}
     assert all(0.0 <= x <= 1.0 for c in cells for x in c["metrics"].values())
     # evaluating along the run leaves it as it would have been: step 3 = a plain 3-step run's end
     data = dc.load_grey(micro, store, cfg)
@@ -92,7 +119,7 @@ def test_micro_damage_curve_end_to_end(tmp_path, micro, monkeypatch):
     assert plain[3] == along
     assert along != {c["split"]: c["metrics"] for c in cells if (c["variant"], c["seed"], c["step"]) == ("replay+mixing", 1, 0)}
     text = dc.render(cells, cfg, "cmd", 1.0, {})
-    assert "n = 2" in text and "95 % Student-t interval" in text
+    assert "n = 2" in text and "95 % Student-t interval" in text and "## Claims" in text
     rows = [r for r in text.splitlines() if r.startswith(f"| {micro} | 40 | naive | 3 |")]
     assert len(rows) == 1 and rows[0].count(" ± ") == 3  # 10-shot, k-NN, source k-NN
     diffs = [r for r in text.splitlines() if "naive(3) − base" in r]

@@ -4,6 +4,16 @@ the rerun (every task cached), each task's wall and CPU seconds side by side, as
     python -m bench.local_run                      # the bundled data, as `make run`
     python -m bench.local_run -p pretrain_steps=20 # any pipeline parameter, as `uft run -p`
     python -m bench.local_run --no-task-cache      # the rerun without kfp.local's task cache
+    python -m bench.local_run --against a23d64c --rounds 3   # side by side with that commit's code
+
+Side by side (``--against COMMIT``): the commit is checked out into a temporary git worktree and
+run with the same venv (``PYTHONPATH`` puts its ``src`` and root first, ahead of the editable
+install's finder, and the run starts in it); each round runs the working tree and the commit one
+after the other, alternating which goes first, each a first run and a cached rerun in a fresh state
+directory, with `make run`'s ``DEMO_BUDGET`` flags (read from the Makefile) unless ``-p`` is given.
+The table shows each figure's median, min–max over the rounds, the ratio of the medians, and the
+load average before each run (figures from a loaded machine are not comparable: measure on a
+quiet one).
 
 Per-task times are the lines `uft run` prints (wall; CPU of the task's process from
 RUSAGE_CHILDREN, or "cached" when kfp.local's task cache answered it). The total CPU is that of the
@@ -15,18 +25,26 @@ average is printed); CPU seconds are the steadier figure."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import resource
+import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from bench.common import load_avg, table
 
+ROOT = Path(__file__).resolve().parent.parent
+#: `uft run` in a fresh process, through the console script's entry point (``uft.cli:main`` in the
+#: old single-module CLI and in today's package alike).
+UFT = ["-c", "import sys; from uft.cli import main; sys.argv[0] = 'uft'; sys.exit(main())"]
 _TASK = re.compile(r"^\s*([✓✗])\s+(\S+)\s+([\d.]+) s\s+(?:cpu\s+([\d.]+) s|(cached))")
 
 
@@ -39,6 +57,7 @@ class Run:
     rc: int
     tasks: dict[str, tuple[float, float | None]] = field(default_factory=dict)
     tail: str = ""
+    load: float = float("nan")  # 1-min load average when it started
 
     @property
     def task_cpu(self) -> float:
@@ -54,16 +73,97 @@ def parse_tasks(text: str) -> dict[str, tuple[float, float | None]]:
     return out
 
 
-def uft_run(state: Path, params: list[str], env: dict[str, str]) -> Run:
+def uft_run(state: Path, params: list[str], env: dict[str, str], cwd: Path | None = None) -> Run:
     """One `uft run` (a fresh process, as `make run` starts it) with ``UFT_STATE_DIR=state``."""
-    cmd = [sys.executable, "-m", "uft.cli", "run", *[a for p in params for a in ("-p", p)]]
+    cmd = [sys.executable, *UFT, "run", *[a for p in params for a in ("-p", p)]]
+    load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env={**env, "UFT_STATE_DIR": str(state), "COLUMNS": "200"}, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env={**env, "UFT_STATE_DIR": str(state), "COLUMNS": "200"}, capture_output=True, text=True,
+                          cwd=cwd)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Run(wall, cpu, proc.returncode, parse_tasks(proc.stdout), (proc.stdout + proc.stderr)[-3000:])
+    return Run(wall, cpu, proc.returncode, parse_tasks(proc.stdout), (proc.stdout + proc.stderr)[-3000:], load)
+
+
+def demo_budget(makefile: Path = ROOT / "Makefile") -> list[str]:
+    """`make run`'s ``DEMO_BUDGET`` (``-p k=v`` flags) from the Makefile → ["k=v", …]."""
+    for line in makefile.read_text().splitlines():
+        if m := re.match(r"^DEMO_BUDGET\s*\??=\s*(.*)$", line):
+            words = shlex.split(m.group(1))
+            return [w for flag, w in zip(words, words[1:]) if flag in ("-p", "--param")]
+    raise SystemExit(f"no DEMO_BUDGET line in {makefile}: pass the budget with -p")
+
+
+def old_code_env(env: dict[str, str], worktree: Path) -> dict[str, str]:
+    """``env`` with the worktree's packages first on the path: ``uft`` (its src/), ``components`` and
+    ``pipelines`` (its root) are imported from there, not from the editable install of the working
+    tree (whose finder comes after ``sys.path``), in the driver and in every task it starts."""
+    path = [str(worktree / "src"), str(worktree)]
+    if env.get("PYTHONPATH"):
+        path.append(env["PYTHONPATH"])
+    return {**env, "PYTHONPATH": os.pathsep.join(path)}
+
+
+@contextlib.contextmanager
+def worktree(commit: str) -> Iterator[Path]:
+    """``commit`` checked out (detached) into a temporary git worktree, removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="uft-bench-old-"))
+    where = tmp / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(where), commit], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)], check=False)
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+def spread(xs: list[float]) -> str:
+    """Median and min–max of some seconds: ``"41.2 (39.8–45.0)"``; one value alone."""
+    if not xs:
+        return "–"
+    med = statistics.median(xs)
+    return f"{med:.1f}" if len(xs) == 1 else f"{med:.1f} ({min(xs):.1f}–{max(xs):.1f})"
+
+
+def side_by_side(tree: list[tuple[Run, Run]], old: list[tuple[Run, Run]], commit: str, command: str) -> str:
+    """Rounds of (first run, cached rerun) for the working tree and for ``commit`` → markdown: wall
+    and CPU seconds as median (min–max), the ratio of the medians, and each run's load average."""
+    head = ["", "working tree s", f"{commit} s", "ratio (tree / commit)"]
+    rows = []
+    for i, what in enumerate(("first run", "cached rerun")):
+        for kind in ("wall", "CPU"):
+            a = [getattr(r[i], "wall" if kind == "wall" else "cpu") for r in tree]
+            b = [getattr(r[i], "wall" if kind == "wall" else "cpu") for r in old]
+            ratio = f"{statistics.median(a) / statistics.median(b):.2f}" if a and b and statistics.median(b) > 0 else "–"
+            rows.append([f"{what}, {kind}", spread(a), spread(b), ratio])
+    loads = [f"{r.load:.1f}" for pair in tree + old for r in pair]
+    return (f"## `make run`'s pipeline side by side: working tree vs {commit}\n\n`{command}` · {len(tree)} rounds, "
+            f"alternating · {os.cpu_count()} cores · load average (1 min) before each run: {', '.join(loads)} · "
+            f"now {load_avg()}\n\n" + table(head, rows))
+
+
+def compare(commit: str, params: list[str] | None = None, rounds: int = 3) -> str:
+    """The working tree and ``commit`` side by side, ``rounds`` rounds → the markdown table."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env["UFT_TASK_CACHE"] = "1"
+    params = list(params) if params else demo_budget()
+    command = " ".join(["uft run", *[f"-p {p}" for p in params]])
+    results: dict[str, list[tuple[Run, Run]]] = {"tree": [], "old": []}
+    with worktree(commit) as old_root, tempfile.TemporaryDirectory(prefix="uft-bench-sbs-") as tmp:
+        how = {"tree": (env, ROOT), "old": (old_code_env(env, old_root), old_root)}
+        for i in range(rounds):
+            for which in (("tree", "old") if i % 2 == 0 else ("old", "tree")):  # alternate who goes first
+                run_env, cwd = how[which]
+                state = Path(tmp) / f"{which}-{i}"
+                pair = (uft_run(state, params, run_env, cwd), uft_run(state, params, run_env, cwd))
+                for r in pair:
+                    if r.rc != 0:
+                        raise SystemExit(f"`uft run` of the {which} code failed ({r.rc}):\n{r.tail}")
+                results[which].append(pair)
+                print(f"round {i + 1}/{rounds} {which}: {pair[0].wall:.1f} s, rerun {pair[1].wall:.1f} s", file=sys.stderr)
+    return side_by_side(results["tree"], results["old"], commit, command)
 
 
 def _cell(v: tuple[float, float | None] | None) -> tuple[str, str]:
@@ -104,5 +204,11 @@ if __name__ == "__main__":
     ap.add_argument("-p", "--param", action="append", default=[], help="pipeline parameter KEY=VALUE (repeatable)")
     ap.add_argument("--state", type=Path, default=None, help="state directory (default: a fresh temporary one)")
     ap.add_argument("--no-task-cache", action="store_true", help="rerun without kfp.local's task cache (UFT_TASK_CACHE=0)")
+    ap.add_argument("--against", metavar="COMMIT", default="",
+                    help="side by side: also time COMMIT's code (a temporary worktree, same venv), alternating")
+    ap.add_argument("--rounds", type=int, default=3, help="side-by-side rounds (each: both codes, first run + rerun)")
     a = ap.parse_args()
-    print(run(a.param, a.state, task_cache=not a.no_task_cache))
+    if a.against:
+        print(compare(a.against, a.param, a.rounds))
+    else:
+        print(run(a.param, a.state, task_cache=not a.no_task_cache))

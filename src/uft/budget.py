@@ -14,14 +14,20 @@ keep the digit demo's fixed 300 / 200 steps at batch 256):
   loss of 24 px against 16 px on clothing; see docs/results.md).
 
 :func:`estimate_seconds` times two real training steps of the chosen encoder on this machine and
-scales them to the run's steps: the estimate printed before `uft run` starts.
+scales them to the run's steps: the estimate printed before `uft run` starts. The measured step
+time is kept per shape and machine (``memo``), so a rerun does not import torch and train again
+just to say what it said before; :func:`estimate_vs_actual` holds the estimate against the training
+time the run then took.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 PRETRAIN_EPOCHS = 8
 FINETUNE_EPOCHS = 20
@@ -70,8 +76,14 @@ def infer_budget(source_rows: int, target_rows: int, *, image_size: int, channel
 
 def measure_step_seconds(*, encoder: str, encoder_width: int, image_size: int, channels: int, batch_size: int,
                          method: str = "simclr", device: str | None = None) -> float:
-    """Seconds of one SSL training step at this shape and batch, measured here (one warm-up step,
-    then two timed) on random images."""
+    """Seconds of one SSL training step at this shape and batch, measured here on random images:
+    the median gap between the ends of consecutive steps after a warm-up step.
+
+    Step to step, not the whole call over its steps: a call's set-up (optimizer, views, data
+    order) is paid once per training, and over two steps it had made the estimate of a 100-step
+    run seconds too high."""
+    import statistics
+
     import torch
 
     from uft.models.encoders import build_encoder
@@ -82,28 +94,105 @@ def measure_step_seconds(*, encoder: str, encoder_width: int, image_size: int, c
     kwargs = {"width": encoder_width} if encoder == "tiny" else {}
     m = build_method(method, build_encoder(encoder, in_channels=channels, **kwargs))
     x = torch.randint(0, 256, (batch_size, channels, image_size, image_size), dtype=torch.uint8)
-    cfg = TrainConfig(steps=1, batch_size=batch_size, warmup_steps=0)
-    train_ssl(m, x, cfg, device=device)
-    t0 = time.perf_counter()
-    train_ssl(m, x, cfg.model_copy(update={"steps": 2}), device=device)
-    return (time.perf_counter() - t0) / 2
+    ends: list[float] = []
+    cfg = TrainConfig(steps=4, batch_size=batch_size, warmup_steps=0, log_every=1)
+    train_ssl(m, x, cfg, device=device, on_log=lambda _step, _loss: ends.append(time.perf_counter()))
+    gaps = [b - a for a, b in zip(ends, ends[1:])]  # steps 2-4: the first (warm-up) ends at ends[0]
+    return statistics.median(gaps)
 
 
-def estimate_seconds(cfg) -> tuple[float, str]:
+#: How long a step time measured on this machine is reused before it is measured again.
+MEMO_DAYS = 7
+#: Bumped when :func:`measure_step_seconds` measures differently: kept times of the old way are not reused.
+MEASURE_VERSION = 2
+
+
+def _memo_key(shape: dict) -> str:
+    """The shape, plus what makes a step time this machine's: torch's version, CPUs, host, an NVIDIA
+    driver or not (known without importing torch, as :func:`uft.defaults.has_accelerator` does)."""
+    import importlib.metadata
+    import platform
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "?"
+    return json.dumps({**shape, "torch": torch_version, "cpus": os.cpu_count(), "host": platform.node(),
+                       "nvidia": any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl")),
+                       "how": MEASURE_VERSION}, sort_keys=True)
+
+
+def step_seconds(memo: Path | None = None, **shape) -> tuple[float, float | None]:
+    """:func:`measure_step_seconds` for ``shape``, reusing a measurement kept in ``memo`` (a JSON
+    file) for the same shape on this machine within :data:`MEMO_DAYS` → (seconds, when it was
+    measured, or None when measured now)."""
+    key = _memo_key(shape)
+    kept: dict = {}
+    if memo is not None:
+        try:
+            kept = json.loads(memo.read_text())
+        except (OSError, ValueError):
+            kept = {}
+        hit = kept.get(key)
+        if isinstance(hit, dict) and time.time() - float(hit.get("at", 0)) < MEMO_DAYS * 86400:
+            return float(hit["step_s"]), float(hit["at"])
+    step = measure_step_seconds(**shape)
+    if memo is not None:
+        kept[key] = {"step_s": step, "at": time.time()}
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(kept, indent=1))
+            os.replace(tmp, memo)  # whole or not at all
+        except OSError:
+            pass  # an estimate that cannot be kept is measured again next time
+    return step, None
+
+
+def estimate_seconds(cfg, memo: Path | None = None) -> tuple[float, str]:
     """A :class:`~uft.config.RunConfig` → (estimated training seconds, one line saying how).
+    ``memo``: where measured step times are kept (:func:`step_seconds`; None: always measure).
 
     Pretraining and finetuning dominate a run; the finetune's batch grows by the replayed share.
     Evaluation, holistic transfer and service start-up come on top and are not included."""
-    step = measure_step_seconds(encoder=cfg.encoder, encoder_width=cfg.encoder_width, image_size=cfg.image_size,
-                                channels=cfg.channels, batch_size=cfg.batch_size, method=cfg.pretrain_method.partition(":")[0])
+    step, at = step_seconds(memo, encoder=cfg.encoder, encoder_width=cfg.encoder_width, image_size=cfg.image_size,
+                            channels=cfg.channels, batch_size=cfg.batch_size,
+                            method=cfg.pretrain_method.partition(":")[0])
     replay = cfg.replay_ratio if cfg.replay_size > 0 else 0.0
     pre = 0.0 if cfg.pretrained_encoder else cfg.pretrain_steps * step
     fin = cfg.finetune_steps * step * (1 + replay)
     total = pre + fin
+    when = "measured here" if at is None else f"measured here {time.strftime('%Y-%m-%d %H:%M', time.localtime(at))}"
     line = (f"estimated training time: ~{_duration(total)} (pretrain {0 if cfg.pretrained_encoder else cfg.pretrain_steps} "
-            f"+ finetune {cfg.finetune_steps} steps at {step:.2f} s/step, measured here; a rerun with the same "
+            f"+ finetune {cfg.finetune_steps} steps at {step:.2f} s/step, {when}; a rerun with the same "
             "inputs is cached; evaluation extra)")
     return total, line
+
+
+#: How far the estimate may be from the training time a run then takes before the run says so.
+HONEST = 0.30
+
+
+def estimate_vs_actual(estimate_s: float | None, trained_s: dict[str, float]) -> str:
+    """The estimate printed before the run against what its training took → one line for the end
+    of `uft run` ("" when there is nothing to compare).
+
+    ``trained_s``: seconds of each training step that trained in this run ({"pretrain": 41.2,
+    "ssl_finetune": 30.5}); a step answered from a cache is left out, so a fully cached rerun
+    says it trained nothing."""
+    if estimate_s is None and not trained_s:
+        return ""
+    est = "unknown" if estimate_s is None else f"{estimate_s:.0f} s"
+    if not trained_s:
+        return f"training: none this run (cached); the estimate before it was {est}"
+    took = sum(trained_s.values())
+    parts = " + ".join(f"{k} {v:.0f} s" for k, v in trained_s.items())
+    line = f"training took {took:.0f} s ({parts}); estimated before the run: {est}"
+    if estimate_s is None or estimate_s <= 0 or len(trained_s) < 2:
+        return line  # one step cached, the other trained: the estimate covered both, no fair ratio
+    off = estimate_s / took - 1
+    verdict = "within" if abs(off) <= HONEST else "outside"
+    return f"{line} ({off:+.0%}, {verdict} ±{HONEST:.0%})"
 
 
 def _duration(s: float) -> str:

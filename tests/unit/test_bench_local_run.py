@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.local_run import Run, parse_tasks, report
 
 OUT = """preflight ok in 0.2 s
@@ -27,3 +29,40 @@ def test_report_puts_both_runs_side_by_side_with_the_driver_share():
     # driver = total CPU minus the tasks' CPU: 110 − (6.2 + 88.5 + 3.5) and 12 − 2.5
     assert "| driver and services |  | 11.8 |  | 9.5 |" in md
     assert "| **total** | **120.0** | **110.0** | **15.0** | **12.0** |" in md
+
+
+def test_demo_budget_is_read_from_the_makefile(tmp_path):
+    from bench.local_run import demo_budget
+
+    mk = tmp_path / "Makefile"
+    mk.write_text("X = 1\nDEMO_BUDGET ?= -p pretrain_steps=60 --param finetune_steps=40\nrun:\n\tuft run $(DEMO_BUDGET)\n")
+    assert demo_budget(mk) == ["pretrain_steps=60", "finetune_steps=40"]
+    assert all("=" in p for p in demo_budget())  # the real Makefile still has the line
+    mk.write_text("run:\n")
+    with pytest.raises(SystemExit, match="no DEMO_BUDGET"):
+        demo_budget(mk)
+
+
+def test_old_code_comes_first_on_the_path(tmp_path):
+    from bench.local_run import old_code_env
+
+    env = old_code_env({"PYTHONPATH": "/x", "HOME": "h"}, tmp_path)
+    assert env["PYTHONPATH"].split(":") == [str(tmp_path / "src"), str(tmp_path), "/x"] and env["HOME"] == "h"
+    assert old_code_env({}, tmp_path)["PYTHONPATH"] == f"{tmp_path / 'src'}:{tmp_path}"
+
+
+def test_side_by_side_table_has_spread_ratio_and_load():
+    from bench.local_run import side_by_side, spread
+
+    assert spread([3.0, 1.0, 2.0]) == "2.0 (1.0–3.0)" and spread([4.0]) == "4.0" and spread([]) == "–"
+
+    def pair(first: float, rerun: float, load: float = 1.0) -> tuple[Run, Run]:
+        return Run(first, first * 0.9, 0, load=load), Run(rerun, rerun * 0.5, 0, load=load)
+
+    tree = [pair(60.0, 4.0), pair(62.0, 5.0, load=0.5), pair(58.0, 4.5)]
+    old = [pair(100.0, 38.0), pair(104.0, 40.0), pair(98.0, 36.0, load=2.0)]
+    md = side_by_side(tree, old, "a23d64c", "uft run -p pretrain_steps=60")
+    assert "| first run, wall | 60.0 (58.0–62.0) | 100.0 (98.0–104.0) | 0.60 |" in md
+    assert "| cached rerun, wall | 4.5 (4.0–5.0) | 38.0 (36.0–40.0) | 0.12 |" in md
+    assert "| first run, CPU | 54.0 (52.2–55.8) | 90.0 (88.2–93.6) | 0.60 |" in md
+    assert "3 rounds, alternating" in md and "1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0" in md

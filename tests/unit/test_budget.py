@@ -3,6 +3,8 @@ time estimate printed before a run; and the end-of-run verdict on finetuning (uf
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from uft.budget import BATCH_RANGE, FINETUNE_EPOCHS, PRETRAIN_EPOCHS, infer_budget, input_factor
@@ -56,14 +58,40 @@ def test_defaults_carry_the_budget_only_for_two_folders_and_unset_fields():
     assert "pretrain_steps" not in pinned.values and "finetune_steps" in pinned.values
 
 
-def test_estimate_is_measured_and_scales_with_steps():
+def test_estimate_is_measured_and_scales_with_steps(monkeypatch):
+    """The step time is timed from real training steps: each training call made slower by a known
+    delay per step (a slower machine) moves the estimate by that delay; 100× the steps, ~100× it."""
+    import re
+
     from uft.budget import estimate_seconds
     from uft.config import RunConfig
+    from uft.ssl import train
 
-    few, line = estimate_seconds(RunConfig(pretrain_steps=2, finetune_steps=2, batch_size=32, replay_size=0))
-    many, _ = estimate_seconds(RunConfig(pretrain_steps=200, finetune_steps=200, batch_size=32, replay_size=0))
-    assert line.startswith("estimated training time: ~") and "s/step, measured here" in line
-    assert many > 20 * few  # 100× the steps; the per-step timing itself is noisy on a shared machine
+    real, delay = train.train_ssl, {"s": 0.0}
+
+    def slowed(model, images, cfg, on_log=None, **kw):
+        def log(step: int, loss: float) -> None:  # the real step ran; the machine is made slower by delay/step
+            time.sleep(delay["s"])
+            if on_log is not None:
+                on_log(step, loss)
+
+        return real(model, images, cfg, on_log=log, **kw)
+
+    monkeypatch.setattr(train, "train_ssl", slowed)
+    cfg = dict(finetune_steps=2, batch_size=32, replay_size=0)
+
+    def estimate(steps: int, per_step_delay: float) -> tuple[float, float]:
+        delay["s"] = per_step_delay
+        total, line = estimate_seconds(RunConfig(**{**cfg, "pretrain_steps": steps, "finetune_steps": steps}))
+        assert line.startswith("estimated training time: ~") and "s/step, measured here" in line, line
+        assert float(re.search(r"at ([\d.]+) s/step", line)[1]) == pytest.approx(total / (2 * steps), abs=0.006)
+        return total, total / (2 * steps)
+
+    few, fast_step = estimate(2, 0.05)
+    many, slow_step = estimate(200, 0.30)
+    assert slow_step - fast_step == pytest.approx(0.25, abs=0.12)  # the measured delay, not a constant
+    assert fast_step >= 0.05
+    assert many > 100 * few  # 100× the steps at a slower measured step
 
 
 @pytest.mark.parametrize("delta, std, word", [(0.005, 0.03, "not distinguishable"), (0.08, 0.03, "better"),
@@ -98,3 +126,62 @@ def test_report_and_run_output_carry_the_verdict(capsys):
     cli.print_result(res, state=__import__("pathlib").Path("."))
     out = capsys.readouterr().out
     assert "not distinguishable from the base" in out and "Verdict: finetuning changed no few-label probe" in out
+
+
+def test_estimate_is_compared_with_the_training_the_run_did():
+    from uft.budget import estimate_vs_actual
+
+    both = {"pretrain": 90.0, "ssl_finetune": 60.0}
+    assert estimate_vs_actual(180.0, both) == ("training took 150 s (pretrain 90 s + ssl_finetune 60 s); estimated "
+                                               "before the run: 180 s (+20%, within ±30%)")
+    assert estimate_vs_actual(240.0, both).endswith("(+60%, outside ±30%)")
+    assert estimate_vs_actual(90.0, both).endswith("(-40%, outside ±30%)")
+    # a cached rerun trained nothing; a half-cached run has no fair ratio; no estimate, no ratio
+    assert estimate_vs_actual(180.0, {}) == "training: none this run (cached); the estimate before it was 180 s"
+    assert "%" not in estimate_vs_actual(180.0, {"ssl_finetune": 60.0})
+    assert estimate_vs_actual(None, both).endswith("estimated before the run: unknown")
+    assert estimate_vs_actual(None, {}) == ""
+
+
+def test_run_output_ends_with_the_estimate_against_the_training_time(capsys):
+    from types import SimpleNamespace
+
+    from uft.cli import local as cli
+
+    res = SimpleNamespace(run_id="r", seconds=1.0, metrics={}, parent_run_id="p", experiment="e", artifacts={},
+                          estimate_s=100.0, train_seconds={"pretrain": 50.0, "ssl_finetune": 30.0},
+                          fallbacks=["start-up environment differs from the server's: X"] * 2)
+    cli.print_result(res, state=__import__("pathlib").Path("."))
+    captured = capsys.readouterr()
+    assert "training took 80 s (pretrain 50 s + ssl_finetune 30 s); estimated before the run: 100 s (+25%, within ±30%)" \
+        in captured.out.replace("\n", " ")
+    # each distinct fork-server fallback once, with its count
+    assert captured.err.count("fork server: 2 tasks ran in a fresh interpreter") == 1
+
+
+def test_a_measured_step_time_is_kept_per_shape_and_machine(tmp_path, monkeypatch):
+    """A rerun of the same shape reads the step time back instead of importing torch and training
+    again; another shape, or an old measurement, is measured anew."""
+    import json
+
+    from uft import budget
+
+    calls = []
+
+    def fake_measure(**shape):
+        calls.append(shape)
+        return 0.5 * len(calls)
+
+    monkeypatch.setattr(budget, "measure_step_seconds", fake_measure)
+    memo = tmp_path / "state" / "step-seconds.json"
+    shape = dict(encoder="tiny", encoder_width=8, image_size=16, channels=1, batch_size=32, method="simclr")
+    assert budget.step_seconds(memo, **shape) == (0.5, None)
+    step, at = budget.step_seconds(memo, **shape)
+    assert step == 0.5 and at is not None and len(calls) == 1  # kept, not measured again
+    assert budget.step_seconds(memo, **{**shape, "batch_size": 64})[0] == 1.0 and len(calls) == 2
+    kept = json.loads(memo.read_text())
+    for v in kept.values():
+        v["at"] -= (budget.MEMO_DAYS + 1) * 86400  # a week-old measurement is measured again
+    memo.write_text(json.dumps(kept))
+    assert budget.step_seconds(memo, **shape) == (1.5, None) and len(calls) == 3
+    assert budget.step_seconds(None, **shape) == (2.0, None)  # no memo: always measured

@@ -90,7 +90,32 @@ def test_startup_env_difference_gets_a_fresh_interpreter(tmp_path, monkeypatch):
         with forkserver.kfp_tasks_use(shim):
             task = whoami(tag="fresh")
         rec = json.loads(open(task.outputs["out"].path).read())
+        reasons = forkserver.fallbacks(shim)
     assert rec["omp"] == "2" and not rec["torch_preloaded"]
+    # not silent: the server said which variable differed, with both values
+    assert reasons == ["start-up environment differs from the server's: OMP_NUM_THREADS (server: '1', task: '2')"]
+
+
+def test_what_the_driver_sets_after_the_server_started_does_not_reach_the_tasks(tmp_path, monkeypatch, shim):
+    """`uft run` imports torch's inductor (the pre-run estimate) after the server started, and that
+    writes TORCHINDUCTOR_CACHE_DIR into os.environ: the tasks get the environment the server
+    started with, so they are still forked, and the driver's own value is back afterwards."""
+    before = forkserver.fallbacks(shim)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "set-after-the-server-started"))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=True)
+    with forkserver.kfp_tasks_use(shim), forkserver.tasks_get_startup_env(shim) as reset:
+        task = whoami(tag="pinned")
+    rec = json.loads(open(task.outputs["out"].path).read())
+    assert rec["torch_preloaded"] and forkserver.fallbacks(shim) == before
+    assert list(reset) == ["TORCHINDUCTOR_CACHE_DIR"]
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "set-after-the-server-started")
+
+
+def test_fallback_lines_name_each_reason_once_with_its_count():
+    lines = forkserver.fallback_lines(["A differs", "B differs", "A differs"])
+    assert len(lines) == 2 and lines[0].startswith("2 tasks ran in a fresh interpreter") and lines[0].endswith(": A differs")
+    assert lines[1].startswith("1 task ran") and forkserver.fallback_lines([]) == []
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -140,3 +165,4 @@ def test_shim_falls_back_to_the_real_interpreter(tmp_path, shim):
     fresh = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=bogus)
     assert forked.returncode == 0 and "usage" in forked.stdout and forkserver.CPU_LINE in forked.stdout
     assert fresh.returncode == 0 and "usage" in fresh.stdout and forkserver.CPU_LINE not in fresh.stdout
+    assert any(r.startswith("could not reach the fork server") for r in forkserver.fallbacks(shim))

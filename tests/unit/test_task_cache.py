@@ -152,3 +152,54 @@ def test_salt_survives_the_local_s3_server_changing_port(monkeypatch):
     assert cache_salt("uft", "cfg-1") == first
     monkeypatch.setenv("UFT_BUCKET", "another-bucket")
     assert cache_salt("uft", "cfg-1") != first
+
+
+def test_promote_is_reused_only_while_the_registry_is_as_it_left_it(tmp_path, monkeypatch):
+    """promote's entry is filed under the registry's state after it ran (its own version and alias
+    included): an identical rerun reuses its decision (kfp.local's new job id notwithstanding), and
+    another champion in the registry makes it decide again. Real MLflow registry on sqlite."""
+    from mlflow.tracking import MlflowClient
+
+    from uft.orchestrate.local import _init_mlflow_db
+    from uft.orchestrate.task_cache import registry_state
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _init_mlflow_db(tmp_path, uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    decision = {"Output": _artifact(tmp_path)}
+
+    def args(job: str) -> tuple:
+        return "comp-promote", "img", ["cmd"], {"registered_model": "enc", "run_id": "cfg-1", "job_id": job}
+
+    empty = registry_state("enc")
+    with checked_task_cache(tmp_path / "cache", {}):
+        cache = cache_module.get_local_cache()
+        first = cache.compute_key(*args("job-1"))
+        assert cache.get(first) is None
+        # what the first run's promote does: register its encoder and make it champion
+        client.create_registered_model("enc")
+        v1 = client.create_model_version("enc", source=str(tmp_path), tags={"uft.encoder_sha": "a"})
+        client.set_registered_model_alias("enc", "champion", v1.version)
+        cache.put(first, decision)
+        assert registry_state("enc") != empty
+        assert cache.get(cache.compute_key(*args("job-2"))) == decision  # the identical rerun: reused
+        assert cache.get(cache.compute_key("comp-promote", "img", ["cmd"], {  # another run key: not
+            "registered_model": "enc", "run_id": "cfg-2", "job_id": "job-2"})) is None
+        # another run's encoder becomes champion: the rerun must decide again
+        v2 = client.create_model_version("enc", source=str(tmp_path), tags={"uft.encoder_sha": "b"})
+        client.set_registered_model_alias("enc", "champion", v2.version)
+        assert cache.get(cache.compute_key(*args("job-3"))) is None
+
+
+def test_promote_and_report_join_the_task_cache_here_only():
+    """The pipeline marks promote and report never-cached (on a cluster nothing keys them on the
+    registry); under `uft run` the task cache takes them, and nothing else changes."""
+    from uft.orchestrate.task_cache import cache_decided
+
+    for name, on in (("comp-promote", True), ("comp-report", True), ("comp-finalize", False), ("comp-fingerprint", False)):
+        t = pipeline_spec_pb2.PipelineTaskSpec()
+        t.component_ref.name = name
+        t.caching_options.enable_cache = False
+        assert cache_decided(t).caching_options.enable_cache == on, name
+        assert not t.caching_options.enable_cache  # the pipeline's own spec is left alone

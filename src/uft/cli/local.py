@@ -60,7 +60,8 @@ def run(
                                      listings={r: d.listing for r, d in layouts.items()})
             if choice.values:
                 cfg = validate_config({**cfg.model_dump(), **choice.values})
-            console.print(f"[dim]{_estimate_line(cfg)}[/]", soft_wrap=True)
+            estimate_s, estimate_line = _estimate(cfg, state / "step-seconds.json")
+            console.print(f"[dim]{estimate_line}[/]", soft_wrap=True)
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
                           f"  ·  MLflow: {os.environ['MLFLOW_TRACKING_URI']}[/]")
             extra = choice.params()
@@ -79,6 +80,7 @@ def run(
             from uft.tracking import report_route
 
             res.report_route = report_route(experiment, res.run_id)
+            res.estimate_s = estimate_s  # compared with the training the run did (print_result)
     except UftError as e:
         fail(e)
     except KeyboardInterrupt as e:
@@ -95,14 +97,15 @@ def _interrupted(e: KeyboardInterrupt) -> None:
     raise typer.Exit(128 + signum)
 
 
-def _estimate_line(cfg) -> str:
-    """The run's training time, estimated from two steps timed here (a failure to time is not fatal)."""
+def _estimate(cfg, memo: Path | None = None) -> tuple[float | None, str]:
+    """The run's training time, estimated from two steps timed here (or kept in ``memo`` from an
+    earlier run of the same shape) → (seconds or None, the line to print); a failure to time is not fatal."""
     from uft.budget import estimate_seconds
 
     try:
-        return estimate_seconds(cfg)[1]
+        return estimate_seconds(cfg, memo)
     except Exception as e:  # noqa: BLE001 — an estimate must never stop a run
-        return f"estimated training time: unknown ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return None, f"estimated training time: unknown ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 
 
 def infer_defaults(source: str, target: str, params: dict[str, str], listings: dict[str, tuple[str, ...]] | None = None):
@@ -168,6 +171,12 @@ def print_result(res, state: Path, config: dict | None = None) -> None:
     decision = getattr(res, "promotion", None)
     if decision:  # the promotion gate's verdict and why (uft.promote)
         console.print(f"Promotion: [bold]{decision}[/]", soft_wrap=True)
+    from uft.budget import estimate_vs_actual
+
+    if line := estimate_vs_actual(getattr(res, "estimate_s", None), getattr(res, "train_seconds", {})):
+        console.print(f"[dim]{line}[/]", soft_wrap=True, highlight=False)
+    for line in forkserver.fallback_lines(getattr(res, "fallbacks", [])):  # each distinct reason once
+        err.print(f"fork server: {line}", style="yellow", soft_wrap=True, highlight=False, markup=False)
     console.print(f"MLflow parent run: [bold]{res.parent_run_id}[/] (experiment {res.experiment!r})")
     for k, v in sorted(res.artifacts.items()):
         console.print(f"  {k}: {v}", soft_wrap=True)  # URIs stay whole, to copy and paste

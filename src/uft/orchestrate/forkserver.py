@@ -15,8 +15,13 @@ seconds; the shim exits with that status, so kfp.local sees what it would have s
 
 The shim runs the real interpreter instead (``exec``) whenever the server cannot give a faithful
 copy: no server, another module than kfp's executor, or an environment variable read at
-interpreter start or import time (:data:`STARTUP_ENV`) that differs from the server's.
-``UFT_FORKSERVER=0`` turns the server off. On Kubernetes none of this exists: each step is a pod.
+interpreter start or import time (:data:`STARTUP_ENV`) that differs from the server's. Each such
+fallback costs the task seconds of imports, so none is silent: the shim or the server appends its
+reason to a file beside the shim, read back with :func:`fallbacks` (``uft run`` prints each
+distinct reason once at the end). The driver's own changes to :data:`STARTUP_ENV` after the server
+started (importing torch's inductor sets ``TORCHINDUCTOR_CACHE_DIR``) do not reach the tasks:
+:func:`tasks_get_startup_env`. ``UFT_FORKSERVER=0`` turns the server off. On Kubernetes none of
+this exists: each step is a pod.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ ENV_SOCKET = "UFT_FORKSERVER_SOCKET"
 #: so they are not in the runner's RUSAGE_CHILDREN).
 CPU_LINE = "uft-task-cpu"
 _FALLBACK = -1
+#: Beside the shim: one line per task that ran in a fresh interpreter, with why (:func:`fallbacks`).
+FALLBACKS_FILE = "fallbacks"
 
 _SHIM = '''#!{python} -S
 # uft fork-server shim (uft.orchestrate.forkserver): run `python3 -m kfp.dsl.executor_main …`
@@ -73,7 +80,17 @@ import json, os, signal, socket, struct, sys
 REAL = {real!r}
 
 
-def real():
+def real(why):
+    # Never silent: the reason goes to the file the driver reads back (forkserver.fallbacks).
+    try:
+        if not why:
+            raise OSError
+        fd = os.open(os.path.join(os.path.dirname(os.path.abspath(__file__)), {log!r}),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, (why.replace("\\n", " ") + "\\n").encode())  # one write: lines never interleave
+        os.close(fd)
+    except OSError:
+        pass
     os.execv(REAL, [REAL] + sys.argv[1:])
 
 
@@ -88,8 +105,10 @@ def recv(s, n):
 
 
 addr = os.environ.get({env!r})
-if not addr or sys.argv[1:3] != ["-m", "kfp.dsl.executor_main"]:
-    real()
+if sys.argv[1:3] != ["-m", "kfp.dsl.executor_main"]:
+    real("python3 %s is not kfp's executor (python3 -m kfp.dsl.executor_main)" % " ".join(sys.argv[1:3]))
+if not addr:
+    real("no fork server (it had not bound its socket when the run started)")
 try:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(addr)
@@ -97,13 +116,13 @@ try:
     body = json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
     s.sendall(struct.pack("!Q", len(body)) + body)
     head = recv(s, 8)
-except OSError:
-    head = None
+except OSError as e:
+    real("could not reach the fork server: %s" % e)
 if head is None:
-    real()
+    real("the fork server hung up before answering")
 pid = struct.unpack("!q", head)[0]
 if pid == {fallback}:
-    real()
+    real("")  # the server wrote its reason itself
 # SIGTERM/SIGHUP are forwarded (kfp.local, `timeout` or `uft run` may signal only this process);
 # Ctrl-C's SIGINT already reaches the task through the terminal's process group.
 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -121,6 +140,8 @@ sys.exit(code if code >= 0 else 128 - code)
 
 
 _RUNNING: list[str] = []  # the shims of the servers this process runs (innermost last)
+#: shim → this process's values of :data:`STARTUP_ENV` when it started that shim's server.
+_STARTED_WITH: dict[str, dict[str, str | None]] = {}
 
 
 def enabled() -> bool:
@@ -140,8 +161,9 @@ def serving() -> Iterator[str]:
     workdir = Path(tempfile.mkdtemp(prefix="uft-fs-"))  # short: a Unix socket path has ≤ 107 bytes
     sock, shim = workdir / "s", workdir / "python3"
     shim.write_text(_SHIM.format(python=sys.executable, real=sys.executable, env=ENV_SOCKET,
-                                 fallback=_FALLBACK, cpu_line=CPU_LINE))
+                                 fallback=_FALLBACK, cpu_line=CPU_LINE, log=FALLBACKS_FILE))
     shim.chmod(0o755)
+    _STARTED_WITH[str(shim)] = {k: os.environ.get(k) for k in STARTUP_ENV}
     env = {**os.environ, "_KFP_RUNTIME": "true"}  # what the component command sets before python3
     server = subprocess.Popen([sys.executable, "-m", "uft.orchestrate.forkserver", str(sock), str(os.getpid())],
                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None,
@@ -157,6 +179,7 @@ def serving() -> Iterator[str]:
         yield str(shim)
     finally:
         _RUNNING.remove(str(shim))
+        _STARTED_WITH.pop(str(shim), None)
         if previous is None:
             os.environ.pop(ENV_SOCKET, None)
         else:
@@ -177,6 +200,73 @@ def wait_ready(shim: str, timeout: float = 300.0) -> bool:
     while not ready.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     return ready.exists()
+
+
+def fallbacks(shim: str) -> list[str]:
+    """Why tasks behind ``shim`` ran in a fresh interpreter instead of a fork of the server: one
+    reason per such task, in order (empty: every task was forked). Read it before the server stops
+    (:func:`serving` removes the file with its directory)."""
+    try:
+        text = Path(shim).with_name(FALLBACKS_FILE).read_text()
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def fallback_lines(reasons: list[str]) -> list[str]:
+    """Each distinct fallback reason once, with how many tasks it cost: what a run prints at its end."""
+    counts: dict[str, int] = {}
+    for r in reasons:
+        counts[r] = counts.get(r, 0) + 1
+    return [f"{n} task{'s' if n > 1 else ''} ran in a fresh interpreter, not the fork server (seconds of imports "
+            f"each): {r}" for r, n in counts.items()]
+
+
+@contextlib.contextmanager
+def tasks_get_startup_env(shim: str) -> Iterator[dict[str, tuple[str | None, str | None]]]:
+    """While the tasks start: this process's :data:`STARTUP_ENV` as it was when ``shim``'s server
+    started, restored afterwards → {variable: (value now, value the tasks get)} for what it reset.
+
+    Why the driver and not the server adapts: the server's modules were imported under its start
+    environment and cannot be re-imported under another, so a task may be forked only when its
+    environment matches; and what the driver changed after the server started is the driver's own
+    doing (importing torch's inductor for the pre-run estimate writes ``TORCHINDUCTOR_CACHE_DIR``
+    into ``os.environ``), not something the tasks were meant to see: a fresh interpreter started
+    without the server would not have seen it either, had the estimate been skipped. A task that
+    differs for any other reason still gets a fresh interpreter, and says why (:func:`fallbacks`)."""
+    started = _STARTED_WITH.get(shim, {})
+    now = {k: os.environ.get(k) for k in started}
+    changed = {k: (now[k], v) for k, v in started.items() if now[k] != v and k != "_KFP_RUNTIME"}
+    for k, (_, v) in changed.items():
+        _setenv(k, v)
+    try:
+        yield changed
+    finally:
+        for k, (v, _) in changed.items():
+            _setenv(k, v)
+
+
+def _setenv(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+def _why_not_forked(request: dict, nfds: int, startup_env: dict[str, str | None]) -> str | None:
+    """Why the server cannot run this request as a faithful fork → one line, or None when it can."""
+    if nfds != 3:
+        return f"the shim passed {nfds} file descriptors, not 3 (stdin, stdout, stderr)"
+    if request["argv"][:2] != ["-m", "kfp.dsl.executor_main"]:
+        return f"python3 {' '.join(request['argv'][:2])} is not kfp's executor (python3 -m kfp.dsl.executor_main)"
+    env = request["env"]
+    differ = [f"{k} (server: {_show(startup_env.get(k))}, task: {_show(env.get(k))})"
+              for k in STARTUP_ENV if env.get(k) != startup_env.get(k)]
+    return f"start-up environment differs from the server's: {', '.join(differ)}" if differ else None
+
+
+def _show(value: str | None) -> str:
+    return "unset" if value is None else repr(value if len(value) <= 80 else value[:77] + "...")
 
 
 @contextlib.contextmanager
@@ -263,9 +353,10 @@ def _run_task(request: dict, fds: list[int]) -> None:
     exit_like_python(code)
 
 
-def _serve_one(conn: socket.socket, startup_env: dict[str, str | None]) -> int:
+def _serve_one(conn: socket.socket, startup_env: dict[str, str | None], log: Path | None = None) -> int:
     """In the waiter (a fork of the server): read the shim's request, fork the task, report its
-    pid, wait for it, report its exit status and CPU seconds."""
+    pid, wait for it, report its exit status and CPU seconds; or, when the task cannot be a faithful
+    fork, append why to ``log`` and tell the shim to run the real interpreter."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the task; the waiter reports it
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -273,9 +364,11 @@ def _serve_one(conn: socket.socket, startup_env: dict[str, str | None]) -> int:
     _, fds, _, _ = socket.recv_fds(conn, 1, 3)
     (n,) = struct.unpack("!Q", _recv_exact(conn, 8))
     request = json.loads(_recv_exact(conn, n))
-    env = request["env"]
-    if len(fds) != 3 or request["argv"][:2] != ["-m", "kfp.dsl.executor_main"] or any(
-            env.get(k) != startup_env.get(k) for k in STARTUP_ENV):
+    why = _why_not_forked(request, len(fds), startup_env)
+    if why is not None:
+        if log is not None:
+            with contextlib.suppress(OSError), open(log, "a") as f:
+                f.write(why.replace("\n", " ") + "\n")  # one short write: lines of two waiters never interleave
         conn.sendall(struct.pack("!q", _FALLBACK))
         return 0
     pid = os.fork()
@@ -329,7 +422,7 @@ def serve(path: str, parent: int) -> None:
                 listener.close()
                 code = 1
                 try:
-                    code = _serve_one(conn, startup_env)
+                    code = _serve_one(conn, startup_env, Path(path).with_name(FALLBACKS_FILE))
                 finally:
                     os._exit(code)
             conn.close()

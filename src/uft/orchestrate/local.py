@@ -19,7 +19,7 @@ from uft.config import RunConfig
 from uft.errors import UftError
 from uft.orchestrate import forkserver
 from uft.orchestrate.lifecycle import stop_tasks
-from uft.orchestrate.task_cache import cache_bundled_ingest, cache_salt, checked_task_cache
+from uft.orchestrate.task_cache import cache_bundled_ingest, cache_decided, cache_salt, checked_task_cache
 from uft.store import content_key, default_bucket
 
 
@@ -121,6 +121,13 @@ class LocalRun:
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     report_md: str = ""
+    #: Why tasks ran in a fresh interpreter instead of a fork of the warm server, one per such task
+    #: (:func:`uft.orchestrate.forkserver.fallbacks`); empty when all were forked or it is off.
+    fallbacks: list[str] = field(default_factory=list)
+    #: Tasks answered from kfp.local's task cache (no process started), in order.
+    cached_tasks: list[str] = field(default_factory=list)
+    #: Seconds each training step (pretrain, ssl_finetune) trained in this run; cached ones left out.
+    train_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class _ErrorTap(io.TextIOBase):
@@ -139,6 +146,7 @@ class _ErrorTap(io.TextIOBase):
         self.kinds: dict[str, str] = {}  # task → that error's class: UftError (bad input) or TransientError
         self.failed: list[str] = []  # tasks that finished with FAILURE, in order
         self.executions = 0  # "Executing task" lines seen: a task call that adds none was a cache hit
+        self.cached: list[str] = []  # tasks answered from kfp.local's task cache, in order
 
     def write(self, s: str) -> int:
         for line in s.splitlines():
@@ -165,6 +173,7 @@ class _ErrorTap(io.TextIOBase):
 
     def cache_hit(self, task: str) -> None:
         """``task`` was answered from kfp.local's task cache: no process ran (events "started", "cached")."""
+        self.cached.append(task)
         self._emit(task, "started")
         if not self.quiet:
             self.inner.write(f"Task '{task}' reused from kfp.local's task cache (no process started)\n")
@@ -302,11 +311,16 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     if task_cache is None:
         task_cache = os.environ.get("UFT_TASK_CACHE", "1").strip() not in ("0", "false", "no", "off")
     t0 = time.perf_counter()
+    fallbacks: list[str] = []
     try:
         with contextlib.ExitStack() as stack:
+            shim = None
             if forkserver.enabled():  # the caller's (`uft run` starts it first), else one for this run
                 shim = forkserver.current() or stack.enter_context(forkserver.serving())
                 stack.enter_context(forkserver.kfp_tasks_use(shim))
+                # What this process set in its environment since the server started (e.g. torch's
+                # inductor cache dir, from the pre-run estimate) must not make every task a fallback.
+                stack.enter_context(forkserver.tasks_get_startup_env(shim))
             local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
             if task_cache:
                 stack.enter_context(checked_task_cache(state_dir() / "kfp-cache", cache_salt(experiment, run_id)))
@@ -315,6 +329,8 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
             stack.enter_context(no_retry_on_bad_input(tap))
             _quiet_kfp_logs(quiet)
             uft_pipeline(store_uri=store_uri, experiment=experiment, run_id=run_id, **cfg.model_dump())
+            if shim is not None:
+                fallbacks = forkserver.fallbacks(shim)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP under signals_raise()
         stop_tasks()
         with contextlib.suppress(Exception):
@@ -328,7 +344,11 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     # The whole config on the parent run (the DAG's steps each see only their part), so
     # `uft compare`/`uft sweep` can group by any parameter.
     tracking.log_parent_params(experiment, run_id, {**cfg.model_dump(), **(extra_params or {})})
-    return collect(run_id, experiment, seconds)
+    out = collect(run_id, experiment, seconds)
+    out.fallbacks, out.cached_tasks = fallbacks, list(tap.cached)
+    # A task answered from kfp.local's task cache left the first run's MLflow run (and its time) in place.
+    out.train_seconds = {k: v for k, v in out.train_seconds.items() if k.replace("_", "-") not in tap.cached}
+    return out
 
 
 def _quiet_kfp_logs(quiet: bool) -> None:
@@ -354,7 +374,10 @@ def collect(run_id: str, experiment: str, seconds: float = 0.0) -> LocalRun:
     parent = client.get_run(parent.info.run_id)
     out.metrics = dict(parent.data.metrics)
     children = client.search_runs([exp], filter_string=f"tags.`{tracking.TAG_RUN}` = '{run_id}'")
-    for r in children:
+    for r in sorted(children, key=lambda r: r.info.start_time or 0):
+        step = r.data.tags.get(tracking.TAG_STEP, "")
+        if "train_seconds" in r.data.metrics and r.data.tags.get("cached") != "True":  # trained, not step-cached
+            out.train_seconds[step] = float(r.data.metrics["train_seconds"])
         for k, v in r.data.tags.items():
             if k.endswith("_uri") and v.startswith(("s3://", "/")):
                 out.artifacts[f"{r.data.tags.get(tracking.TAG_STEP)}.{k}"] = v

@@ -15,6 +15,10 @@ from uft.store import default_bucket
 
 #: Modules only the driver runs (never a task): editing them leaves the task cache valid.
 DRIVER_ONLY = ("uft/cli/", "uft/orchestrate/")
+#: Tasks the pipeline marks never-cached (on a cluster nothing keys them on the model registry) that
+#: kfp.local's cache answers under `uft run`: promote keyed also on the registry's state
+#: (:func:`registry_state`), report on the content of what it reads (promote's decision among it).
+DECIDED = ("comp-promote", "comp-report")
 
 
 def code_fingerprint() -> str:
@@ -68,6 +72,37 @@ def _argument_contents(arguments: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def registry_state(model: str) -> str:
+    """sha256 of what the promotion gate reads from the MLflow registry for ``model``: each
+    version's number, status and tags, and the aliases (champion/challenger); "" without tracking.
+    Timestamps are left out: reading a version does not change the state."""
+    import hashlib
+
+    from uft import tracking
+
+    if not model or not tracking.enabled():
+        return ""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking._client()
+    try:
+        aliases = dict(client.get_registered_model(model).aliases or {})
+    except MlflowException:  # no such model yet: an empty registry
+        return hashlib.sha256(b"no model").hexdigest()
+    versions = sorted((str(v.version), str(v.status), sorted((v.tags or {}).items()))
+                      for v in client.search_model_versions(f"name = '{model}'"))
+    return hashlib.sha256(json.dumps([sorted(aliases.items()), versions], default=str).encode()).hexdigest()
+
+
+def _key_arguments(component_name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments as a cache key sees them: a decided task's job id is dropped when the run key
+    is explicit (`uft run` always passes one, and then :func:`uft.tracking.run_key` ignores the job
+    id, which kfp.local makes anew for each run: it would make every rerun a miss)."""
+    if component_name in DECIDED and arguments.get("run_id") and "job_id" in arguments:
+        return {**arguments, "job_id": ""}
+    return arguments
+
+
 @contextlib.contextmanager
 def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
     """kfp.local's own task cache (what ``local.init(enable_caching=True)`` turns on), keyed also on
@@ -76,24 +111,40 @@ def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
     A hit starts no process, as a KFP cluster skips the pod of a cached task; a task that
     ``set_caching_options(False)`` (ingest, promote, the exit handler) always runs. A cached task's
     MLflow run is the one its first execution logged under this run key (the salt holds the parent
-    run); a deleted or corrupt output makes the entry a miss, so the task runs and repairs it."""
+    run); a deleted or corrupt output makes the entry a miss, so the task runs and repairs it.
+
+    promote's entry is filed under the registry's state *after* it ran (its own registration and
+    alias included), so an identical rerun finds it and the decision is recorded once; any later
+    change to the registry (another run's champion, a manual promote) makes it a miss."""
     from kfp.local import cache as cache_module
 
     from uft.store import manifests_intact
 
     class CheckedCache(cache_module.LocalCache):
+        def __init__(self, root: str) -> None:
+            super().__init__(root)
+            self.rekey: dict[str, tuple] = {}  # promote's key before it ran → how to key it after
+
         def compute_key(self, component_name, image, full_command, arguments, env_vars=None, custom_cache_key=None):
             extra = {**salt, **_argument_contents(arguments)}
+            if component_name == "comp-promote":
+                extra["UFT_CACHE_REGISTRY"] = registry_state(str(arguments.get("registered_model", "")))
             if custom_cache_key:
                 custom_cache_key += json.dumps(extra, sort_keys=True)
-            return super().compute_key(component_name, image, full_command, arguments, {**(env_vars or {}), **extra},
-                                       custom_cache_key)
+            key = super().compute_key(component_name, image, full_command, _key_arguments(component_name, arguments),
+                                      {**(env_vars or {}), **extra}, custom_cache_key)
+            if component_name == "comp-promote":
+                self.rekey[key] = (component_name, image, full_command, arguments, env_vars, custom_cache_key)
+            return key
 
         def get(self, key):
             out = super().get(key)
             return out if out is not None and manifests_intact(out) else None
 
         def put(self, key, outputs):
+            if key in self.rekey:  # promote just changed the registry: file it under the state it left
+                key = self.compute_key(*self.rekey.pop(key))
+                self.rekey.pop(key, None)
             # kfp.local counts an entry whose artifact file is missing as a miss, but a Metrics
             # artifact is all metadata (log_metric writes no file): without this empty file the
             # evaluation tasks would never hit.
@@ -112,6 +163,19 @@ def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
         yield
     finally:
         cache_module.get_local_cache = original
+
+
+def cache_decided(task_spec):
+    """promote and report are never cached on a cluster (:data:`DECIDED`); here the task cache
+    keys them on what they depend on, so an unchanged rerun reuses them too → ``task_spec``, or a
+    copy with caching on."""
+    import copy
+
+    if task_spec.caching_options.enable_cache or task_spec.component_ref.name not in DECIDED:
+        return task_spec
+    cached = copy.deepcopy(task_spec)
+    cached.caching_options.enable_cache = True
+    return cached
 
 
 def cache_bundled_ingest(task_spec, io_store):

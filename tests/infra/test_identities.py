@@ -22,7 +22,12 @@ reach; the behaviour is checked here against the pinned 4.48 binary):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -129,6 +134,7 @@ def test_ci_identity_does_what_uft_trigger_does(store, as_identity):
 def test_loader_loads_the_target_and_nothing_else(store, as_identity, tmp_path):
     from typer.testing import CliRunner
 
+    from tests.infra.test_deploy_doc import commands
     from uft.cli import app
     from uft.orchestrate.trigger import target_hash
     from uft.store import S3Store
@@ -148,7 +154,11 @@ def test_loader_loads_the_target_and_nothing_else(store, as_identity, tmp_path):
         assert res.exit_code == 0, res.output
         return res.output
 
-    assert "3 uploaded, 0 unchanged, 0 deleted" in load()
+    # the command of docs/deploy.md ("Loading the data"), on this test's folder
+    (page,) = [shlex.split(c) for c in commands() if c.startswith("uft load-target ")]
+    assert page[3] == target, f"docs/deploy.md loads {page[3]}, the overlay's pipeline reads {target}"
+    res = CliRunner().invoke(app, [page[1], str(images), *page[3:]])
+    assert res.exit_code == 0 and "3 uploaded, 0 unchanged, 0 deleted" in res.output, res.output
     (images / "dog" / "0.png").unlink()
     (images / "dog" / "1.png").write_bytes(b"dog1")
     assert "1 uploaded, 2 unchanged, 0 deleted; 1 objects there are not in" in load()
@@ -182,3 +192,94 @@ def test_an_exact_bucket_grant_would_read_every_prefix(tmp_path):
             c["scoped"].list_objects_v2(Bucket="bkt", Prefix="uft", MaxKeys=1)
         c["exact"].head_bucket(Bucket="bkt")
         assert c["exact"].get_object(Bucket="bkt", Key="mlflow/secret")["Body"].read() == b"s"
+
+
+# --- the AWS policy of docs/deploy.md, in moto's IAM-enforcing S3 ---------------------------------
+
+def _doc_policy() -> dict:
+    """The steps' IAM policy: the JSON block after "An IAM policy for the steps' identity"."""
+    from tests.infra.test_deploy_doc import DOC
+
+    text = DOC.read_text()
+    block = text[text.index("An IAM policy for the steps' identity"):]
+    return json.loads(block[block.index("```json\n") + 8:block.index("\n```", block.index("```json"))])
+
+
+@pytest.fixture
+def moto_s3(tmp_path):
+    """moto in server mode with IAM enforced after the setup calls (the bucket; a user with the
+    page's policy and a key; another with the same policy for a bucket not created yet)
+    → (endpoint, bucket, {user: keys})."""
+    import socket
+    import time
+
+    import boto3
+
+    from uft.services import LOOPBACK, free_port
+
+    setup = 1 + 2 * 3  # create_bucket; per user create_user, put_user_policy, create_access_key
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(setup)}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)], env=env,
+                            stdout=open(tmp_path / "moto.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # a TCP connect, not a request: every request would count as a setup call
+            assert proc.poll() is None, (tmp_path / "moto.log").read_text()[-2000:]
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1):
+                break
+            assert time.monotonic() < deadline, "moto server did not start"
+            time.sleep(0.2)
+        url = f"http://{LOOPBACK}:{port}"
+        root = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+        bucket = "uft-artifacts"
+        boto3.client("s3", **root).create_bucket(Bucket=bucket)
+        iam = boto3.client("iam", **root)
+        keys = {}
+        for user, policy in (("steps", json.dumps(_doc_policy())),
+                             ("early", json.dumps(_doc_policy()).replace(f":::{bucket}", ":::uft-missing"))):
+            iam.create_user(UserName=user)
+            iam.put_user_policy(UserName=user, PolicyName="uft-steps", PolicyDocument=policy)
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            keys[user] = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        yield url, bucket, keys
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_the_aws_policy_allows_exactly_what_the_store_calls(moto_s3, monkeypatch):
+    """The steps' policy of docs/deploy.md, enforced by moto: the store opens its prefixes, writes,
+    reads, lists and deletes there, reads data/, and is refused everywhere else; an unknown key is
+    "does not exist". moto does not model two AWS rules the page relies on (AWS S3 API reference):
+    HeadBucket needs s3:ListBucket (moto wants an "s3:HeadBucket" no policy has; the store no longer
+    calls it), and a missing key answers 404 only to a caller with s3:ListBucket, 403 otherwise
+    (moto always answers 404); the page's ListBucket is unconditioned for the second."""
+    from uft.store import S3Store, open_store, step_store
+
+    url, bucket, keys = moto_s3
+    for k, v in {**keys["steps"], "AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": "us-east-1", "UFT_S3_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("UFT_BUCKET", bucket)
+    st = step_store("")
+    st.put("datasets/a/x", b"x")
+    assert st.get("datasets/a/x") == b"x" and st.list("datasets/") == ["datasets/a/x"] and st.exists("datasets/a/x")
+    with pytest.raises(UftError, match="uft/datasets/none does not exist"):
+        st.get("datasets/none")
+    assert not st.exists("datasets/none")
+    st.delete("datasets/a/x")
+    open_store(f"s3://{bucket}/pipelines").put("run/out", b"o")
+    assert open_store(f"s3://{bucket}/data/target").list() == []
+    with pytest.raises(UftError, match="refused the credentials"):
+        S3Store(bucket, "data").put("target/x.png", b"x")
+    with pytest.raises(UftError, match="refused the credentials"):
+        S3Store(bucket, "").put("mlflow/0/x", b"x")
+    with pytest.raises(UftError, match="refused the credentials"):
+        S3Store(bucket, "").get("mlflow/0/x")
+    with pytest.raises(UftError, match="refused the credentials"):  # another bucket: AWS does not say if it exists
+        open_store("s3://uft-missing/uft", create_bucket=True)
+    # a policy for a bucket not created yet: the steps may not create it, and say so in one line
+    for k, v in keys["early"].items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(UftError, match="s3://uft-missing does not exist and these credentials may not create it"):
+        open_store("s3://uft-missing/uft", create_bucket=True)

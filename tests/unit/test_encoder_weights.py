@@ -338,3 +338,29 @@ def test_timm_model_by_name_trains_and_evaluates_through_the_steps(tmp_path, dig
     for tag in ("base", "finetuned"):
         m = out["metrics"][tag]
         assert m["linear"] and 0.0 <= m["knn"][f"{tag}_knn"] <= 1.0, m
+
+
+def test_the_task_cache_keys_on_what_the_weights_hold(tmp_path, mlflow_env):
+    """`uft run`'s task cache sees a checkpoint rewritten in place, and an alias that moved, as new input."""
+    from mlflow import MlflowClient
+
+    from uft.models.artifact import publish_encoder
+    from uft.orchestrate.task_cache import _argument_contents
+    from uft.store import LocalStore
+
+    path = tmp_path / "w.pt"
+    torch.save({"a": torch.zeros(2)}, path)
+    first = _argument_contents({"encoder_weights": str(path)})
+    torch.save({"a": torch.ones(2)}, path)
+    assert _argument_contents({"encoder_weights": str(path)}) != first
+
+    store, client, keys = LocalStore(tmp_path / "store"), MlflowClient(), []
+    client.create_registered_model("ctest-weights")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        enc = build_encoder("tiny", in_channels=1, width=4)
+        uri = publish_encoder(store, f"models/finetune/{seed}", enc, {"name": "tiny", "in_channels": 1, "kwargs": {"width": 4}}, {})
+        mv = client.create_model_version("ctest-weights", source=str(tmp_path / "m"), tags={"uft.encoder_uri": uri})
+        client.set_registered_model_alias("ctest-weights", "champion", mv.version)
+        keys.append(_argument_contents({"encoder_weights": "models:/ctest-weights@champion"}))
+    assert keys[0] != keys[1] and keys[1]["UFT_CACHE_ARG_encoder_weights"].startswith("2:")

@@ -133,6 +133,17 @@ def _registered(spec: str) -> Checkpoint:
                       info={"registered_model": name, "registered_version": str(mv.version), "encoder_uri": uri})
 
 
+def weights_identity(spec: str) -> str:
+    """What ``spec`` holds now, as a string that changes when its content does (a task cache key):
+    a file's sha256; for ``models:/`` the version the alias points at and its artifact's hash."""
+    import hashlib
+
+    if spec.startswith("models:/"):
+        ck = _registered(spec)
+        return f"{ck.info['registered_version']}:{ck.sha256}"
+    return hashlib.sha256(_read_bytes(spec)).hexdigest()
+
+
 def read_checkpoint(spec: str) -> Checkpoint:
     """Read ``spec`` (path, ``s3://``, ``models:/``) → :class:`Checkpoint` with the state dict unwrapped."""
     if problem := weights_form_problem(spec):

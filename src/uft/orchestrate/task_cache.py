@@ -69,6 +69,14 @@ def _argument_contents(arguments: dict[str, Any]) -> dict[str, str]:
                 out[f"UFT_CACHE_ARG_{name}"] = manifest_sha(value)
             except UftError:  # missing: the task runs and reports it in its own words
                 out[f"UFT_CACHE_ARG_{name}"] = "missing"
+        elif name == "encoder_weights" and isinstance(value, str) and value:
+            # A checkpoint rewritten in place, or an alias (models:/…@champion) that moved, is new input.
+            from uft.models.weights import weights_identity
+
+            try:
+                out[f"UFT_CACHE_ARG_{name}"] = weights_identity(value)
+            except UftError:
+                out[f"UFT_CACHE_ARG_{name}"] = "missing"
     return out
 
 

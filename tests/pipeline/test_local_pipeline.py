@@ -44,13 +44,28 @@ def local_run(s3_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipe")
     TINY["target"] = _write_imagefolder(tmp / "target_images")
     env = {**s3_server.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
-           "UFT_MLFLOW_ARTIFACTS": "s3://pipe-artifacts/mlflow", "UFT_STATE_DIR": str(tmp / "state")}
+           "UFT_MLFLOW_ARTIFACTS": "s3://pipe-artifacts/mlflow", "UFT_STATE_DIR": str(tmp / "state"),
+           "UFT_FORKSERVER": "1"}  # on, as `uft run` has it: test_every_task_ran_in_the_fork_server checks it
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import boto3
 
+    from uft.budget import estimate_seconds
+    from uft.orchestrate import forkserver
+
     boto3.client("s3").create_bucket(Bucket="pipe-artifacts")
-    res = run_local(validate_config(TINY), store_uri="s3://pipe-artifacts/uft", experiment="pipe")
+    # As `uft run` does it: the fork server first, then the pre-run estimate, whose torch import
+    # writes TORCHINDUCTOR_CACHE_DIR into this process's environment (torch does that once per
+    # process, so cache_dir() repeats it here in case an earlier test already had it done).
+    inductor_dir = os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    with forkserver.serving():
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        estimate_seconds(validate_config(TINY))
+        cache_dir()
+        res = run_local(validate_config(TINY), store_uri="s3://pipe-artifacts/uft", experiment="pipe")
+    if inductor_dir is not None:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
     yield res, tmp
     for k, v in old.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -62,6 +77,18 @@ def test_pipeline_runs_and_reports_metrics(local_run):
                 "holistic_naive_unseen", "holistic_source_overall",
                 "holistic_finetuned_naive_unseen", "holistic_finetuned_source_overall"):
         assert 0.0 <= res.metrics[key] <= 1.0, key
+    # ...and each is the number the evaluation step computed for that encoder: the run's summary
+    # (the report's) against the metrics each linear_eval / knn_eval task logged itself
+    _, tmp = local_run
+    logged = {k: m for k, m in _artifacts(tmp).items() if k.split("/")[0].startswith(("linear-eval", "knn-eval"))}
+    assert len(logged) == 4, sorted(logged)  # base and finetuned, each evaluated by both
+    tags = set()
+    for task, m in logged.items():
+        for name, v in m.items():
+            if name.startswith(("base_", "finetuned_")):
+                tags.add(name.split("_")[0])
+                assert res.metrics[name] == pytest.approx(v), (task, name)
+    assert tags == {"base", "finetuned"}
     assert res.parent_run_id
     from mlflow.tracking import MlflowClient
 
@@ -70,6 +97,36 @@ def test_pipeline_runs_and_reports_metrics(local_run):
     # the whole config on the parent run, so `uft compare`/`uft sweep` can group by any field
     params = MlflowClient().get_run(res.parent_run_id).data.params
     assert set(RunConfig.model_fields) <= set(params) and params["finetune_steps"] == str(TINY["finetune_steps"])
+
+
+def test_every_task_ran_in_the_fork_server(local_run):
+    """No task fell back to a fresh interpreter (seconds of imports each), though the driver's
+    environment changed after the server started (the estimate's TORCHINDUCTOR_CACHE_DIR)."""
+    res, _ = local_run
+    assert res.fallbacks == [], res.fallbacks
+
+
+def test_identical_rerun_reuses_promote_and_report(local_run, tmp_path, monkeypatch):
+    """Same config, code, inputs and registry: kfp.local's task cache answers promote and report
+    too (no process, so the decision is not made or recorded again), and the rerun reads the same
+    decision and metrics back. (A registry change making promote decide again: tests/unit/test_task_cache.py.)"""
+    from mlflow.tracking import MlflowClient
+
+    from uft.orchestrate.local import run_local
+
+    import shutil
+
+    res, tmp = local_run
+    # The rerun's own pipeline root (the other tests read the first run's), the first run's task cache.
+    shutil.copytree(tmp / "state" / "kfp-cache", tmp_path / "state" / "kfp-cache")
+    monkeypatch.setenv("UFT_STATE_DIR", str(tmp_path / "state"))
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("pipe").experiment_id
+    n_runs = len(client.search_runs([exp]))
+    again = run_local(validate_config(TINY), store_uri="s3://pipe-artifacts/uft", experiment="pipe")
+    assert {"promote", "report"} <= set(again.cached_tasks), again.cached_tasks
+    assert again.metrics["promoted"] == res.metrics["promoted"] and again.parent_run_id == res.parent_run_id
+    assert len(client.search_runs([exp])) == n_runs and again.fallbacks == []
 
 
 def test_holistic_runs_on_the_finetuned_encoder_too(local_run):
@@ -216,8 +273,19 @@ def test_compiled_yaml_has_kubernetes_settings_and_rerun_reuses_everything(local
     # reports that recorded decision again and adds no version
     from uft.promote import CHAMPION, DEFAULT_MODEL, version_by_alias
 
-    # (whether the tiny run's encoder clears the noise margins against its base is the gate's call)
-    assert again.metrics["promoted"] == res_run.metrics["promoted"]
+    # (whether the tiny run's encoder clears the noise margins against its base is the gate's call;
+    # the rerun's own promote task must report the decision and reasons the first run wrote on the
+    # version it registered — the parent run's `promoted` is one metric both runs share)
+    import json
+
+    from uft.store import read_manifest
+
+    (out,) = (state / "yaml-root").glob("*/promote/executor_output.json")
+    rerun = read_manifest(json.loads(out.read_text())["parameterValues"]["Output"])[0]["metrics"]
+    first = client.get_model_version(DEFAULT_MODEL, "1").tags  # set when the first run applied its decision
+    assert rerun["version"] == "1" and rerun["decision"] == first["uft.decision"]
+    assert " | ".join(rerun["reasons"])[:4900] == first["uft.reasons"] != ""
+    assert again.metrics["promoted"] == res_run.metrics["promoted"] == float(first["uft.decision"] == CHAMPION)
     assert len(client.search_model_versions(f"name = '{DEFAULT_MODEL}'")) == 1
     champion = version_by_alias(DEFAULT_MODEL, CHAMPION, client)
     assert (champion is not None and str(champion.version) == "1") == (res_run.metrics["promoted"] == 1.0)

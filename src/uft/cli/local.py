@@ -324,7 +324,9 @@ def methods() -> None:
     from uft.transfer.holistic import HOLISTIC_METHODS
 
     console.print(f"ssl methods: {', '.join(method_names())}")
-    console.print(f"encoders: {', '.join(encoder_names())}")
+    from uft.choices import ENCODER_FAMILIES
+
+    console.print(f"encoders: {', '.join(encoder_names())}, " + ", ".join(f"{f}:<name>" for f in ENCODER_FAMILIES), highlight=False)
     console.print(f"replay rules: {', '.join(REPLAY_RULES)}")
     console.print(f"mix ops: {', '.join(MIX_OPS)}")
     console.print(f"holistic methods: {', '.join(HOLISTIC_METHODS)}")

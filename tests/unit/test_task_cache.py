@@ -173,6 +173,7 @@ def test_promote_is_reused_only_while_the_registry_is_as_it_left_it(tmp_path, mo
         return "comp-promote", "img", ["cmd"], {"registered_model": "enc", "run_id": "cfg-1", "job_id": job}
 
     empty = registry_state("enc")
+    assert empty == registry_state("enc") and not empty.startswith("unreadable")  # no model yet: a stable state
     with checked_task_cache(tmp_path / "cache", {}):
         cache = cache_module.get_local_cache()
         first = cache.compute_key(*args("job-1"))

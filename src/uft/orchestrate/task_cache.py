@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -95,8 +96,12 @@ def registry_state(model: str) -> str:
     client = tracking._client()
     try:
         aliases = dict(client.get_registered_model(model).aliases or {})
-    except MlflowException:  # no such model yet: an empty registry
-        return hashlib.sha256(b"no model").hexdigest()
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            return f"unreadable {time.time()}"  # a miss: promote runs and reports the error in its own words
+        return hashlib.sha256(b"no model").hexdigest()  # no such model yet: an empty registry
+    except Exception:  # noqa: BLE001 — the registry unreachable: as above
+        return f"unreadable {time.time()}"
     versions = sorted((str(v.version), str(v.status), sorted((v.tags or {}).items()))
                       for v in client.search_model_versions(f"name = '{model}'"))
     return hashlib.sha256(json.dumps([sorted(aliases.items()), versions], default=str).encode()).hexdigest()
@@ -117,7 +122,8 @@ def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
     ``salt`` and trusted only while every artifact a cached task returned is intact in the store.
 
     A hit starts no process, as a KFP cluster skips the pod of a cached task; a task that
-    ``set_caching_options(False)`` (ingest, promote, the exit handler) always runs. A cached task's
+    ``set_caching_options(False)`` (the fingerprints, the exit handler) always runs, promote and
+    report excepted (:func:`cache_decided`). A cached task's
     MLflow run is the one its first execution logged under this run key (the salt holds the parent
     run); a deleted or corrupt output makes the entry a miss, so the task runs and repairs it.
 

@@ -206,3 +206,29 @@ def test_uft_resnet18_is_not_torchvisions_so_it_stays_uft_own():
     theirs = import_torchvision().models.resnet18()
     with pytest.raises(UftError, match="another architecture"):
         fit_state_dict(ours, Checkpoint(theirs.state_dict(), "torchvision.pth", "0"), "resnet18")
+
+
+def test_efficientnet_lite0_equals_timms_with_the_same_weights():
+    """uft's EfficientNet-Lite0 and timm's ``tf_efficientnet_lite0`` (TF "SAME" padding, BN eps 1e-3)
+    are the same network: the packaged ImageNet weights, mapped tensor by tensor (same order and
+    shapes, other names), give bit-equal features and the same classes on uft's normalised input.
+    uft's module stays (not a thin name over timm's): its parameter names are the packaged
+    checkpoint's and every published uft artifact's, which a rename would stop loading."""
+    from uft.models.library import import_timm
+
+    ours = EfficientNetLite0(in_channels=3, pretrained=True).eval()
+    theirs = import_timm().create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    a = [(k, v) for k, v in ours.state_dict().items() if not k.endswith("num_batches_tracked")]
+    b = [k for k in theirs.state_dict() if not k.endswith("num_batches_tracked")]
+    assert len(a) == len(b) == 247
+    mapped = dict(theirs.state_dict())
+    for (_, v), k in zip(a, b):
+        assert mapped[k].shape == v.shape, k
+        mapped[k] = v
+    theirs.load_state_dict(mapped)
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        h = (x - ours.mean) / ours.std  # uft's inception scaling (timm's cfg says 0.5/0.5: close, not equal)
+        torch.testing.assert_close(ours(x), theirs.forward_head(theirs.forward_features(h), pre_logits=True),
+                                   rtol=0, atol=0)
+        assert torch.equal(ours.logits(x).argmax(1), theirs(h).argmax(1))

@@ -190,7 +190,6 @@ def test_registry_idempotent_aliases_tags(mlflow_env, one_torch_thread):
 
 
 
-@pytest.mark.slow  # torch.export of the model: ~30 s on a busy 2-core machine
 def test_consumer_loads_champion_by_alias(mlflow_env, one_torch_thread):
     """Exactly what a consumer does: load ``models:/<name>@champion`` (the default pt2 format needs no
     uft import), read the preprocessing recorded with it, and embed a batch of any size."""

@@ -46,7 +46,6 @@ def published(tmp_path, digits300):
     return str(tmp_path / "store"), *uris, target, source
 
 
-@pytest.mark.slow  # five gate decisions against a fresh sqlite registry: ~1 min on a busy 2-core machine
 def test_promote_step_first_rerun_collapsed_force(published, mlflow_env, one_torch_thread, monkeypatch):
     from mlflow.tracking import MlflowClient
     from typer.testing import CliRunner
@@ -154,7 +153,6 @@ def test_rerun_reads_recorded_signals_and_loads_nothing(published, one_torch_thr
     assert "encoder" in loads and other["signals"] != first["signals"]
 
 
-@pytest.mark.slow  # two torch.export registrations and a pt2 load: ~1 min on a busy 2-core machine
 def test_two_different_runs_share_one_registry(published, mlflow_env, one_torch_thread):
     """A registry holding a champion from an earlier, different run: the next run re-scores that
     champion — from its uft artifact, and from the registry's own pt2 (torch.export) copy when the

@@ -1,7 +1,13 @@
 """The built CPU image, executed: the bundled data is in it, no build-time CA is in any of its
 layers, and the compiled pipeline a user submits runs in it end to end — each task in its own
-container with only its pod's environment (uft.orchestrate.containers), against a local
-SeaweedFS and `mlflow server` configured by the ConfigMap and Secret of infra/overlays/local-dev.
+container with only its pod's environment (uft.orchestrate.containers), in the cluster's own
+configuration (infra/overlays/local-dev): SeaweedFS with the identity file its init container
+writes (tests/infra/object_store.py; the bucket created through `weed shell`, as its postStart
+hook does), `mlflow server` with the Deployment's basic-auth app and S3 identity, and each step
+with the steps' S3 identity and MLflow credentials its Secrets give it. A call the cluster would
+refuse fails the run here. The one difference left: kfp.local keeps the pipeline root (KFP's
+typed artifacts) in a local folder, where the cluster's launcher writes `s3://…/pipelines` with
+the steps' identity (checked in tests/infra/test_identities.py).
 
 Run by `make test-images` (see docker/README.md); skipped without UFT_TEST_IMAGE.
 """
@@ -13,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.images.conftest import start_mlflow_server
+from tests.infra.object_store import object_store, write_identity_file
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small enough for two shared cores; every step still runs and publishes.
@@ -73,12 +81,11 @@ def _kustomize(overlay: str) -> list[dict]:
 
 
 @pytest.mark.timeout(3000)
-def test_compiled_pipeline_runs_in_the_image(image, tmp_path, capsys):
+def test_compiled_pipeline_runs_in_the_image(image, tmp_path, capsys, monkeypatch):
     import boto3
     from mlflow.tracking import MlflowClient
 
     from uft.orchestrate.containers import cluster_objects, run_compiled
-    from uft.services import Credentials, SeaweedServer
 
     # The YAML a user submits, compiled in a fresh process for this image (as `uft submit` does).
     pipeline = tmp_path / "uft_pipeline.yaml"
@@ -86,17 +93,13 @@ def test_compiled_pipeline_runs_in_the_image(image, tmp_path, capsys):
     subprocess.run([sys.executable, "-c", "from uft.cli import app; app()", "compile", "--out", str(pipeline)], env=env, check=True,
                    cwd=ROOT, capture_output=True)
 
-    # The dev cluster's objects: SeaweedFS starts with the Secret's keys; service URLs → 127.0.0.1.
+    # The dev cluster's objects: SeaweedFS with the overlay's identity file; service URLs → 127.0.0.1.
     manifests = _kustomize("infra/overlays/local-dev")
     as_rendered = cluster_objects(manifests, {})
-    secret = as_rendered.secrets["uft-s3"]
-    bucket = as_rendered.config_maps["uft-config"].get("UFT_BUCKET", "uft-artifacts")  # SeaweedFS creates it on a cluster
-    creds = Credentials(secret["AWS_ACCESS_KEY_ID"], secret["AWS_SECRET_ACCESS_KEY"])
-    with SeaweedServer(tmp_path / "s3", creds) as s3:
-        s3_env = s3.env()
-        boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=creds.access_key,
-                     aws_secret_access_key=creds.secret_key, region_name="us-east-1").create_bucket(Bucket=bucket)
-        mlflow_proc, mlflow_url = start_mlflow_server(tmp_path, s3_env, f"s3://{bucket}/mlflow")
+    bucket = as_rendered.config_maps["uft-config"]["UFT_BUCKET"]
+    identities = write_identity_file(manifests, as_rendered, tmp_path / "s3-identities")
+    with object_store(tmp_path / "s3", identities, bucket) as s3:
+        mlflow_proc, mlflow_url = start_mlflow_server(tmp_path, manifests, cluster_objects(manifests, {"seaweedfs": s3.endpoint}))
         try:
             cluster = cluster_objects(manifests, {"seaweedfs": s3.endpoint, "mlflow": mlflow_url})
             assert cluster.config_maps["uft-config"]["MLFLOW_TRACKING_URI"] == mlflow_url
@@ -122,15 +125,23 @@ def test_compiled_pipeline_runs_in_the_image(image, tmp_path, capsys):
             if {k: v for k, v in gpu_limits.items() if v} != {"pretrain": "1", "ssl-finetune": "1", "holistic": "1",
                                                               "holistic-2": "1"}:
                 backend_problems.append(f"GPU limits the KFP driver would set: {gpu_limits}")
-            # No task saw the developer's environment, only its pod's.
-            assert "AWS_ACCESS_KEY_ID" in steps["ingest"].env_keys and "HOME" not in steps["ingest"].env_keys
+            # No task saw the developer's environment, only its pod's (S3 and MLflow identities from its Secrets).
+            assert {"AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(steps["ingest"].env_keys)
+            assert "HOME" not in steps["ingest"].env_keys
 
-            # Artifacts in S3: the steps' store (datasets, encoders, report) and MLflow's.
-            client = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=creds.access_key,
-                                  aws_secret_access_key=creds.secret_key, region_name="us-east-1")
-            keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-                    for o in page.get("Contents", [])]
-            assert any(not k.startswith("mlflow/") for k in keys), "no step published to S3"
+            # Artifacts in S3, read back with each writer's own identity: the steps' store
+            # (datasets, encoders, report) and MLflow's artifacts.
+            def s3_as(secret: str):
+                keys = cluster.secrets[secret]
+                return boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+                                    aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+
+            def listed(client, prefix: str) -> list[str]:
+                return [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                        for o in page.get("Contents", [])]
+
+            client = s3_as("uft-s3")
+            assert listed(client, "uft/"), "no step published to S3"
             # Lineage: the typed artifacts (under the pipeline root) point to manifests in S3 by content hash.
             pointers = {}
             for f in (tmp_path / "kfp-root").glob("*/*/executor_output.json"):
@@ -144,7 +155,11 @@ def test_compiled_pipeline_runs_in_the_image(image, tmp_path, capsys):
                 body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
                 assert hashlib.sha256(body).hexdigest() == meta["content_hash"], where
 
-            # MLflow: the parent run FINISHED, its step runs carry metrics, artifacts went to S3.
+            # MLflow (as the pipeline's MLflow identity): the parent run FINISHED, its step runs carry
+            # metrics, artifacts went to S3.
+            auth = cluster.secrets["uft-mlflow-auth"]
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", auth["MLFLOW_TRACKING_USERNAME"])
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", auth["MLFLOW_TRACKING_PASSWORD"])
             mlflow = MlflowClient(tracking_uri=mlflow_url)
             exp = mlflow.get_experiment_by_name("images-test")
             assert exp is not None, "no step reached MLflow"
@@ -157,7 +172,11 @@ def test_compiled_pipeline_runs_in_the_image(image, tmp_path, capsys):
             assert not backend_problems, "; ".join(backend_problems)
             metrics = {k for r in runs for k in r.data.metrics}
             assert any(k.startswith("linear") for k in metrics) and any(k.startswith("knn") for k in metrics), metrics
-            assert any(k.startswith("mlflow/") for k in keys), "MLflow stored no artifact in S3"
+            assert listed(s3_as("uft-s3-mlflow"), "mlflow/"), "MLflow stored no artifact in S3"
         finally:
-            mlflow_proc.terminate()
-            mlflow_proc.wait(30)
+            os.killpg(mlflow_proc.pid, signal.SIGTERM)  # the server and its workers (own session)
+            try:
+                mlflow_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(mlflow_proc.pid, signal.SIGKILL)
+                mlflow_proc.wait(10)

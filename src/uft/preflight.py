@@ -348,6 +348,10 @@ def for_cluster(values: dict[str, Any]) -> None:
 
     if "store_uri" in values and (problem := store_problem(str(values["store_uri"]))):
         raise UftError(problem)
+    weights = str(values.get("encoder_weights") or "")
+    if weights and _local_weights(weights):  # the pods read it, not this machine
+        raise UftError(f"encoder_weights {weights} is a local file, which the cluster's pods cannot read: upload it "
+                       "(s3://bucket/key) or register it (models:/name@alias)")
     digits = tuple(str(d) for d in range(10))
     known = {"mnist": digits, "optdigits": digits, "fashion_mnist": tuple(sources.FASHION_CLASSES)}
     defaults = {k: f.default for k, f in RunConfig.model_fields.items()}

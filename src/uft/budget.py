@@ -159,11 +159,12 @@ def estimate_seconds(cfg, memo: Path | None = None) -> tuple[float, str]:
                             channels=cfg.channels, batch_size=cfg.batch_size,
                             method=cfg.pretrain_method.partition(":")[0])
     replay = cfg.replay_ratio if cfg.replay_size > 0 else 0.0
-    pre = 0.0 if cfg.pretrained_encoder else cfg.pretrain_steps * step
+    skipped = bool(cfg.pretrained_encoder or getattr(cfg, "encoder_weights", ""))  # a given encoder: no pretraining
+    pre = 0.0 if skipped else cfg.pretrain_steps * step
     fin = cfg.finetune_steps * step * (1 + replay)
     total = pre + fin
     when = "measured here" if at is None else f"measured here {time.strftime('%Y-%m-%d %H:%M', time.localtime(at))}"
-    line = (f"estimated training time: ~{_duration(total)} (pretrain {0 if cfg.pretrained_encoder else cfg.pretrain_steps} "
+    line = (f"estimated training time: ~{_duration(total)} (pretrain {0 if skipped else cfg.pretrain_steps} "
             f"+ finetune {cfg.finetune_steps} steps at {step:.2f} s/step, {when}; a rerun with the same "
             "inputs is cached; evaluation extra)")
     return total, line

@@ -439,3 +439,15 @@ def test_a_checkpoint_on_s3_loads_and_a_missing_one_is_named(bucket, tmp_path, t
     with pytest.raises(UftError) as e:
         read_checkpoint(f"s3://{bucket}/ckpt/absent.pth")
     assert "\n" not in str(e.value) and "absent.pth" in str(e.value)
+
+
+def test_the_estimate_counts_no_pretraining_when_weights_are_given(tmp_path):
+    from uft.budget import estimate_seconds
+    from uft.config import RunConfig
+
+    memo = tmp_path / "step-seconds.json"
+    cfg = dict(pretrain_steps=300, finetune_steps=10, batch_size=16, replay_size=0)
+    full, _ = estimate_seconds(RunConfig(**cfg), memo)
+    given, line = estimate_seconds(RunConfig(**cfg, encoder_weights="w.pth"), memo)  # the same measured step
+    assert "(pretrain 0 + finetune 10 steps" in line
+    assert given == pytest.approx(full * 10 / 310)

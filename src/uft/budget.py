@@ -77,11 +77,13 @@ def infer_budget(source_rows: int, target_rows: int, *, image_size: int, channel
 def measure_step_seconds(*, encoder: str, encoder_width: int, image_size: int, channels: int, batch_size: int,
                          method: str = "simclr", device: str | None = None) -> float:
     """Seconds of one SSL training step at this shape and batch, measured here on random images:
-    the median gap between the ends of consecutive steps after a warm-up step.
+    the median gap between the ends of the last :data:`TIMED_STEPS` of :data:`MEASURED_STEPS`
+    consecutive steps.
 
-    Step to step, not the whole call over its steps: a call's set-up (optimizer, views, data
-    order) is paid once per training, and over two steps it had made the estimate of a 100-step
-    run seconds too high."""
+    The steady state, not the first steps: a process's first training steps are many times
+    slower than the rest (tiny encoder, batch 256, 16 px, 2 cores: 2.3, 1.1, 0.7, 0.7 s, then
+    0.1 s each), and the two steps after one warm-up step that this used to time had put the
+    demo's training at 355 s when it took 45 s."""
     import statistics
 
     import torch
@@ -95,16 +97,18 @@ def measure_step_seconds(*, encoder: str, encoder_width: int, image_size: int, c
     m = build_method(method, build_encoder(encoder, in_channels=channels, **kwargs))
     x = torch.randint(0, 256, (batch_size, channels, image_size, image_size), dtype=torch.uint8)
     ends: list[float] = []
-    cfg = TrainConfig(steps=4, batch_size=batch_size, warmup_steps=0, log_every=1)
+    cfg = TrainConfig(steps=MEASURED_STEPS, batch_size=batch_size, warmup_steps=0, log_every=1)
     train_ssl(m, x, cfg, device=device, on_log=lambda _step, _loss: ends.append(time.perf_counter()))
-    gaps = [b - a for a, b in zip(ends, ends[1:])]  # steps 2-4: the first (warm-up) ends at ends[0]
-    return statistics.median(gaps)
+    gaps = [b - a for a, b in zip(ends, ends[1:])]
+    return statistics.median(gaps[-TIMED_STEPS:])
 
 
 #: How long a step time measured on this machine is reused before it is measured again.
 MEMO_DAYS = 7
 #: Bumped when :func:`measure_step_seconds` measures differently: kept times of the old way are not reused.
-MEASURE_VERSION = 2
+MEASURE_VERSION = 3
+#: Steps :func:`measure_step_seconds` trains, and how many of the last it times.
+MEASURED_STEPS, TIMED_STEPS = 8, 3
 
 
 def _memo_key(shape: dict) -> str:

@@ -185,3 +185,22 @@ def test_a_measured_step_time_is_kept_per_shape_and_machine(tmp_path, monkeypatc
     memo.write_text(json.dumps(kept))
     assert budget.step_seconds(memo, **shape) == (1.5, None) and len(calls) == 3
     assert budget.step_seconds(None, **shape) == (2.0, None)  # no memo: always measured
+
+
+def test_the_step_time_is_the_steady_state_not_the_first_steps(monkeypatch):
+    """A process's first training steps are many times slower than the rest: the estimate times
+    the last steps (timing the first ones had put the demo's 45 s of training at 355 s)."""
+    from uft import budget
+    from uft.ssl import train
+
+    first_steps = [0.4, 0.3, 0.3, 0.3]
+
+    def fake_train(model, images, cfg, on_log=None, **kw):
+        for step in range(1, cfg.steps + 1):
+            time.sleep(first_steps[step - 1] if step <= len(first_steps) else 0.05)
+            on_log(step, 1.0)
+
+    monkeypatch.setattr(train, "train_ssl", fake_train)
+    step = budget.measure_step_seconds(encoder="tiny", encoder_width=4, image_size=8, channels=1, batch_size=2)
+    assert budget.MEASURED_STEPS - budget.TIMED_STEPS > len(first_steps)  # the slow steps are never timed
+    assert 0.05 <= step < 0.2

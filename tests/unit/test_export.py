@@ -130,3 +130,17 @@ def test_resolve_a_registered_version_and_a_run(tmp_path, mlflow_env):
     assert resolve("pipe-7")[2] == uri
     with pytest.raises(UftError, match="neither an encoder manifest"):
         resolve("no-such-run")
+
+
+def test_the_registered_model_names_its_architecture_and_input(mlflow_env):
+    import mlflow
+
+    from uft.promote.registry import log_encoder_model
+
+    enc = build_encoder("timm:test_efficientnet", in_channels=1).eval()
+    with mlflow.start_run():
+        uri = log_encoder_model(enc, 32, 1, serialization_format="pickle")
+    meta = mlflow.models.get_model_info(uri).metadata
+    assert meta["architecture"] == "timm:test_efficientnet" and meta["feature_dim"] == 256
+    assert meta["preprocessing"]["channels"] == 1 and meta["preprocessing"]["image_size"] == 32
+    assert "inside the encoder" in meta["preprocessing"]["normalisation"]

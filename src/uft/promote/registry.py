@@ -53,7 +53,7 @@ def preprocessing(image_size: int, channels: int) -> dict[str, Any]:
     """What a consumer must feed the encoder (recorded with the model and as version tags)."""
     return {"image_size": int(image_size), "channels": int(channels), "layout": "NCHW", "dtype": "float32",
             "value_range": [0.0, 1.0],
-            "normalisation": "inside the encoder: x -> (x - 0.5) / 0.5; feed raw pixels / 255",
+            "normalisation": "inside the encoder (its own statistics); feed raw pixels / 255",
             "resize": "area/bilinear antialiased to image_size x image_size (uft.data.ingest.resize_images)",
             "output": "features (N, feature_dim)"}
 
@@ -72,8 +72,11 @@ def log_encoder_model(encoder: torch.nn.Module, image_size: int, channels: int, 
     example = np.zeros((2, channels, image_size, image_size), dtype=np.float32)
 
     def log(fmt: str, note: str = ""):
+        # The architecture by name (timm:<name>, torchvision:<name>, or uft's module), so a consumer
+        # knows what it loads without uft; uft's own encoders name their class.
         meta = {"preprocessing": preprocessing(image_size, channels), "serialization": fmt + note,
-                "feature_dim": int(getattr(encoder, "feature_dim", 0))}
+                "feature_dim": int(getattr(encoder, "feature_dim", 0)),
+                "architecture": str(getattr(encoder, "arch", "") or type(encoder).__name__)}
         return mlflow.pytorch.log_model(encoder.cpu().eval(), name=name, input_example=example,
                                         serialization_format=fmt, metadata=meta,
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])

@@ -59,8 +59,11 @@ def hang(experiment: str, run_id: str) -> None:
         time.sleep(600)
 
 
+# holistic_source_steps / holistic_methods: the defaults (600 steps, three methods, for each of the two
+# holistic tasks) were most of a tiny run's time
 TINIEST = dict(source_limit=200, target_limit=200, pretrain_steps=2, finetune_steps=2, batch_size=32, encoder_width=8,
-               holistic_steps=2, probe_draws=1, label_shots="1", replay_size=50, checkpoint_every=1)
+               holistic_steps=2, holistic_source_steps=10, holistic_methods="naive", probe_draws=1, label_shots="1",
+               replay_size=50, checkpoint_every=1)
 
 
 def pipeline(state: str) -> None:

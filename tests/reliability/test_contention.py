@@ -105,9 +105,10 @@ def _service_set(state: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-@pytest.mark.slow  # 20 service sets, four at a time: about 2 minutes on two busy cores
 def test_service_sets_started_at_once_all_come_up(tmp_path):
-    rounds, width, clashes = 5, 4, 0
+    # 2 rounds of 4 at once (it was 5: 2 minutes of CI for the same race; a port taken in between is
+    # forced, not waited for, in the tests above)
+    rounds, width, clashes = 2, 4, 0
     for r in range(rounds):
         states = [tmp_path / f"r{r}s{i}" for i in range(width)]
         procs = [_service_set(s) for s in states]  # at once: their port choices and binds interleave
@@ -131,10 +132,9 @@ def test_service_sets_started_at_once_all_come_up(tmp_path):
 UFT = [sys.executable, "-m", "uft.cli"]
 TINY = ["-p", "source_limit=200", "-p", "target_limit=200", "-p", "pretrain_steps=2", "-p", "finetune_steps=2",
         "-p", "batch_size=32", "-p", "encoder_width=8", "-p", "holistic_steps=2", "-p", "probe_draws=1",
-        "-p", "label_shots=1", "-p", "replay_size=50"]
+        "-p", "label_shots=1", "-p", "replay_size=50", "-p", "holistic_source_steps=10", "-p", "holistic_methods=naive"]
 
 
-@pytest.mark.slow  # two whole runs side by side: several minutes on two cores
 def test_two_runs_in_different_state_directories_started_together_both_finish(tmp_path):
     runs = []
     for name in ("a", "b"):

@@ -20,11 +20,11 @@ import pytest
 from uft.orchestrate.lifecycle import descendants
 from uft.services import RECORD, free_port, pid_alive
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow]  # each starts real runs: minutes on two busy cores
+pytestmark = pytest.mark.s3  # each starts real runs
 UFT = [sys.executable, "-m", "uft.cli"]
 TINY = ["-p", "source_limit=200", "-p", "target_limit=200", "-p", "finetune_steps=2", "-p", "batch_size=32",
         "-p", "encoder_width=8", "-p", "holistic_steps=2", "-p", "probe_draws=1", "-p", "label_shots=1",
-        "-p", "replay_size=50"]
+        "-p", "replay_size=50", "-p", "holistic_source_steps=10", "-p", "holistic_methods=naive"]
 
 
 def _env(state: Path) -> dict[str, str]:

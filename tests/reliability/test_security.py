@@ -213,9 +213,11 @@ def test_local_s3_server_listens_on_loopback_only(tiny_run):
     assert not exposed, f"SeaweedFS listens beyond 127.0.0.1: {exposed}"
 
 
-@pytest.mark.slow  # starting MLflow's UI server takes 10–40 s on two busy cores
 def test_mlflow_ui_listens_on_loopback_only(run_env):
-    """`uft ui` (MLflow's UI on the local run's state) binds 127.0.0.1 only, in every worker."""
+    """`uft ui` (MLflow's UI on the local run's state) binds 127.0.0.1 only, in every worker. MLflow's
+    UI runs in a session of its own (so `uft ui` can stop all of it): its sockets are found among
+    the descendants of `uft ui`, not in its process group."""
+    from uft.orchestrate.lifecycle import descendants
     from uft.services import free_port
 
     port = free_port()
@@ -232,16 +234,23 @@ def test_mlflow_ui_listens_on_loopback_only(run_env):
                 assert proc.poll() is None, "the MLflow UI exited at start"
                 assert time.monotonic() < deadline, "the MLflow UI did not answer"
                 time.sleep(0.5)
-        addresses = listening_addresses(_group(proc.pid))
+        ui = [proc.pid, *descendants(proc.pid)]
+        addresses = listening_addresses(ui)
         assert port in {p for _, p in addresses}, addresses
         assert all(_loopback(ip) for ip, _ in addresses), addresses
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group this test started (uft ui and its MLflow workers)
+        below = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGTERM)  # `uft ui` stops MLflow's UI (its own session) itself
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        for pid in below:  # never leave a UI this test started behind, stopped or not
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # --- credentials ------------------------------------------------------------------------------------

@@ -109,7 +109,6 @@ def test_store_down_bounded_retries_then_clear_error_then_recovers(weed_env):
     assert store.list("") == ["before", "k"]
 
 
-@pytest.mark.slow  # ~8 s: waits for a real restart
 def test_default_retries_bridge_a_store_restart(weed_env, monkeypatch):
     """The server crashes and is back ~1 s later (then needs a few seconds to serve its data): the
     default backoff (0.5, 1, 2, 4 s over 5 attempts) rides through it without an error."""

@@ -15,12 +15,19 @@ a version tag):
    the same architecture where the reference is clearly better).
 2. Never automatically over a champion of another domain (:func:`domain_shift`).
 3. ``source_retention`` may drop by at most ``retention_tolerance``.
-4. With val labels: the val-split probe must gain ``probe_margin`` (and the gate score may not fall
-   by more than ``margin``); without: ``gate_score`` must gain ``margin`` (relative).
+4. No scored row may have been trained on by either encoder compared: each registered version
+   records the datasets and split rule it trained on (tag ``uft.lineage``, :mod:`uft.lineage`);
+   the gate leaves out every val row whose content is in either encoder's training split, and a
+   reference whose target training rows cannot be established (no record and its old dataset
+   gone, another image size) is a "cannot tell": held, never guessed. Encoders registered under
+   the old per-position split are handled the same way, from their ``uft.target_uri`` tag.
+5. The gain must clear the smallest gain worth a new version with 95 % confidence: both encoders'
+   per-row outcomes on the same val rows are bootstrapped together (rows, and label draws of the
+   few-shot probe) → a 90 % interval of the gain; promote only when its lower bound exceeds
+   ``MIN_PROBE_GAIN`` (val probe, with val labels) or ``MIN_GATE_GAIN`` (gate score, without).
 
-The margins (:class:`GatePolicy`) come from the measured seed-to-seed spread of each signal; each
-decision records them and the noise they came from. ``uft promote --explain RUN_ID`` shows every
-signal for candidate, reference and floor with the margin applied.
+Every decision records its interval and the lineage check (``uft promote --explain RUN_ID``, the
+report, the version's and the promote run's MLflow tags ``uft.gain.*``, ``uft.lineage.check``).
 
 Registry writes are idempotent: a version is keyed by the encoder's content hash (tag
 ``uft.encoder_sha``), so a retried step — or an identical rerun whose finetuning was a cache hit —
@@ -37,14 +44,16 @@ Where each part lives: the rule (:mod:`.policy`), what is measured (:mod:`.signa
 from __future__ import annotations
 
 from uft.promote.explain import explain, explain_lines, manual_promote, promotion_summary, report_section
-from uft.promote.policy import (CHALLENGER, CHAMPION, DEFAULT_MODEL, DOMAIN_SHIFT_ACCURACY, FLOOR_SEEDS, NOISE,
-                                VAL_SHOTS, Decision, GatePolicy, decide)
+from uft.promote.policy import (CHALLENGER, CHAMPION, DEFAULT_MODEL, DOMAIN_SHIFT_ACCURACY, FLOOR_SEEDS,
+                                MIN_GATE_GAIN, MIN_PROBE_GAIN, NOISE, VAL_SHOTS, Decision, GatePolicy, decide,
+                                paired_gain)
 from uft.promote.registry import (apply, find_version, load_champion, log_encoder_model, preprocessing, register,
                                   stored_signals, version_by_alias)
 from uft.promote.signals import GateData, domain_shift, gate_data, untrained_like
 from uft.promote.step import promote_step
 
-__all__ = ["CHALLENGER", "CHAMPION", "DEFAULT_MODEL", "DOMAIN_SHIFT_ACCURACY", "FLOOR_SEEDS", "NOISE", "VAL_SHOTS",
+__all__ = ["CHALLENGER", "CHAMPION", "DEFAULT_MODEL", "DOMAIN_SHIFT_ACCURACY", "FLOOR_SEEDS", "MIN_GATE_GAIN",
+           "MIN_PROBE_GAIN", "NOISE", "VAL_SHOTS", "paired_gain",
            "Decision", "GateData", "GatePolicy", "apply", "decide", "domain_shift", "explain", "explain_lines",
            "find_version", "gate_data", "load_champion", "log_encoder_model", "manual_promote", "preprocessing",
            "promote_step", "promotion_summary", "register", "report_section", "stored_signals", "untrained_like",

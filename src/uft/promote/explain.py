@@ -110,8 +110,10 @@ def manual_promote(pipeline_run_id: str, *, registered_model: str = DEFAULT_MODE
                    force: bool = False, policy: GatePolicy = GatePolicy()) -> Decision:
     """Re-decide (or, with ``force``, promote regardless) the version a pipeline run registered.
 
-    Without ``force`` the gate is applied to the signals recorded on the two versions' tags (each
-    measured on its own run's data; the pipeline step re-scores the champion on shared data)."""
+    Without ``force`` the gate is applied to the signals recorded on the two versions' tags. Those
+    were measured on each run's own data, not on the same rows, so they carry no paired outcomes:
+    the rule cannot form the gain's interval and holds ("cannot tell"). A decision with an interval
+    is the pipeline's promote step, which re-scores the champion on this run's val rows."""
     from uft import tracking
 
     if not tracking.enabled():

@@ -297,6 +297,9 @@ def ingest(raw: RawImages, store: Store, *, name: str, image_size: int, channels
 
     ``raw.images`` may be an in-memory array or a :class:`uft.data.parallel.DiskRows`: rows are
     read, resized and written one shard at a time, so memory stays bounded by a few shards.
+    Each row's split follows from its published pixels alone (:data:`SPLIT_RULE`): ``seed`` picks
+    the ``limit`` subset and the row order, never a split; ``raw.splits`` (a given train/test) are
+    kept and val is carved from their train rows by the same rule.
     """
     if len(raw.images) == 0:
         raise UftError(f"dataset {name!r} has no images: point it at a directory with images")

@@ -152,3 +152,38 @@ def test_ingest_of_user_data_is_cached_on_its_fingerprint(tmp_path, monkeypatch)
     Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / "train" / "1" / "new.png")
     grown = steps.ingest(str(root), store, fingerprint=source_fingerprint(str(root)), **kw)
     assert grown["cached"] is False and grown["num_rows"] == first["num_rows"] + 1
+
+
+# --- what an encoder trained on -------------------------------------------------------------------
+
+def test_training_record_and_what_can_be_told_about_trained_rows(tiny_raw, tmp_path):
+    """The record names each dataset, its split rule and key space; trained rows are proven disjoint
+    on the same content-split dataset, compared by content on another of the same key space, and
+    cannot be told across key spaces (another image size), for no record, or for a pre-lineage
+    version whose dataset is gone."""
+    import numpy as np
+
+    from uft.data.dataset import load_dataset
+    from uft.data.ingest import SPLIT_RULE, content_keys, ingest
+    from uft.lineage import LINEAGE_TAG, dataset_keys, record_from_tags, trained_keys, training_record
+
+    store = LocalStore(tmp_path)
+    a = ingest(tiny_raw, store, name="t", image_size=8, channels=1, test_fraction=0.3, val_fraction=0.3)
+    b = ingest(tiny_raw, store, name="t", image_size=8, channels=1, test_fraction=0.3, val_fraction=0.1)
+    big = ingest(tiny_raw, store, name="t", image_size=12, channels=1, test_fraction=0.3, val_fraction=0.3)
+    rec = training_record(a, b)
+    assert rec["target"]["split_rule"] == SPLIT_RULE and rec["target"]["space"] == [8, 8, 1, "keep"]
+    assert record_from_tags({LINEAGE_TAG: json.dumps(rec)}) == rec
+
+    keys, how = trained_keys(rec, "target", a)
+    assert keys == set() and "split by content" in how
+    other = {"target": {**rec["target"], "uri": b, "sha": manifest_sha(b)}}
+    keys, how = trained_keys(other, "target", a)
+    ds = load_dataset(b)
+    train = content_keys(np.ascontiguousarray(ds.images.numpy()[ds.split == "train"].transpose(0, 2, 3, 1)))
+    assert keys == {k.tobytes() for k in train} == dataset_keys(b) and "compared by content" in how
+    assert trained_keys(rec, "target", big)[0] is None and "another size" in trained_keys(rec, "target", big)[1]
+    assert trained_keys(None, "target", a)[0] is None
+    gone = record_from_tags({"uft.target_uri": str(tmp_path / "gone" / "manifest.json")})
+    assert gone["legacy"] and trained_keys(gone, "target", a)[0] is None
+    assert trained_keys({"target": "none"}, "target", a) == (set(), "it never trained on target data")

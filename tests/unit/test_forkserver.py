@@ -166,3 +166,22 @@ def test_shim_falls_back_to_the_real_interpreter(tmp_path, shim):
     assert forked.returncode == 0 and "usage" in forked.stdout and forkserver.CPU_LINE in forked.stdout
     assert fresh.returncode == 0 and "usage" in fresh.stdout and forkserver.CPU_LINE not in fresh.stdout
     assert any(r.startswith("could not reach the fork server") for r in forkserver.fallbacks(shim))
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def echo_path(path: str, out: dsl.Output[dsl.Artifact]):
+    with open(out.path, "w") as f:
+        f.write(path)
+
+
+@pytest.mark.parametrize("through_server", [True, False], ids=["fork-server", "fresh-interpreter"])
+def test_a_task_argument_naming_python3_reaches_the_task_unchanged(tmp_path, shim, through_server):
+    """kfp.local's replace_python_executable (kfp/local/subprocess_task_handler.py) rewrites
+    ``python3`` in every element of the command but the component's code, its arguments included:
+    a weights file under ``.venv/lib/python3.11/site-packages`` reached the step mangled."""
+    arg = str(tmp_path / "lib" / "python3.11" / "site-packages" / "weights.pth")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=True)
+    with forkserver.kfp_tasks_use(shim if through_server else None):
+        task = echo_path(path=arg)
+    assert open(task.outputs["out"].path).read() == arg

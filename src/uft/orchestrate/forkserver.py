@@ -269,13 +269,29 @@ def _show(value: str | None) -> str:
     return "unset" if value is None else repr(value if len(value) <= 80 else value[:77] + "...")
 
 
+def launcher_only(full_command: list[str], python: str) -> list[str]:
+    """``full_command`` with ``python3`` replaced by ``python`` in the launcher only: the elements up
+    to the one that runs the component's code. kfp's own ``replace_python_executable`` rewrites it in
+    every element but the code, so a task argument such as a path under ``…/lib/python3.11/…``
+    reached the step mangled."""
+    out: list[str] = []
+    code_at: int | None = None
+    for i, el in enumerate(full_command):
+        if code_at is None and '"$program_path/ephemeral_component.py"' in el and '"$@"' in el:
+            code_at = i + 1  # the next element is the component's code, then its arguments
+        out.append(el.replace("python3", python) if code_at is None or i < code_at else el)
+    return out
+
+
 @contextlib.contextmanager
-def kfp_tasks_use(python: str) -> Iterator[None]:
-    """Make kfp.local's SubprocessRunner start ``python`` where a component says ``python3``."""
+def kfp_tasks_use(python: str | None = None) -> Iterator[None]:
+    """Make kfp.local's SubprocessRunner start ``python`` (default: the one kfp.local chose) where a
+    component's launcher says ``python3``, leaving the task's arguments as they are."""
     from kfp.local import subprocess_task_handler as handler
 
     original = handler.replace_python_executable
-    handler.replace_python_executable = lambda full_command, _executable: original(full_command, python)
+    handler.replace_python_executable = lambda full_command, executable: launcher_only(full_command,
+                                                                                       python or executable)
     try:
         yield
     finally:

@@ -317,7 +317,8 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
             shim = None
             if forkserver.enabled():  # the caller's (`uft run` starts it first), else one for this run
                 shim = forkserver.current() or stack.enter_context(forkserver.serving())
-                stack.enter_context(forkserver.kfp_tasks_use(shim))
+            stack.enter_context(forkserver.kfp_tasks_use(shim))  # also keeps kfp from mangling arguments
+            if shim is not None:
                 # What this process set in its environment since the server started (e.g. torch's
                 # inductor cache dir, from the pre-run estimate) must not make every task a fallback.
                 stack.enter_context(forkserver.tasks_get_startup_env(shim))

@@ -19,9 +19,9 @@ images per class (test 0.3, val half of the rest, so each class has enough val r
 5-shot val probe); the other domain is the same digits with inverted contrast (white background,
 dark ink), built here — no Fashion-MNIST needed. Budgets (tiny on purpose: the loop, not the
 encoder, is under test): 8 px images, a width-8 tiny encoder, 1,000 source images, 15 pretraining
-and 15 finetuning steps of batch 64, 100 replay images, one holistic method of 5 steps. Five runs;
-measured 18.7 min for the whole test on 2 cores at a load average of ~12 (other jobs running):
-the time is task start-up and the gate's evaluation, not training; to be re-timed on a quiet machine.
+and 15 finetuning steps of batch 64, 100 replay images, one holistic method of 5 steps. Five runs:
+2.9 min for the whole test on 2 cores with little else running (load average 1.8–2.6), 9.6–18.7 min
+when other jobs load the machine to 10–12.
 """
 
 from __future__ import annotations

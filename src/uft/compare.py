@@ -39,7 +39,8 @@ STEP_PARAMS = {
                      "from_scratch": "from_scratch", "checkpoint_every": "checkpoint_every"},
     "pretrain": {"method": "pretrain_method", "encoder": "encoder", "encoder_width": "encoder_width",
                  "steps": "pretrain_steps", "seed": "seed", "radreg_weight": "pretrain_radreg_weight",
-                 "radreg_form": "pretrain_radreg_form", "radreg_target_sha": "pretrain_radreg_target"},
+                 "radreg_form": "pretrain_radreg_form", "radreg_target_sha": "pretrain_radreg_target",
+                 "encoder_weights": "encoder_weights"},  # the pretrain run that imports the weights logs it
     "subsample_source": {"rule": "replay_rule", "size": "replay_size", "seed": "seed"},
     "ingest_source": {"spec": "source", "limit": "source_limit", "test_fraction": "source_test_fraction",
                       "val_fraction": "source_val_fraction", "image_size": "image_size", "channels": "channels", "framing": "framing"},

@@ -165,7 +165,9 @@ def test_cli_writes_results(tmp_path):
     data = json.loads((out / "holistic.json").read_text())  # strict JSON (no NaN)
     assert set(data["summary"]) == {"base+adabn", "finetuned+adabn"}
     assert list(data["summary"]["base+adabn"]) == ["source", "naive", "naive+ALG"]
-    assert data["meta"]["data"]["n_source_train"] == 160  # 200 minus the 10 % source test split and 10 % of the rest (val)
+    # 200 minus the 10 % source test split and 10 % of the rest (val): 162 expected; the split is by
+    # content (a hash per image), so the count is binomial (sd ≈ 5.5), no longer exact
+    assert abs(data["meta"]["data"]["n_source_train"] - 162) <= 17
     assert "target_uri" not in data["meta"]["data"]  # no store path in a committed result
     # the finetuned encoder is its own per-seed SSL finetune: its rows differ from the base's
     b, f = (data["runs"][k]["naive"] for k in ("base+adabn", "finetuned+adabn"))

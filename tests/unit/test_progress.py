@@ -60,9 +60,10 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_bar_mode_renders_without_error():
+def test_bar_mode_renders_without_error(monkeypatch):
     """On a terminal the default mode is the bar: it shows the label, the count done and the info
     (loss), draws no parseable lines, and is erased at the end (transient)."""
+    monkeypatch.delenv("UFT_PROGRESS", raising=False)  # importing bench.common sets it for the process
     out = _Terminal()
     with Progress("ssl", 5, stream=out) as p:  # no mode given: a terminal picks the bar
         assert p.mode == "bar"

@@ -81,8 +81,10 @@ class RunConfig(BaseModel):
     holistic_source_steps: int = Field(600, ge=1, description="steps of the source classifier's supervised training")
     seed: int = Field(0, ge=0)
     registered_model: str = Field("uft-encoder", min_length=1, description="MLflow Model Registry name of the encoder")
-    promote_margin: float = Field(0.08, ge=0, le=1, description="relative gate-score gain over the reference (champion, "
-                                  "or base on an empty registry) needed to promote; 2σ of its measured seed spread")
+    promote_margin: float = Field(0.08, ge=0, le=1, description="noise band of the label-free gate score (2σ of its "
+                                  "measured seed spread): the collapse floor's and the 'changed nothing' reading's; "
+                                  "promoting needs the paired interval's lower bound above the smallest gain worth a "
+                                  "version (uft.promote.policy)")
     retention_tolerance: float = Field(0.026, ge=0, le=1, description="max drop of source k-NN accuracy (source val "
                                        "split) when promoting; 3σ of its measured seed spread")
 

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bench.uft_grid import PAIRS, GridConfig, _cap, load_pair, pretrain, t_interval, target_order
+from bench.uft_grid import PAIRS, GridConfig, _cap, load_pair, merge_results, pretrain, t_interval, target_order
 from bench.uft_sweep import _ints, _strs, check_names
 
 VARIANTS = ("naive", "replay", "mixing", "replay+mixing")
@@ -574,10 +574,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg, a = parse_args(argv)
     out = Path(a.out)
     if a.merge:
-        parts = [json.loads(Path(f).read_text()) for f in a.merge]
-        merged = {**parts[0], "command": " ; ".join(x["command"] for x in parts),
-                  "wall_s": max(x["wall_s"] for x in parts), "cells": [c for x in parts for c in x["cells"]]}
-        merged["config"]["pairs"] = list(dict.fromkeys(pr for x in parts for pr in x["config"]["pairs"]))
+        merged = merge_results(a.merge)
         out.parent.mkdir(parents=True, exist_ok=True)
         Path(f"{out}.json").write_text(json.dumps(merged, indent=1))
         a.render_only = True

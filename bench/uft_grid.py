@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -350,6 +350,18 @@ def render(cells: list[dict[str, Any]], cfg: GridConfig, command: str, wall: flo
     ])
 
 
+def merge_results(paths: Sequence[str | Path], list_keys: Sequence[str] = ("pairs",)) -> dict[str, Any]:
+    """The result JSONs of one bench run made in parts (e.g. one per pair, run in parallel) → one:
+    the first part's fields, the commands joined, the longest wall time, every part's cells, and
+    each config list in ``list_keys`` merged in first-seen order."""
+    parts = [json.loads(Path(f).read_text()) for f in paths]
+    merged = {**parts[0], "command": " ; ".join(x["command"] for x in parts),
+              "wall_s": max(x["wall_s"] for x in parts), "cells": [c for x in parts for c in x["cells"]]}
+    for key in list_keys:
+        merged["config"][key] = list(dict.fromkeys(v for x in parts for v in x["config"].get(key, [])))
+    return merged
+
+
 # --- CLI ---------------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> tuple[GridConfig, argparse.Namespace]:
@@ -383,11 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg, a = parse_args(argv)
     out = Path(a.out)
     if a.merge:
-        parts = [json.loads(Path(f).read_text()) for f in a.merge]
-        merged = {"command": " ; ".join(x["command"] for x in parts), "config": parts[0]["config"],
-                  "wall_s": max(x["wall_s"] for x in parts), "cells": [c for x in parts for c in x["cells"]]}
-        merged["config"]["pairs"] = list(dict.fromkeys(pr for x in parts for pr in x["config"]["pairs"]))
-        merged["config"]["budgets"] = list(dict.fromkeys(b for x in parts for b in x["config"].get("budgets", [])))
+        merged = merge_results(a.merge, list_keys=("pairs", "budgets"))
         Path(f"{out}.json").write_text(json.dumps(merged, indent=1))
         a.render_only = True
     if a.render_only:

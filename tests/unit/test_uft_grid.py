@@ -88,3 +88,24 @@ def test_micro_radreg_sweep_runs_every_form_and_mu(tmp_path, micro_pair):
     text = radreg_sweep.render(cells, {"command": "cmd", "wall_s": 1.0, "pair": micro_pair, "size": 40,
                                        "config": {**cfg.__dict__}})
     assert "closed μ=0.01 − none" in text
+
+
+def test_merge_results_joins_parts_of_one_run(tmp_path):
+    """`--merge` of bench.uft_grid and bench.damage_curve: parts run in parallel (one per pair) → one result."""
+    import json
+
+    from bench.uft_grid import merge_results
+
+    parts = [{"command": "a", "wall_s": 5.0, "notes": {"n": 1}, "cells": [{"pair": "p1"}],
+              "config": {"pairs": ["p1"], "budgets": ["60@0.1"], "seeds": [0]}},
+             {"command": "b", "wall_s": 7.5, "notes": {"n": 2}, "cells": [{"pair": "p2"}, {"pair": "p2"}],
+              "config": {"pairs": ["p2", "p1"], "budgets": ["150@0.01", "60@0.1"], "seeds": [0]}}]
+    paths = []
+    for i, part in enumerate(parts):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(part))
+    merged = merge_results(paths, list_keys=("pairs", "budgets"))
+    assert merged["command"] == "a ; b" and merged["wall_s"] == 7.5 and merged["notes"] == {"n": 1}
+    assert merged["cells"] == [{"pair": "p1"}, {"pair": "p2"}, {"pair": "p2"}]
+    assert merged["config"] == {"pairs": ["p1", "p2"], "budgets": ["60@0.1", "150@0.01"], "seeds": [0]}
+    assert merge_results(paths)["config"]["budgets"] == ["60@0.1"]  # only the named lists are merged

@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from bench.common import load_avg, table
+_SHELL_PROGRESS = os.environ.get("UFT_PROGRESS")  # before bench.common sets it off for this process
+
+from bench.common import load_avg, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: `uft run` in a fresh process, through the console script's entry point (``uft.cli:main`` in the
@@ -73,18 +75,69 @@ def parse_tasks(text: str) -> dict[str, tuple[float, float | None]]:
     return out
 
 
-def uft_run(state: Path, params: list[str], env: dict[str, str], cwd: Path | None = None) -> Run:
-    """One `uft run` (a fresh process, as `make run` starts it) with ``UFT_STATE_DIR=state``."""
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _run_in_terminal(cmd: list[str], env: dict[str, str], cwd: Path | None) -> tuple[int, str]:
+    """``cmd`` with a pseudo-terminal as its stdout and stderr, as `make run` typed in a terminal
+    runs it (the live status line redraws; tasks see no terminal) → (exit code, output without
+    colour and cursor codes)."""
+    import pty
+    import threading
+
+    leader, follower = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # the terminal's reader: a full pty buffer would block the run
+        while True:
+            try:
+                b = os.read(leader, 65536)
+            except OSError:
+                return
+            if not b:
+                return
+            chunks.append(b)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, cwd=cwd)
+    os.close(follower)
+    reader.join(5)
+    os.close(leader)
+    text = _ANSI.sub("", b"".join(chunks).decode(errors="replace")).replace("\r", "\n")
+    return proc.returncode, text
+
+
+def uft_run(state: Path, params: list[str], env: dict[str, str], cwd: Path | None = None, terminal: bool = True) -> Run:
+    """One `uft run` (a fresh process, as `make run` starts it) with ``UFT_STATE_DIR=state``.
+    ``terminal``: its output goes to a pseudo-terminal, as when `make run` is typed in one (the
+    configuration users time); else to pipes, as in CI."""
     cmd = [sys.executable, *UFT, "run", *[a for p in params for a in ("-p", p)]]
     load = os.getloadavg()[0]
+    run_env = {**env, "UFT_STATE_DIR": str(state), "COLUMNS": "200"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env={**env, "UFT_STATE_DIR": str(state), "COLUMNS": "200"}, capture_output=True, text=True,
-                          cwd=cwd)
+    if terminal:
+        rc, out = _run_in_terminal(cmd, run_env, cwd)
+    else:
+        proc = subprocess.run(cmd, env=run_env, capture_output=True, text=True, cwd=cwd)
+        rc, out = proc.returncode, proc.stdout + proc.stderr
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Run(wall, cpu, proc.returncode, parse_tasks(proc.stdout), (proc.stdout + proc.stderr)[-3000:], load)
+    return Run(wall, cpu, rc, parse_tasks(out), out[-3000:], load)
+
+
+def user_env() -> dict[str, str]:
+    """This process's environment as `make run` would see it: no AWS/MLflow settings (the run starts
+    its own services), and no ``UFT_PROGRESS`` unless the caller's shell set it (importing
+    :mod:`bench.common` sets it off for benchmarks, which would change what the tasks print)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    if _SHELL_PROGRESS is None:
+        env.pop("UFT_PROGRESS", None)
+    else:
+        env["UFT_PROGRESS"] = _SHELL_PROGRESS
+    return env
 
 
 def demo_budget(makefile: Path = ROOT / "Makefile") -> list[str]:
@@ -141,15 +194,35 @@ def side_by_side(tree: list[tuple[Run, Run]], old: list[tuple[Run, Run]], commit
     loads = [f"{r.load:.1f}" for pair in tree + old for r in pair]
     return (f"## `make run`'s pipeline side by side: working tree vs {commit}\n\n`{command}` · {len(tree)} rounds, "
             f"alternating · {os.cpu_count()} cores · load average (1 min) before each run: {', '.join(loads)} · "
-            f"now {load_avg()}\n\n" + table(head, rows))
+            f"now {load_avg()}\n\n" + table(head, rows) + "\n" + per_task(tree, old, commit))
 
 
-def compare(commit: str, params: list[str] | None = None, rounds: int = 3) -> str:
-    """The working tree and ``commit`` side by side, ``rounds`` rounds → the markdown table."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+def per_task(tree: list[tuple[Run, Run]], old: list[tuple[Run, Run]], commit: str) -> str:
+    """Each task's wall (CPU) seconds in the first run, median over the rounds, for both codes side
+    by side (a task only one code has shows "–"): where the difference between the two lives."""
+    def med(runs: list[tuple[Run, Run]], task: str, i: int) -> float | None:
+        xs = [r[0].tasks[task][i] for r in runs if task in r[0].tasks and r[0].tasks[task][i] is not None]
+        return statistics.median(xs) if xs else None
+
+    def cell(runs: list[tuple[Run, Run]], task: str) -> str:
+        w, c = med(runs, task, 0), med(runs, task, 1)
+        return "–" if w is None else f"{w:.1f} ({c:.1f})" if c is not None else f"{w:.1f} (cached)"
+
+    names = list(dict.fromkeys([t for r in tree + old for t in r[0].tasks]))
+    rows = [[t, cell(tree, t), cell(old, t)] for t in names]
+    rows.append(["driver and services, CPU", f"{statistics.median([r[0].cpu - r[0].task_cpu for r in tree]):.1f}" if tree else "–",
+                 f"{statistics.median([r[0].cpu - r[0].task_cpu for r in old]):.1f}" if old else "–"])
+    return ("First run, per task: wall s (CPU s), median over the rounds\n\n"
+            + table(["task", "working tree", commit], rows))
+
+
+def compare(commit: str, params: list[str] | None = None, rounds: int = 3, terminal: bool = True) -> str:
+    """The working tree and ``commit`` side by side, ``rounds`` rounds → the markdown table.
+    ``terminal``: each run's output goes to a pseudo-terminal, as `make run` typed in one."""
+    env = user_env()
     env["UFT_TASK_CACHE"] = "1"
     params = list(params) if params else demo_budget()
-    command = " ".join(["uft run", *[f"-p {p}" for p in params]])
+    command = " ".join(["uft run", *[f"-p {p}" for p in params]]) + (" (in a terminal)" if terminal else " (output to pipes)")
     results: dict[str, list[tuple[Run, Run]]] = {"tree": [], "old": []}
     with worktree(commit) as old_root, tempfile.TemporaryDirectory(prefix="uft-bench-sbs-") as tmp:
         how = {"tree": (env, ROOT), "old": (old_code_env(env, old_root), old_root)}
@@ -157,7 +230,7 @@ def compare(commit: str, params: list[str] | None = None, rounds: int = 3) -> st
             for which in (("tree", "old") if i % 2 == 0 else ("old", "tree")):  # alternate who goes first
                 run_env, cwd = how[which]
                 state = Path(tmp) / f"{which}-{i}"
-                pair = (uft_run(state, params, run_env, cwd), uft_run(state, params, run_env, cwd))
+                pair = (uft_run(state, params, run_env, cwd, terminal), uft_run(state, params, run_env, cwd, terminal))
                 for r in pair:
                     if r.rc != 0:
                         raise SystemExit(f"`uft run` of the {which} code failed ({r.rc}):\n{r.tail}")
@@ -182,18 +255,19 @@ def report(first: Run, rerun: Run, command: str) -> str:
             f"{os.cpu_count()} cores\n\n" + table(head, rows))
 
 
-def run(params: list[str] | None = None, state: Path | None = None, task_cache: bool = True) -> str:
+def run(params: list[str] | None = None, state: Path | None = None, task_cache: bool = True, terminal: bool = True) -> str:
     """Both runs in ``state`` (default: a fresh temporary directory) → the markdown table."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env = user_env()
     env["UFT_TASK_CACHE"] = "1" if task_cache else "0"
     params = list(params or [])
-    command = " ".join(["uft run", *[f"-p {p}" for p in params]]) + ("" if task_cache else "  (UFT_TASK_CACHE=0)")
+    command = (" ".join(["uft run", *[f"-p {p}" for p in params]]) + ("" if task_cache else "  (UFT_TASK_CACHE=0)")
+               + (" (in a terminal)" if terminal else " (output to pipes)"))
     with tempfile.TemporaryDirectory(prefix="uft-bench-run-") as tmp:
         where = state or Path(tmp) / "state"
-        first = uft_run(where, params, env)
+        first = uft_run(where, params, env, terminal=terminal)
         if first.rc != 0:
             raise SystemExit(f"the first `uft run` failed ({first.rc}):\n{first.tail}")
-        rerun = uft_run(where, params, env)
+        rerun = uft_run(where, params, env, terminal=terminal)
         if rerun.rc != 0:
             raise SystemExit(f"the rerun failed ({rerun.rc}):\n{rerun.tail}")
     return report(first, rerun, command)
@@ -207,8 +281,10 @@ if __name__ == "__main__":
     ap.add_argument("--against", metavar="COMMIT", default="",
                     help="side by side: also time COMMIT's code (a temporary worktree, same venv), alternating")
     ap.add_argument("--rounds", type=int, default=3, help="side-by-side rounds (each: both codes, first run + rerun)")
+    ap.add_argument("--pipes", action="store_true",
+                    help="output to pipes (as in CI) instead of a pseudo-terminal (as `make run` typed in one)")
     a = ap.parse_args()
     if a.against:
-        print(compare(a.against, a.param, a.rounds))
+        print(compare(a.against, a.param, a.rounds, terminal=not a.pipes))
     else:
-        print(run(a.param, a.state, task_cache=not a.no_task_cache))
+        print(run(a.param, a.state, task_cache=not a.no_task_cache, terminal=not a.pipes))

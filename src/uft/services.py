@@ -163,7 +163,7 @@ class SeaweedServer:
         self.ports = free_ports(_PORT_FLAGS)
         cmd = [
             weed_binary(), "mini", f"-dir={self.data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
-            "-master.telemetry=false", f"-metricsIp={LOOPBACK}",
+            "-master.telemetry=false", f"-metricsIp={LOOPBACK}", "-volume.preStopSeconds=0",
             # Off: its fixed default port made a second server (a leftover, a test's) exit with code 255.
             "-s3.port.lance=0",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),

@@ -66,3 +66,35 @@ def test_side_by_side_table_has_spread_ratio_and_load():
     assert "| cached rerun, wall | 4.5 (4.0–5.0) | 38.0 (36.0–40.0) | 0.12 |" in md
     assert "| first run, CPU | 54.0 (52.2–55.8) | 90.0 (88.2–93.6) | 0.60 |" in md
     assert "3 rounds, alternating" in md and "1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0" in md
+
+
+def test_a_run_in_a_terminal_sees_one_and_its_output_is_read_back_plain():
+    import sys
+
+    from bench.local_run import _run_in_terminal
+
+    code = "import sys; print('\\x1b[32m✓\\x1b[0m tty', sys.stdout.isatty(), sys.stderr.isatty()); sys.exit(3)"
+    rc, out = _run_in_terminal([sys.executable, "-c", code], {"PATH": "/usr/bin:/bin"}, None)
+    assert rc == 3 and "✓ tty True True" in out and "\x1b" not in out
+
+
+def test_the_user_env_has_no_benchmark_progress_setting(monkeypatch):
+    import bench.local_run as lr
+
+    monkeypatch.setenv("UFT_PROGRESS", "off")  # what importing bench.common does to this process
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setattr(lr, "_SHELL_PROGRESS", None)
+    env = lr.user_env()
+    assert "UFT_PROGRESS" not in env and "AWS_ACCESS_KEY_ID" not in env
+    monkeypatch.setattr(lr, "_SHELL_PROGRESS", "lines")  # the caller's own shell had set it
+    assert lr.user_env()["UFT_PROGRESS"] == "lines"
+
+
+def test_side_by_side_shows_each_task_of_both_codes():
+    from bench.local_run import side_by_side
+
+    a = (Run(100.0, 90.0, 0, {"pretrain": (20.0, 19.0), "holistic-2": (13.0, 12.5)}), Run(10.0, 9.0, 0, {}))
+    b = (Run(60.0, 55.0, 0, {"pretrain": (18.0, 17.0)}), Run(9.0, 8.0, 0, {}))
+    md = side_by_side([a], [b], "abc1234", "uft run")
+    assert "| first run, wall | 100.0 | 60.0 | 1.67 |" in md
+    assert "| pretrain | 20.0 (19.0) | 18.0 (17.0) |" in md and "| holistic-2 | 13.0 (12.5) | – |" in md

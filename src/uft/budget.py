@@ -28,6 +28,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 PRETRAIN_EPOCHS = 8
 FINETUNE_EPOCHS = 20
@@ -126,10 +127,12 @@ def _memo_key(shape: dict) -> str:
                        "how": MEASURE_VERSION}, sort_keys=True)
 
 
-def step_seconds(memo: Path | None = None, **shape) -> tuple[float, float | None]:
+def step_seconds(memo: Path | None = None, before_measuring: Callable[[], object] | None = None,
+                 **shape) -> tuple[float, float | None]:
     """:func:`measure_step_seconds` for ``shape``, reusing a measurement kept in ``memo`` (a JSON
     file) for the same shape on this machine within :data:`MEMO_DAYS` → (seconds, when it was
-    measured, or None when measured now)."""
+    measured, or None when measured now). ``before_measuring`` is called first when a measurement
+    is needed (e.g. to wait until other start-up work stops competing for the CPUs)."""
     key = _memo_key(shape)
     kept: dict = {}
     if memo is not None:
@@ -140,6 +143,8 @@ def step_seconds(memo: Path | None = None, **shape) -> tuple[float, float | None
         hit = kept.get(key)
         if isinstance(hit, dict) and time.time() - float(hit.get("at", 0)) < MEMO_DAYS * 86400:
             return float(hit["step_s"]), float(hit["at"])
+    if before_measuring is not None:
+        before_measuring()
     step = measure_step_seconds(**shape)
     if memo is not None:
         kept[key] = {"step_s": step, "at": time.time()}
@@ -153,13 +158,15 @@ def step_seconds(memo: Path | None = None, **shape) -> tuple[float, float | None
     return step, None
 
 
-def estimate_seconds(cfg, memo: Path | None = None) -> tuple[float, str]:
+def estimate_seconds(cfg, memo: Path | None = None, before_measuring: Callable[[], object] | None = None
+                     ) -> tuple[float, str]:
     """A :class:`~uft.config.RunConfig` → (estimated training seconds, one line saying how).
-    ``memo``: where measured step times are kept (:func:`step_seconds`; None: always measure).
+    ``memo``: where measured step times are kept (:func:`step_seconds`; None: always measure);
+    ``before_measuring``: see :func:`step_seconds`.
 
     Pretraining and finetuning dominate a run; the finetune's batch grows by the replayed share.
     Evaluation, holistic transfer and service start-up come on top and are not included."""
-    step, at = step_seconds(memo, encoder=cfg.encoder, encoder_width=cfg.encoder_width, image_size=cfg.image_size,
+    step, at = step_seconds(memo, before_measuring, encoder=cfg.encoder, encoder_width=cfg.encoder_width, image_size=cfg.image_size,
                             channels=cfg.channels, batch_size=cfg.batch_size,
                             method=cfg.pretrain_method.partition(":")[0])
     replay = cfg.replay_ratio if cfg.replay_size > 0 else 0.0

@@ -204,3 +204,18 @@ def test_the_step_time_is_the_steady_state_not_the_first_steps(monkeypatch):
     step = budget.measure_step_seconds(encoder="tiny", encoder_width=4, image_size=8, channels=1, batch_size=2)
     assert budget.MEASURED_STEPS - budget.TIMED_STEPS > len(first_steps)  # the slow steps are never timed
     assert 0.05 <= step < 0.2
+
+
+def test_the_step_is_timed_only_after_the_caller_says_the_cpus_are_free(tmp_path, monkeypatch):
+    """`uft run` times the step after its fork server has finished importing (on the other core it
+    had made the step 2.3× as slow as the run's own); a kept time needs no wait."""
+    from uft import budget
+
+    events = []
+    monkeypatch.setattr(budget, "measure_step_seconds", lambda **shape: events.append("measure") or 0.1)
+    memo = tmp_path / "step-seconds.json"
+    shape = dict(encoder="tiny", encoder_width=8, image_size=16, channels=1, batch_size=32, method="simclr")
+    budget.step_seconds(memo, lambda: events.append("wait"), **shape)
+    assert events == ["wait", "measure"]
+    budget.step_seconds(memo, lambda: events.append("wait"), **shape)
+    assert events == ["wait", "measure"]  # kept: neither waited nor measured

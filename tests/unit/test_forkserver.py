@@ -185,3 +185,17 @@ def test_a_task_argument_naming_python3_reaches_the_task_unchanged(tmp_path, shi
     with forkserver.kfp_tasks_use(shim if through_server else None):
         task = echo_path(path=arg)
     assert open(task.outputs["out"].path).read() == arg
+
+
+def test_waiting_for_a_server_that_died_returns_at_once():
+    """The pre-run estimate waits for the server's preload: a server that exited never gets there,
+    and the run must not sit out the whole timeout."""
+    import time
+
+    with forkserver.serving() as path:
+        proc = forkserver._PROCESS[path]
+        proc.kill()
+        proc.wait()
+        t0 = time.monotonic()
+        assert forkserver.wait_ready(path, timeout=60) is False
+        assert time.monotonic() - t0 < 5

@@ -142,6 +142,7 @@ sys.exit(code if code >= 0 else 128 - code)
 _RUNNING: list[str] = []  # the shims of the servers this process runs (innermost last)
 #: shim → this process's values of :data:`STARTUP_ENV` when it started that shim's server.
 _STARTED_WITH: dict[str, dict[str, str | None]] = {}
+_PROCESS: dict[str, subprocess.Popen] = {}  # shim → its server process (wait_ready stops waiting on a dead one)
 
 
 def enabled() -> bool:
@@ -175,11 +176,13 @@ def serving() -> Iterator[str]:
     if sock.exists():
         os.environ[ENV_SOCKET] = str(sock)
     _RUNNING.append(str(shim))
+    _PROCESS[str(shim)] = server
     try:
         yield str(shim)
     finally:
         _RUNNING.remove(str(shim))
         _STARTED_WITH.pop(str(shim), None)
+        _PROCESS.pop(str(shim), None)
         if previous is None:
             os.environ.pop(ENV_SOCKET, None)
         else:
@@ -195,9 +198,13 @@ def serving() -> Iterator[str]:
 
 
 def wait_ready(shim: str, timeout: float = 300.0) -> bool:
-    """Wait until the server behind ``shim`` has preloaded everything → whether it did in time."""
+    """Wait until the server behind ``shim`` has preloaded everything → whether it did in time
+    (False at once when this process's server for ``shim`` has exited: it never will)."""
     ready, deadline = Path(shim).with_name("ready"), time.monotonic() + timeout
+    proc = _PROCESS.get(shim)
     while not ready.exists() and time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
         time.sleep(0.05)
     return ready.exists()
 

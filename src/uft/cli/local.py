@@ -50,6 +50,9 @@ def run(
             cfg, checked = check({"source": source, "target": target, **params}, store_uri=store_uri,
                                  stages=("local", "remote") if external else ("local",))
             stack.enter_context(signals_raise())
+            # MLflow's imports (≈ 2 s) overlap the S3 server's start and the estimate instead of
+            # following them: the run needs MLflow first for its task cache's key.
+            mlflow_ready = _import_ahead(("mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store"))
             env = stack.enter_context(local_services(state, say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)))
             layouts = dict(checked.datasets)
             if not external and needs_remote(cfg, store_uri):  # s3:// data on the local server
@@ -69,6 +72,7 @@ def run(
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
                           f"  ·  MLflow: {os.environ['MLFLOW_TRACKING_URI']}[/]")
             extra = choice.params()
+            mlflow_ready.join()
             if verbose:
                 res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=False,
                                 extra_params=extra)
@@ -99,6 +103,24 @@ def _interrupted(e: KeyboardInterrupt) -> None:
     err.print(f"[bold red]stopped[/] by {signal.Signals(signum).name}: running tasks and the local services were "
               "stopped; the MLflow runs are marked KILLED/FAILED", highlight=False)
     raise typer.Exit(128 + signum)
+
+
+def _import_ahead(modules: tuple[str, ...]):
+    """Import ``modules`` in a background thread → the thread (join it before relying on them). A
+    failure there is left for the import that needs the module to raise, in its own words."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 — reported where the module is imported for use
+                return
+
+    t = threading.Thread(target=load, name="uft-import-ahead", daemon=True)
+    t.start()
+    return t
 
 
 def _estimate(cfg, memo: Path | None = None, before_measuring=None) -> tuple[float | None, str]:

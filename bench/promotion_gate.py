@@ -40,6 +40,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -420,6 +421,38 @@ def validate_decisions(p: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+#: The signals whose ranking of encoders is checked against the test probe (label-free ones and
+#: the val probe, which the gate uses when the target has labels).
+VALIDITY_SIGNALS = ("gate_score", "view_retrieval", "rank_fraction", "effective_rank", "alignment", "uniformity",
+                    "snd", "neighbourhood_agreement", "source_retention", "val_probe")
+
+
+def validity_rows(res: list[dict[str, Any]]) -> list[list[Any]]:
+    """Per pair and signal: Spearman ρ between the signal *on the val split* (sign-corrected, higher
+    = better) and the 5-shot test probe over every encoder of the pair (bases, candidates,
+    champions, reruns) → rows [pair, signal, ρ, n]. What `bench.label_free_validity` measured on
+    the candidates' training images, measured where the gate now reads."""
+    from scipy.stats import spearmanr
+
+    from uft.evaluate.label_free import HIGHER_IS_BETTER, gate_score
+
+    rows = []
+    for p in res:
+        encs = [r for r in p["rows"] if r["signals"].get("finite", True)]
+        probe = np.array([r["test_probe"] for r in encs], np.float64)
+        for name in VALIDITY_SIGNALS:
+            vals = np.array([gate_score(r["signals"]) if name == "gate_score" and "gate_score" not in r["signals"]
+                             else r["signals"].get(name, np.nan) for r in encs], np.float64)
+            if not HIGHER_IS_BETTER.get(name, True):
+                vals = -vals
+            ok = np.isfinite(vals)
+            with warnings.catch_warnings():  # a constant signal has no ρ: nan, said as "nan" in the table
+                warnings.simplefilter("ignore")
+                rho = float(spearmanr(vals[ok], probe[ok]).statistic) if ok.sum() >= 3 else float("nan")
+            rows.append([p["pair"] + (" (held out)" if p.get("held_out") else ""), name, rho, int(ok.sum())])
+    return rows
+
+
 def validate_report(res: list[dict[str, Any]]) -> str:
     """The protocol's tables: precision and recall (Clopper–Pearson 95 %) per rule × reference, the
     held-out pair on its own, and the same-configuration row."""
@@ -459,6 +492,10 @@ def validate_report(res: list[dict[str, Any]]) -> str:
         lo, hi = clopper_pearson(k, len(sel))
         srows.append(["with val labels" if labels else "label-free", len(sel), k, f"[{lo:.2f}, {hi:.2f}]"])
     md += table(["rule", "reruns", "promoted", "share promoted, CP 95 %"], srows)
+    md += ("\n## Label-free validity on val\n\nSpearman ρ between each signal measured on the target val split "
+           "(sign-corrected: higher = better) and the 5-shot test probe, over every encoder of the pair (bases, "
+           "candidates, champions, reruns; encoders with non-finite features left out).\n\n")
+    md += table(["pair", "signal (on val)", "ρ vs 5-shot test probe", "encoders"], validity_rows(res))
     return md
 
 

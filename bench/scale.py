@@ -5,6 +5,7 @@ ingest, ssl_finetune and an evaluation step (k-NN), ingest's images/s, the train
     python -m bench.scale                                    # 10k and 100k
     python -m bench.scale --sizes 10000,100000,1000000 --out bench/results/scale.md
     python -m bench.scale --eval-only --sizes 10000,100000,1000000   # knn_eval and linear_eval only
+    python -m bench.scale --finetune-only --repeats 3 --sizes 10000,100000,1000000   # ssl_finetune only (seconds a size)
 
 Every figure comes from a fresh subprocess running the real code (peak RSS = ``VmHWM`` of that
 process), as in the two benches it combines:
@@ -101,6 +102,44 @@ def run_eval(sizes: list[int], data_dir: Path, parallel: bool = False) -> str:
     ])
 
 
+def run_finetune(sizes: list[int], data_dir: Path, *, steps: int = 8, repeats: int = 3) -> str:
+    """ssl_finetune only: its peak RSS, ``repeats`` fresh processes a size (the peak of one process
+    varies by tens of MB with where the reader thread's window loads fall between training steps),
+    on the same generated datasets as :func:`run`. Cheap at any size: the step trains ``steps``
+    batches, whatever the dataset's size; no ingest, k-NN or speed rows."""
+    import statistics
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    encoder = stream_scale.make_encoder(data_dir)
+    rows, prev = [], None
+    for n in sizes:
+        uri = stream_scale.make_blobs(data_dir, n, pool=16 if n > 200_000 else 0)
+        runs = []
+        for _ in range(repeats):
+            store = tempfile.mkdtemp(prefix=f"store-{n}-", dir=data_dir)  # fresh: no cache hit
+            try:
+                runs.append(stream_scale.run_child("finetune", uri, encoder, store, "cpu", steps))
+            finally:
+                shutil.rmtree(store, ignore_errors=True)
+        peaks = [r["rss_mb"] for r in runs if "rss_mb" in r]
+        errors = [r["error"] for r in runs if "error" in r]
+        top, mid = (max(peaks), statistics.median(peaks)) if peaks else (None, None)
+        change = f"{100 * (top / prev[0] - 1):+.1f} % / {100 * (mid / prev[1] - 1):+.1f} %" if prev and top else "-"
+        rows.append([f"{n:,}", " · ".join(f"{p:.0f}" for p in peaks) + (f" ({len(errors)} failed: {errors[0]})" if errors else ""),
+                     f"{top:.0f}" if top else "-", f"{mid:.0f}" if mid else "-", change,
+                     " · ".join(f"{r['cpu_s']:.1f}" for r in runs if "cpu_s" in r)])
+        prev = (top, mid) if top else None
+        print(f"[bench.scale] {n:,} images done: ssl_finetune {runs}", file=sys.stderr, flush=True)
+    return "\n".join([
+        "## ssl_finetune memory by dataset size\n",
+        f"Peak RSS (`VmHWM`) of the real `uft.steps.finetune` (tracking off, {steps} steps of {stream_scale.BATCH} "
+        f"images) in {repeats} fresh processes a size, on generated 32 px RGB datasets (10 classes, 2 % test). "
+        "Goal: within 10 % from 100k to 1M.\n",
+        table(["images", "peak RSS MB, each run", "max MB", "median MB", "max / median vs the size above",
+               "CPU s, each run"], rows),
+    ])
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10000,100000", help="comma-separated dataset sizes")
@@ -111,11 +150,14 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--cache", type=Path, default=ingest_scale.DEFAULT_CACHE, help="generated ImageFolders (reused)")
     ap.add_argument("--eval-only", action="store_true", help="only the evaluation steps (knn_eval, linear_eval)")
     ap.add_argument("--parallel", action="store_true", help="with --eval-only: a size's two steps at the same time")
+    ap.add_argument("--finetune-only", action="store_true", help="only ssl_finetune's peak RSS (no ingest, k-NN, speed)")
+    ap.add_argument("--repeats", type=int, default=3, help="with --finetune-only: fresh processes a size")
     ap.add_argument("--out", type=Path, help="also write the report here")
     a = ap.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",") if s]
     report = "\n".join([header("uft at scale", "bench.scale"),
                         run_eval(sizes, a.data_dir, a.parallel) if a.eval_only else
+                        run_finetune(sizes, a.data_dir, steps=a.steps, repeats=a.repeats) if a.finetune_only else
                         run(sizes, a.data_dir, a.cache, steps=a.steps, memory_max=a.memory_max, knn_max=a.knn_max),
                         f"load average at end (1/5/15 min): {load_avg()}\n"])
     return emit(report, a.out)

@@ -133,6 +133,70 @@ def test_stream_features_equal_in_memory_features(sharded):
         assert torch.equal(labels, sub.labels) and feats.dtype == torch.float32
 
 
+def _window_as_before(stream, epoch: int, index: int, names: list[str]):
+    """The window as the reader built it before it placed each shard's rows straight into the
+    window: filter each shard's table by split (and by rows under DDP), concatenate, shuffle,
+    NHWC → NCHW ``.contiguous()``."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from uft.data.dataset import image_rows
+    from uft.store import read_verified
+
+    tables = []
+    for name in names:
+        t = pq.read_table(io.BytesIO(read_verified(stream.store, stream.prefix, stream.manifest, name, "")))
+        if stream.by_rows:
+            t = t.filter(pa.array(np.arange(t.num_rows) % stream.world == stream.rank))
+        if stream.source.split is not None:
+            t = t.filter(pc.equal(t.column("split"), stream.source.split))
+        tables.append(t)
+    t = pa.concat_tables(tables)
+    images = torch.from_numpy(image_rows(t, (8, 8, 1), "")).clone()
+    labels = torch.from_numpy(t.column("label").to_numpy().astype(np.int64))
+    split = t.column("split").to_numpy(zero_copy_only=False).astype(str)
+    if stream.shuffle:
+        perm = np.random.default_rng([stream.seed, epoch, 1, index]).permutation(t.num_rows)
+        images, labels, split = images[torch.from_numpy(perm)], labels[torch.from_numpy(perm)], split[perm]
+    return images.permute(0, 3, 1, 2).contiguous(), labels, split
+
+
+@pytest.mark.parametrize("split,shuffle,rank,world", [("train", True, 0, 1), ("test", True, 0, 1), (None, False, 0, 1),
+                                                      ("train", True, 1, 3), ("train", True, 5, 8)])
+def test_window_is_what_filter_concat_shuffle_transpose_gave(sharded, split, shuffle, rank, world):
+    """Same pixels, labels, splits, dtypes and strides (conv kernels follow the strides, so features
+    would differ in their last bits) as the step-by-step window; world 8 > 7 shards splits by rows."""
+    stream = StreamSource(sharded, split=split, window=3).open(4, seed=2, shuffle=shuffle, rank=rank, world=world)
+    for epoch in (0, 1):
+        for index, names in enumerate(stream.windows(epoch)):
+            got = stream._load_window(epoch, index, names, last=False)
+            images, labels, want_split = _window_as_before(stream, epoch, index, names)
+            assert torch.equal(got.images, images) and got.images.stride() == images.stride()
+            assert torch.equal(got.labels, labels) and got.split.tolist() == want_split.tolist()
+            assert got.split.dtype == want_split.dtype and got.row_ids.dtype == torch.int64
+
+
+def test_image_rows_reads_a_one_chunk_shard_in_place(sharded):
+    """A shard's pixels are viewed where Parquet decoded them, not copied first (the streamed
+    window then holds one copy of its pixels, not two, while it is built)."""
+    import io
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from uft.data.dataset import image_rows
+
+    table = pq.read_table(io.BytesIO(sorted(Path(sharded).parent.glob("*.parquet"))[0].read_bytes()))
+    chunk = table.column("image").chunk(0)
+    assert table.column("image").num_chunks == 1
+    rows = image_rows(table, (8, 8, 1), "shard 0")
+    assert rows.ctypes.data == chunk.buffers()[2].address + int(np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset])
+    assert rows.shape == (table.num_rows, 8, 8, 1)
+
+
 def test_split_labels_reads_labels_per_split(sharded):
     from uft.data.stream import split_labels
 

@@ -47,7 +47,9 @@ def image_rows(table: pa.Table, shape: tuple[int, int, int], where: str) -> np.n
     """The ``image`` column of a shard table → uint8 ``(n, H, W, C)``, a view of one contiguous
     buffer (rows have a fixed size, so no per-row Python work). ``where`` names it in the error."""
     h, w, c = shape
-    col = table.column("image").combine_chunks()
+    chunks = table.column("image")
+    # one chunk (a shard as written): its buffer as it is; combine_chunks would copy even that
+    col = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
     n = len(col)
     offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset: col.offset + n + 1]
     data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]

@@ -163,34 +163,51 @@ class ShardStream:
         w = self.source.window
         return [[self.shards[i] for i in mine[j: j + w]] for j in range(0, len(mine), w)]
 
-    def _read_shard(self, name: str) -> pa.Table:
+    def _read_shard(self, name: str) -> tuple[pa.Table, np.ndarray]:
+        """A shard's decoded table, unfiltered, and the positions (int64, file order) of the rows
+        this stream keeps: its split, and under DDP by rows this rank's share."""
         data = read_verified(self.store, self.prefix, self.manifest, name, self.source.uri)
         table = pq.read_table(io.BytesIO(data), columns=["row_id", "label", "split", "image"])
+        keep = np.ones(table.num_rows, dtype=bool)
         if self.by_rows:  # position in the shard, before the split filter: balanced across ranks
-            keep = np.arange(table.num_rows) % self.world == self.rank
-            table = table.filter(pa.array(keep))
+            keep &= np.arange(table.num_rows) % self.world == self.rank
         if self.source.split is not None:
-            table = table.filter(pc.equal(table.column("split"), self.source.split))
-        return table
+            keep &= pc.fill_null(pc.equal(table.column("split"), self.source.split), False).to_numpy(zero_copy_only=False)
+        return table, np.flatnonzero(keep)
 
     def _load_window(self, epoch: int, index: int, names: list[str], last: bool) -> _Window:
         h, w, c = self.shape
-        tables = [self._read_shard(n) for n in names]
-        table = pa.concat_tables(tables) if tables else None
-        n = table.num_rows if table is not None else 0
+        shards = [self._read_shard(n) for n in names]
+        sizes = [len(k) for _, k in shards]
+        n = sum(sizes)
         if n == 0:
             empty = torch.empty(0, dtype=torch.int64)
             return _Window(epoch, index, torch.empty((0, c, h, w), dtype=torch.uint8), empty, empty,
                            np.empty(0, dtype=str), last)
-        images = torch.from_numpy(image_rows(table, (h, w, c), f"a shard of {names} in {self.source.uri}"))
-        labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
-        row_ids = torch.from_numpy(table.column("row_id").to_numpy().astype(np.int64))
-        split = table.column("split").to_numpy(zero_copy_only=False).astype(str)
-        if self.shuffle:
-            perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, 1, index]).permutation(n))
-            images, labels, row_ids, split = images[perm], labels[perm], row_ids[perm], split[perm.numpy()]
-        # NHWC → NCHW once per window here (in the reader thread), not per batch in the training loop.
-        return _Window(epoch, index, images.permute(0, 3, 1, 2).contiguous(), labels, row_ids, split, last)
+        # Row i of the window is row order[i] of the shards' kept rows, concatenated in shard order.
+        order = np.random.default_rng([self.seed, epoch, 1, index]).permutation(n) if self.shuffle else np.arange(n)
+        labels = torch.from_numpy(np.concatenate([t.column("label").to_numpy()[k] for t, k in shards]).astype(np.int64)[order])
+        row_ids = torch.from_numpy(np.concatenate([t.column("row_id").to_numpy()[k] for t, k in shards]).astype(np.int64)[order])
+        split = np.concatenate([t.column("split").to_numpy(zero_copy_only=False)[k] for t, k in shards]).astype(str)[order]
+        # Pixels are copied once: each shard's kept rows go from its decoded buffer (a view) straight to
+        # their shuffled places in the window's NCHW tensor, and the shard is dropped. Filtering,
+        # concatenating, shuffling and transposing as separate steps held three window-sized buffers
+        # at once in the reader thread (now: the decoded shards and the window); that transient is
+        # what ssl_finetune's peak grew by from 10k images to a full window (bench/results/scale.md).
+        # The strides load_dataset's NHWC → NCHW ``.contiguous()`` gives: with one channel that is the
+        # NHWC layout itself, and conv kernels (so the features' last bits) follow the strides.
+        images = torch.empty((n, c, h, w), dtype=torch.uint8) if c > 1 else torch.empty((n, h, w, c), dtype=torch.uint8).permute(0, 3, 1, 2)
+        nhwc = images.permute(0, 2, 3, 1)  # a view: writes through it land in NCHW order
+        starts = np.cumsum([0, *sizes])
+        owner = np.searchsorted(starts, order, side="right") - 1  # the shard each window row comes from
+        for s, name in enumerate(names):
+            table, kept = shards[s]
+            shards[s] = None  # the shard's buffers go as soon as its rows are placed
+            at = np.flatnonzero(owner == s)
+            src = torch.from_numpy(image_rows(table, (h, w, c), f"shard {name} of {self.source.uri}"))
+            nhwc[torch.from_numpy(at)] = src[torch.from_numpy(kept[order[at] - starts[s]])]
+            del table, src
+        return _Window(epoch, index, images, labels, row_ids, split, last)
 
     def _produce(self, epoch: int, index: int) -> Iterator[_Window]:
         """Windows in stream order from (epoch, index) on."""

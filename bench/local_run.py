@@ -75,6 +75,8 @@ def parse_tasks(text: str) -> dict[str, tuple[float, float | None]]:
     return out
 
 
+#: The line `uft run` ends with when it trained: what training took against the estimate before it.
+_ESTIMATE = re.compile(r"training took \d+ s \([^)]*\); estimated before the run: \S+ s(?: \([^)]*\))?")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -192,9 +194,12 @@ def side_by_side(tree: list[tuple[Run, Run]], old: list[tuple[Run, Run]], commit
             ratio = f"{statistics.median(a) / statistics.median(b):.2f}" if a and b and statistics.median(b) > 0 else "–"
             rows.append([f"{what}, {kind}", spread(a), spread(b), ratio])
     loads = [f"{r.load:.1f}" for pair in tree + old for r in pair]
+    estimates = [m.group(0) for r in tree if (m := _ESTIMATE.search(r[0].tail))]
+    said = ("\nThe working tree's first runs, estimate printed before each against its training: "
+            + "; ".join(f"\"{e}\"" for e in estimates) + "\n") if estimates else ""
     return (f"## `make run`'s pipeline side by side: working tree vs {commit}\n\n`{command}` · {len(tree)} rounds, "
             f"alternating · {os.cpu_count()} cores · load average (1 min) before each run: {', '.join(loads)} · "
-            f"now {load_avg()}\n\n" + table(head, rows) + "\n" + per_task(tree, old, commit))
+            f"now {load_avg()}\n\n" + table(head, rows) + said + "\n" + per_task(tree, old, commit))
 
 
 def per_task(tree: list[tuple[Run, Run]], old: list[tuple[Run, Run]], commit: str) -> str:

@@ -98,3 +98,13 @@ def test_side_by_side_shows_each_task_of_both_codes():
     md = side_by_side([a], [b], "abc1234", "uft run")
     assert "| first run, wall | 100.0 | 60.0 | 1.67 |" in md
     assert "| pretrain | 20.0 (19.0) | 18.0 (17.0) |" in md and "| holistic-2 | 13.0 (12.5) | – |" in md
+
+
+def test_side_by_side_quotes_the_estimate_against_the_training():
+    from bench.local_run import side_by_side
+
+    tail = "x\ntraining took 12 s (pretrain 7 s + ssl_finetune 5 s); estimated before the run: 10 s (-17%, within ±30%)\n"
+    a = (Run(60.0, 80.0, 0, {}, tail=tail), Run(9.0, 8.0, 0, {}))
+    b = (Run(55.0, 70.0, 0, {}), Run(9.0, 8.0, 0, {}))
+    md = side_by_side([a], [b], "abc1234", "uft run")
+    assert '"training took 12 s (pretrain 7 s + ssl_finetune 5 s); estimated before the run: 10 s (-17%, within ±30%)"' in md

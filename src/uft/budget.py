@@ -76,7 +76,8 @@ def infer_budget(source_rows: int, target_rows: int, *, image_size: int, channel
 
 
 def measure_step_seconds(*, encoder: str, encoder_width: int, image_size: int, channels: int, batch_size: int,
-                         method: str = "simclr", device: str | None = None) -> float:
+                         method: str = "simclr", device: str | None = None,
+                         before_timing: Callable[[], object] | None = None) -> float:
     """Seconds of one SSL training step at this shape and batch, measured here on random images:
     the median gap between the ends of the last :data:`TIMED_STEPS` of :data:`MEASURED_STEPS`
     consecutive steps.
@@ -84,7 +85,10 @@ def measure_step_seconds(*, encoder: str, encoder_width: int, image_size: int, c
     The steady state, not the first steps: a process's first training steps are many times
     slower than the rest (tiny encoder, batch 256, 16 px, 2 cores: 2.3, 1.1, 0.7, 0.7 s, then
     0.1 s each), and the two steps after one warm-up step that this used to time had put the
-    demo's training at 355 s when it took 45 s."""
+    demo's training at 355 s when it took 45 s.
+
+    ``before_timing`` is called once the untimed steps are done, right before the timed ones (e.g.
+    to pause other work that would share the CPUs: only the timed steps need them alone)."""
     import statistics
 
     import torch
@@ -99,7 +103,14 @@ def measure_step_seconds(*, encoder: str, encoder_width: int, image_size: int, c
     x = torch.randint(0, 256, (batch_size, channels, image_size, image_size), dtype=torch.uint8)
     ends: list[float] = []
     cfg = TrainConfig(steps=MEASURED_STEPS, batch_size=batch_size, warmup_steps=0, log_every=1)
-    train_ssl(m, x, cfg, device=device, on_log=lambda _step, _loss: ends.append(time.perf_counter()))
+    untimed = MEASURED_STEPS - TIMED_STEPS  # the timed gaps run from the end of this step on
+
+    def step_ended(_step, _loss) -> None:
+        if before_timing is not None and len(ends) == untimed - 1:
+            before_timing()  # before the clock: its own cost is not part of a step
+        ends.append(time.perf_counter())
+
+    train_ssl(m, x, cfg, device=device, on_log=step_ended)
     gaps = [b - a for a, b in zip(ends, ends[1:])]
     return statistics.median(gaps[-TIMED_STEPS:])
 
@@ -127,12 +138,12 @@ def _memo_key(shape: dict) -> str:
                        "how": MEASURE_VERSION}, sort_keys=True)
 
 
-def step_seconds(memo: Path | None = None, before_measuring: Callable[[], object] | None = None,
+def step_seconds(memo: Path | None = None, before_timing: Callable[[], object] | None = None,
                  **shape) -> tuple[float, float | None]:
     """:func:`measure_step_seconds` for ``shape``, reusing a measurement kept in ``memo`` (a JSON
     file) for the same shape on this machine within :data:`MEMO_DAYS` → (seconds, when it was
-    measured, or None when measured now). ``before_measuring`` is called first when a measurement
-    is needed (e.g. to wait until other start-up work stops competing for the CPUs)."""
+    measured, or None when measured now). ``before_timing``: see :func:`measure_step_seconds`
+    (not called when the time is kept)."""
     key = _memo_key(shape)
     kept: dict = {}
     if memo is not None:
@@ -143,9 +154,7 @@ def step_seconds(memo: Path | None = None, before_measuring: Callable[[], object
         hit = kept.get(key)
         if isinstance(hit, dict) and time.time() - float(hit.get("at", 0)) < MEMO_DAYS * 86400:
             return float(hit["step_s"]), float(hit["at"])
-    if before_measuring is not None:
-        before_measuring()
-    step = measure_step_seconds(**shape)
+    step = measure_step_seconds(**shape, before_timing=before_timing)
     if memo is not None:
         kept[key] = {"step_s": step, "at": time.time()}
         try:
@@ -158,15 +167,15 @@ def step_seconds(memo: Path | None = None, before_measuring: Callable[[], object
     return step, None
 
 
-def estimate_seconds(cfg, memo: Path | None = None, before_measuring: Callable[[], object] | None = None
+def estimate_seconds(cfg, memo: Path | None = None, before_timing: Callable[[], object] | None = None
                      ) -> tuple[float, str]:
     """A :class:`~uft.config.RunConfig` → (estimated training seconds, one line saying how).
     ``memo``: where measured step times are kept (:func:`step_seconds`; None: always measure);
-    ``before_measuring``: see :func:`step_seconds`.
+    ``before_timing``: see :func:`measure_step_seconds`.
 
     Pretraining and finetuning dominate a run; the finetune's batch grows by the replayed share.
     Evaluation, holistic transfer and service start-up come on top and are not included."""
-    step, at = step_seconds(memo, before_measuring, encoder=cfg.encoder, encoder_width=cfg.encoder_width, image_size=cfg.image_size,
+    step, at = step_seconds(memo, before_timing, encoder=cfg.encoder, encoder_width=cfg.encoder_width, image_size=cfg.image_size,
                             channels=cfg.channels, batch_size=cfg.batch_size,
                             method=cfg.pretrain_method.partition(":")[0])
     replay = cfg.replay_ratio if cfg.replay_size > 0 else 0.0

@@ -207,15 +207,32 @@ def test_the_step_time_is_the_steady_state_not_the_first_steps(monkeypatch):
 
 
 def test_the_step_is_timed_only_after_the_caller_says_the_cpus_are_free(tmp_path, monkeypatch):
-    """`uft run` times the step after its fork server has finished importing (on the other core it
-    had made the step 2.3× as slow as the run's own); a kept time needs no wait."""
+    """`uft run` pauses its fork server's preload (which had made the step 2.3× as slow as the
+    run's own) for the timed steps only: torch's import and the warm-up steps still overlap it.
+    A kept time needs no pause."""
     from uft import budget
 
     events = []
-    monkeypatch.setattr(budget, "measure_step_seconds", lambda **shape: events.append("measure") or 0.1)
+    import uft.ssl.train as train
+
+    real = train.train_ssl
+
+    def counting(*a, on_log=None, **kw):
+        return real(*a, on_log=lambda s, l: (events.append("step"), on_log(s, l)), **kw)
+
+    monkeypatch.setattr(train, "train_ssl", counting)
+    step = budget.measure_step_seconds(encoder="tiny", encoder_width=4, image_size=8, channels=1, batch_size=2,
+                                       before_timing=lambda: events.append("pause"))
+    untimed = budget.MEASURED_STEPS - budget.TIMED_STEPS
+    assert step > 0 and events.count("pause") == 1
+    assert events.index("pause") == untimed  # after the untimed steps, before the first timed gap's start
+    assert events.count("step") == budget.MEASURED_STEPS
+
+    calls = []
+    monkeypatch.setattr(budget, "measure_step_seconds", lambda before_timing=None, **shape: calls.append(before_timing) or 0.1)
     memo = tmp_path / "step-seconds.json"
     shape = dict(encoder="tiny", encoder_width=8, image_size=16, channels=1, batch_size=32, method="simclr")
-    budget.step_seconds(memo, lambda: events.append("wait"), **shape)
-    assert events == ["wait", "measure"]
-    budget.step_seconds(memo, lambda: events.append("wait"), **shape)
-    assert events == ["wait", "measure"]  # kept: neither waited nor measured
+    hook = object()
+    budget.step_seconds(memo, hook, **shape)
+    budget.step_seconds(memo, hook, **shape)
+    assert calls == [hook]  # passed through when measuring; kept: not measured at all

@@ -64,10 +64,13 @@ def run(
                                      listings={r: d.listing for r, d in layouts.items()})
             if choice.values:
                 cfg = validate_config({**cfg.model_dump(), **choice.values})
-            # A step timed while the fork server still imports on the other core took 2.3× as long
-            # as the run's own steps (0.24 against 0.105 s, demo shape, 2 cores): time it after.
-            estimate_s, estimate_line = _estimate(cfg, state / "step-seconds.json",
-                                                  (lambda: forkserver.wait_ready(shim, timeout=120)) if shim else None)
+            # A step timed while the fork server imports on the other core took 2.3× as long as the
+            # run's own steps (0.24 against 0.105 s, demo shape, 2 cores), and waiting for its
+            # preload, or pausing it for the whole measurement, cost 6-15 s: the server is paused
+            # only for the timed steps (≈ 0.3 s); torch's import and the warm-up steps overlap it.
+            with contextlib.ExitStack() as pause:  # entered only when a step is timed (not kept)
+                estimate_s, estimate_line = _estimate(cfg, state / "step-seconds.json",
+                                                      lambda: pause.enter_context(forkserver.paused(shim)))
             console.print(f"[dim]{estimate_line}[/]", soft_wrap=True)
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
                           f"  ·  MLflow: {os.environ['MLFLOW_TRACKING_URI']}[/]")
@@ -123,14 +126,14 @@ def _import_ahead(modules: tuple[str, ...]):
     return t
 
 
-def _estimate(cfg, memo: Path | None = None, before_measuring=None) -> tuple[float | None, str]:
+def _estimate(cfg, memo: Path | None = None, before_timing=None) -> tuple[float | None, str]:
     """The run's training time, estimated from steps timed here (or kept in ``memo`` from an
     earlier run of the same shape) → (seconds or None, the line to print); a failure to time is not
-    fatal. ``before_measuring``: called before steps are timed (:func:`uft.budget.step_seconds`)."""
+    fatal. ``before_timing``: called right before steps are timed (:func:`uft.budget.measure_step_seconds`)."""
     from uft.budget import estimate_seconds
 
     try:
-        return estimate_seconds(cfg, memo, before_measuring)
+        return estimate_seconds(cfg, memo, before_timing)
     except Exception as e:  # noqa: BLE001 — an estimate must never stop a run
         return None, f"estimated training time: unknown ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 

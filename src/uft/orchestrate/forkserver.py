@@ -197,6 +197,25 @@ def serving() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def paused(shim: str | None) -> Iterator[None]:
+    """Stop the server behind ``shim`` (SIGSTOP) for the block, then let it go on (SIGCONT): a
+    measurement taken meanwhile does not share the CPUs with its preload. For use before any task
+    has started (a stopped server serves none); a shim this process did not start is left alone."""
+    proc = _PROCESS.get(shim or "")
+    stopped = False
+    if proc is not None and proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGSTOP)
+            stopped = True
+    try:
+        yield
+    finally:
+        if stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+
+
 def wait_ready(shim: str, timeout: float = 300.0) -> bool:
     """Wait until the server behind ``shim`` has preloaded everything → whether it did in time
     (False at once when this process's server for ``shim`` has exited: it never will)."""

@@ -453,6 +453,14 @@ def validity_rows(res: list[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+def slim(res: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the results file keeps of a validation: every encoder's signals and truth without its
+    per-row outcomes (megabytes; kept under ``--store``), and every decision with its interval."""
+    pairs = [{**p, "rows": [{**r, "signals": {k: v for k, v in r["signals"].items() if k != "paired"}}
+                            for r in p["rows"]]} for p in res]
+    return {"pairs": pairs, "decisions": [d for p in res for d in validate_decisions(p)]}
+
+
 def validate_report(res: list[dict[str, Any]]) -> str:
     """The protocol's tables: precision and recall (Clopper–Pearson 95 %) per rule × reference, the
     held-out pair on its own, and the same-configuration row."""
@@ -460,7 +468,7 @@ def validate_report(res: list[dict[str, Any]]) -> str:
 
     policy = GatePolicy()
     ds = [d for p in res for d in validate_decisions(p)]
-    md = header("Promotion gate validation (pre-registered protocol)", "bench.promotion_gate --phase validate")
+    md = header("Promotion gate validation (pre-registered protocol)", "bench.promotion_gate")
     md += (f"- rule: promote when the lower bound of the {policy.level:.0%} paired-bootstrap interval of the gain "
            f"exceeds {policy.min_probe_gain} (val probe, with val labels) / {policy.min_gate_gain:.0%} (gate score, "
            "label-free); truth: 95 % t-interval of the paired test-probe gain over "
@@ -510,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="only the first N candidates (what a time budget allowed)")
     p.add_argument("--cached-only", action="store_true",
                    help="train nothing: report the candidates whose finetunes the step cache already holds")
+    p.add_argument("--report-only", action="store_true",
+                   help="with --phase validate: render the report from the full measurements under --store")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     store = Path(a.store).resolve()
@@ -519,9 +529,14 @@ def main(argv: list[str] | None = None) -> int:
                                                      [q for q in PAIRS if q != HELD_OUT_PAIR])
     t0 = time.perf_counter()
     if a.phase == "validate":  # the pre-registered protocol: every pair, then the report once all are measured
-        res = [validate_pair(pr, store, log=lambda m: print(m, flush=True)) for pr in pairs]
+        full = store / "promotion_gate_validate.full.json"  # with every encoder's per-row outcomes (MBs)
+        if a.report_only:
+            res = [p for p in json.loads(full.read_text()) if p["pair"] in pairs]
+        else:
+            res = [validate_pair(pr, store, log=lambda m: print(m, flush=True)) for pr in pairs]
+            full.write_text(json.dumps(res, default=float))
         out = Path(a.out or RESULTS / "promotion_gate_validate")
-        out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
+        out.with_suffix(".json").write_text(json.dumps(slim(res), default=float))
         if set(pairs) == set(VALIDATE_PAIRS):
             md = validate_report(res)
             out.with_suffix(".md").write_text(md)

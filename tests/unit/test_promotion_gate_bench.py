@@ -37,3 +37,15 @@ def test_validity_ranks_each_signal_against_the_test_probe_with_its_sign():
     assert out["alignment"] == (pytest.approx(1.0), 6)  # lower alignment is better: sign-corrected
     assert out["gate_score"] == (pytest.approx(1.0), 6)  # computed from its parts when not stored
     assert math.isnan(out["snd"][0]) and out["snd"][1] == 0
+
+
+def test_the_results_file_keeps_signals_and_decisions_but_not_per_row_outcomes(monkeypatch):
+    import bench.promotion_gate as pg
+
+    rows = [{"seed": 0, "role": "base", "config": "base", "test_probe": 0.8,
+             "signals": {"val_probe": 0.7, "paired": {"rows": [1, 0, 1]}}}]
+    monkeypatch.setattr(pg, "validate_decisions", lambda p: [{"pair": p["pair"], "promoted": False}])
+    out = pg.slim([{"pair": "p", "held_out": False, "rows": rows, "split_sizes": {}}])
+    assert out["pairs"][0]["rows"][0]["signals"] == {"val_probe": 0.7}
+    assert out["decisions"] == [{"pair": "p", "promoted": False}]
+    assert "paired" in rows[0]["signals"]  # the measurements themselves are left as they were

@@ -441,18 +441,19 @@ def claims(cells: list[dict[str, Any]]) -> list[str]:
             out.append(f"- {p}, {s} images: naive not damaged within {last} steps (val); test source drop at {last}: {fmt(d)}.")
             continue
         ok = []
+        # the criteria that fired, one per item: "k-NN below" is also a substring of "source k-NN below"
+        target_fired = [m for m in PRIMARY_TARGET if any(f.startswith(f"{HEADERS[m]} below") for f in why.split("; "))]
         if why.startswith("source"):
             ok.append(below(diff(values(cells, p, s, "naive", td, "test", "source_knn"),
                                  values(cells, p, s, "naive", 0, "test", "source_knn"))))
-        for m in PRIMARY_TARGET:
-            if f"{HEADERS[m]} below" in why:
-                tp = peak_step(cells, p, s, m)
-                ok.append(below(diff(values(cells, p, s, "naive", td, "test", m), values(cells, p, s, "naive", tp, "test", m))))
+        for m in target_fired:
+            tp = peak_step(cells, p, s, m)
+            ok.append(below(diff(values(cells, p, s, "naive", td, "test", m), values(cells, p, s, "naive", tp, "test", m))))
         confirmed.append(any(ok))
         out.append(f"- {p}, {s} images: naive damaged from step {td} on val ({why}); "
                    f"{'confirmed' if any(ok) else 'not confirmed'} on test.")
         for v in [x for x in REMEDIES if any(c["variant"] == x for c in cells)]:
-            metric = "source_knn" if why.startswith("source") else next(m for m in PRIMARY_TARGET if f"{HEADERS[m]} below" in why)
+            metric = "source_knn" if why.startswith("source") else target_fired[0]
             d = diff(values(cells, p, s, v, td, "test", metric), values(cells, p, s, "naive", td, "test", metric))
             word = "holds" if above(d) else "hurts" if below(d) else "no effect detected"
             out.append(f"  - {v} − naive at step {td} on {HEADERS[metric]}: {fmt(d)} → {word}")

@@ -69,6 +69,21 @@ def test_claims_apply_the_pre_registered_rules():
     assert "**not resolved**" in "\n".join(dc.claims(_remedy_cells(noisy, 0.0)))
 
 
+def test_source_damage_is_confirmed_on_the_source_metric_only():
+    # val: source k-NN drops at step 100 (damage fires there, "source k-NN below the base"); test: the
+    # source does not drop, while the target k-NN is still rising to its step-300 peak. "k-NN below" is a
+    # substring of "source k-NN below": the target's rise must not count as confirming the source damage.
+    src = {"val": {0: [0.90, 0.91, 0.89, 0.90, 0.92], 100: [0.80, 0.82, 0.79, 0.81, 0.80],
+                   300: [0.80, 0.82, 0.79, 0.81, 0.80]},
+           "test": {t: [0.90, 0.91, 0.89, 0.90, 0.92] for t in (0, 100, 300)}}
+    rising = {0: [0.50, 0.52, 0.51, 0.50, 0.53], 100: [0.60, 0.61, 0.62, 0.60, 0.61],
+              300: [0.70, 0.71, 0.72, 0.70, 0.71]}
+    cells = _cells(rising, src["val"], split="val") + _cells(rising, src["test"], split="test")
+    assert dc.damage_step(cells, "p", 100) == (100, "source k-NN below the base")
+    text = "\n".join(dc.claims(cells))
+    assert "not confirmed on test" in text and "**not resolved**" in text
+
+
 def test_intervals_are_paired_t_intervals_over_seeds():
     a, b = {0: 0.5, 1: 0.7, 2: 0.6}, {0: 0.45, 1: 0.66, 2: 0.56}
     d = dc.diff(a, b)

@@ -34,12 +34,27 @@ from typing import Iterator
 from uft.errors import UftError
 
 LOOPBACK = "127.0.0.1"
-# Ports weed mini opens; each gets its own free port (grpc ports included: their default is port+10000).
+# Ports weed mini opens, each free. A gRPC port is always its HTTP port + 10000: weed derives it that way
+# wherever it is not told (its worker dials the admin at admin.port + 10000 whatever admin.port.grpc says;
+# weed/pb/server_address.go ServerToGrpcAddress), and a worker that never connects left the admin's
+# scheduler waiting on shutdown: every stop hit the 10 s kill.
 _PORT_FLAGS = (
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
     "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "webdav.port",
     "admin.port", "admin.port.grpc", "metricsPort",
 )
+
+
+#: Seconds a stopping weed gets before SIGKILL. Its graceful stop takes about 1 s (1.0-1.2 s measured
+#: on an idle server), but weed mini's admin hangs in it for good after a run has written data (seen
+#: after every `make run` here): AdminServer.Shutdown cancels its
+#: master client first, then waits for a plugin-scheduler pass blocked in
+#: ``masterClient.GetMaster(context.Background())`` (weed/admin/dash/admin_server.go Shutdown,
+#: plugin_api.go buildDefaultPluginClusterContext; weed 4.44 source, hang seen on 4.48), so every
+#: `uft run` waited out the old 10 s. A kill loses nothing acknowledged: weed writes needles and the
+#: filer's leveldb journal with write(2) before answering, and the kernel keeps them when the
+#: process dies (test_local_services.py: a SIGKILLed server's objects are read back).
+STOP_GRACE_S = 1.5
 
 
 def free_port() -> int:
@@ -48,15 +63,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+GRPC_OFFSET = 10000  # weed's own rule: gRPC port = HTTP port + 10000
+
+
 def free_ports(names: tuple[str, ...]) -> dict[str, int]:
-    """A distinct free port per name: all sockets are held until every port is chosen (one at a
-    time, the kernel may hand the same port out twice). Another process can still take one before
-    the server binds it; :meth:`SeaweedServer.start` retries then."""
+    """A distinct free port per name, where ``X.grpc`` is ``X`` + :data:`GRPC_OFFSET` when both are
+    named: all sockets are held until every port is chosen (one at a time, the kernel may hand the
+    same port out twice). Another process can still take one before the server binds it;
+    :meth:`SeaweedServer.start` retries then."""
+    paired = {n: n.removesuffix(".grpc") for n in names if n.endswith(".grpc") and n.removesuffix(".grpc") in names}
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in names]
-        for s in socks:
-            s.bind((LOOPBACK, 0))
-        return {name: s.getsockname()[1] for name, s in zip(names, socks)}
+        ports: dict[str, int] = {}
+        for name in names:
+            if name in paired:
+                continue
+            if name in paired.values():
+                ports[name], ports[f"{name}.grpc"] = _free_pair(stack)
+            else:
+                s = stack.enter_context(socket.socket())
+                s.bind((LOOPBACK, 0))
+                ports[name] = s.getsockname()[1]
+        return {name: ports[name] for name in names}
+
+
+def _free_pair(stack: contextlib.ExitStack, tries: int = 200) -> tuple[int, int]:
+    """(p, p + GRPC_OFFSET), both free and bound in ``stack`` until it closes."""
+    for _ in range(tries):
+        first = socket.socket()
+        first.bind((LOOPBACK, 0))
+        port = first.getsockname()[1]
+        if port + GRPC_OFFSET <= 65535:
+            second = socket.socket()
+            try:
+                second.bind((LOOPBACK, port + GRPC_OFFSET))
+            except OSError:
+                second.close()
+            else:
+                stack.enter_context(first), stack.enter_context(second)
+                return port, port + GRPC_OFFSET
+        first.close()
+    raise UftError(f"no free pair of ports (p, p + {GRPC_OFFSET}) on {LOOPBACK} for SeaweedFS after {tries} tries")
 
 
 # weed's two ways of saying a port was taken: its own check before starting, and a failed bind.
@@ -224,7 +270,7 @@ class SeaweedServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

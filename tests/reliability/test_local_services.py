@@ -154,3 +154,69 @@ def test_what_was_written_before_a_stop_is_read_after_the_next_start(tmp_path):
         assert s3.get_object(Bucket="durable", Key="run/1/model.bin")["Body"].read() == body
     finally:
         again.stop()
+
+
+def _client(env: dict[str, str]):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+
+
+def test_a_stop_that_hangs_is_cut_short_and_a_killed_server_loses_nothing(tmp_path):
+    """weed mini's graceful stop can hang in its admin after a run (uft.services.STOP_GRACE_S):
+    a stuck server (here SIGSTOPped, so it cannot answer SIGTERM) is killed after the grace, not
+    waited on, and everything it acknowledged before is read back by the next start."""
+    from uft.services import STOP_GRACE_S, start_seaweedfs
+
+    server = start_seaweedfs(tmp_path)
+    s3 = _client(server.env())
+    s3.create_bucket(Bucket="durable")
+    bodies = {f"run/{i}/part.bin": os.urandom(50_000 + i) for i in range(20)}
+    for key, body in bodies.items():
+        s3.put_object(Bucket="durable", Key=key, Body=body)
+    s3.put_object(Bucket="durable", Key="run/0/part.bin", Body=b"overwritten")  # the filer's metadata changes too
+    bodies["run/0/part.bin"] = b"overwritten"
+    pid = server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    server.stop()
+    took = time.monotonic() - started
+    assert not pid_alive(pid)
+    assert STOP_GRACE_S <= took < STOP_GRACE_S + 5, took
+    again = start_seaweedfs(tmp_path)
+    try:
+        s3 = _client(again.env())
+        for key, body in bodies.items():
+            assert s3.get_object(Bucket="durable", Key=key)["Body"].read() == body, key
+    finally:
+        again.stop()
+
+
+def test_grpc_ports_are_http_ports_plus_10000():
+    """weed derives a gRPC port as HTTP port + 10000 wherever it is not told (its worker dials the
+    admin so, whatever admin.port.grpc says): the ports uft chooses follow the same rule."""
+    from uft.services import _PORT_FLAGS, free_ports
+
+    for _ in range(20):
+        ports = free_ports(_PORT_FLAGS)
+        assert len(set(ports.values())) == len(ports)
+        for name in _PORT_FLAGS:
+            if name.endswith(".grpc"):
+                assert ports[name] == ports[name.removesuffix(".grpc")] + 10000, (name, ports)
+
+
+def test_leaving_s3_early_stops_it_while_the_caller_goes_on(tmp_path):
+    """`uft run` leaves the S3 server as soon as its last task has ended (what follows reads
+    MLflow only): the stop runs in the background and the services' exit waits for it."""
+    from uft.orchestrate.local import local_services
+
+    with local_services(tmp_path) as env:
+        pid = env._server.pid
+        assert pid_alive(pid)
+        started = time.monotonic()
+        env.leave_s3()
+        assert time.monotonic() - started < 0.5  # not waited for here
+        env.leave_s3()  # once only
+    assert not pid_alive(pid)
+    assert os.environ.get("AWS_ENDPOINT_URL") != env["AWS_ENDPOINT_URL"]  # the env is restored

@@ -112,6 +112,26 @@ def test_what_the_driver_sets_after_the_server_started_does_not_reach_the_tasks(
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "set-after-the-server-started")
 
 
+def test_what_the_driver_sets_during_the_run_does_not_reach_later_tasks(tmp_path, monkeypatch, shim):
+    """The estimate is measured in a thread beside the first tasks, and its optimizer imports
+    torch._dynamo, which writes TORCHINDUCTOR_CACHE_DIR mid-run: every later task still gets the
+    server's start environment (a reset once at the run's start had made 17 of 18 tasks fresh
+    interpreters), and the driver keeps its value."""
+    before = forkserver.fallbacks(shim)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=True)
+    with forkserver.kfp_tasks_use(shim), forkserver.tasks_get_startup_env(shim) as reset:
+        first = whoami(tag="before")
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "set-mid-run"))  # as the estimate's thread does
+        later = whoami(tag="after")
+    for task in (first, later):
+        assert json.loads(open(task.outputs["out"].path).read())["torch_preloaded"]
+    assert forkserver.fallbacks(shim) == before
+    server_value = forkserver._STARTED_WITH[shim]["TORCHINDUCTOR_CACHE_DIR"]  # unset, or set by an earlier import
+    assert reset == {"TORCHINDUCTOR_CACHE_DIR": (str(tmp_path / "set-mid-run"), server_value)}
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "set-mid-run")
+
+
 def test_fallback_lines_name_each_reason_once_with_its_count():
     lines = forkserver.fallback_lines(["A differs", "B differs", "A differs"])
     assert len(lines) == 2 and lines[0].startswith("2 tasks ran in a fresh interpreter") and lines[0].endswith(": A differs")
@@ -201,21 +221,30 @@ def test_waiting_for_a_server_that_died_returns_at_once():
         assert time.monotonic() - t0 < 5
 
 
-def test_a_paused_server_is_stopped_for_the_block_and_goes_on_after():
-    """The pre-run estimate times its step with the server paused: its preload must not share the
-    CPUs with the timing (0.24 against the run's 0.105 s per step), nor stay stopped afterwards."""
+def test_paused_tasks_stops_what_the_run_started_for_the_block_only():
+    """The estimate's timed steps must not share the CPUs with the fork server's preload or the
+    first tasks (timed beside them a step took 2.3× as long): paused_tasks stops every process of
+    this session below us (a task here) for the block, and it goes on afterwards; a process in its
+    own session (as the S3 server runs) is left alone."""
+    import subprocess
+    import sys
     import time
+
+    from uft.orchestrate.lifecycle import paused_tasks
 
     def state(pid: int) -> str:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
 
-    with forkserver.serving() as path:
-        pid = forkserver._PROCESS[path].pid
-        with forkserver.paused(path):
+    task = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    service = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        with paused_tasks() as stopped:
             time.sleep(0.2)
-            assert state(pid) == "T"
+            assert task.pid in stopped and state(task.pid) == "T"
+            assert service.pid not in stopped and state(service.pid) != "T"
         time.sleep(0.2)
-        assert state(pid) != "T"
-        assert forkserver.wait_ready(path, timeout=120)  # it finished its preload after all
-    with forkserver.paused(None):  # no server: nothing to pause
-        pass
+        assert state(task.pid) != "T"
+    finally:
+        for p in (task, service):
+            p.kill()
+            p.wait()

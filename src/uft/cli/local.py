@@ -29,7 +29,7 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="stream every step's logs"),
 ) -> None:
     """Run the whole pipeline locally (kfp.local + local S3 + MLflow on sqlite) and print the results."""
-    from uft.orchestrate.lifecycle import run_lock, signals_raise
+    from uft.orchestrate.lifecycle import paused_tasks, run_lock, signals_raise
     from uft.orchestrate.local import local_services, run_local, state_dir
     from uft.config import default_bucket, validate_config
     from uft.preflight import check, needs_remote, preflight
@@ -68,9 +68,11 @@ def run(
             # run's own steps (0.24 against 0.105 s, demo shape, 2 cores), and waiting for its
             # preload, or pausing it for the whole measurement, cost 6-15 s: the server is paused
             # only for the timed steps (≈ 0.3 s); torch's import and the warm-up steps overlap it.
+            # (Measured beside the first tasks instead, in one trial it saved no time on 2 busy cores and read
+            # -33 % against the training.)
             with contextlib.ExitStack() as pause:  # entered only when a step is timed (not kept)
                 estimate_s, estimate_line = _estimate(cfg, state / "step-seconds.json",
-                                                      lambda: pause.enter_context(forkserver.paused(shim)))
+                                                      lambda: pause.enter_context(paused_tasks()))
             console.print(f"[dim]{estimate_line}[/]", soft_wrap=True)
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
                           f"  ·  MLflow: {os.environ['MLFLOW_TRACKING_URI']}[/]")
@@ -78,13 +80,13 @@ def run(
             mlflow_ready.join()
             if verbose:
                 res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=False,
-                                extra_params=extra)
+                                extra_params=extra, after_tasks=env.leave_s3)
             else:
                 # Bound to the real stdout now: run_local redirects sys.stdout while the tasks run.
                 live = Console(file=sys.stdout)
                 with live.status("running the pipeline (kfp.local) …", spinner="dots") as status:
                     res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=True,
-                                    on_event=TaskLog(status), extra_params=extra)
+                                    on_event=TaskLog(status), extra_params=extra, after_tasks=env.leave_s3)
             from uft.promote import promotion_summary
 
             res.promotion = promotion_summary(experiment, res.run_id)  # read while MLflow is reachable

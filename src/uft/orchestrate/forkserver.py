@@ -197,25 +197,6 @@ def serving() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def paused(shim: str | None) -> Iterator[None]:
-    """Stop the server behind ``shim`` (SIGSTOP) for the block, then let it go on (SIGCONT): a
-    measurement taken meanwhile does not share the CPUs with its preload. For use before any task
-    has started (a stopped server serves none); a shim this process did not start is left alone."""
-    proc = _PROCESS.get(shim or "")
-    stopped = False
-    if proc is not None and proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGSTOP)
-            stopped = True
-    try:
-        yield
-    finally:
-        if stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)
-
-
 def wait_ready(shim: str, timeout: float = 300.0) -> bool:
     """Wait until the server behind ``shim`` has preloaded everything → whether it did in time
     (False at once when this process's server for ``shim`` has exited: it never will)."""
@@ -250,33 +231,52 @@ def fallback_lines(reasons: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def tasks_get_startup_env(shim: str) -> Iterator[dict[str, tuple[str | None, str | None]]]:
-    """While the tasks start: this process's :data:`STARTUP_ENV` as it was when ``shim``'s server
-    started, restored afterwards → {variable: (value now, value the tasks get)} for what it reset.
+    """Every task kfp.local starts in the block gets this process's :data:`STARTUP_ENV` as it was
+    when ``shim``'s server started, whatever this process changed since, before the run or during
+    it → yields {variable: (this process's value, the task's)} for what a task's start reset
+    (filled as tasks start). This process's own ``os.environ`` is left alone.
 
     Why the driver and not the server adapts: the server's modules were imported under its start
     environment and cannot be re-imported under another, so a task may be forked only when its
     environment matches; and what the driver changed after the server started is the driver's own
-    doing (importing torch's inductor for the pre-run estimate writes ``TORCHINDUCTOR_CACHE_DIR``
-    into ``os.environ``), not something the tasks were meant to see: a fresh interpreter started
-    without the server would not have seen it either, had the estimate been skipped. A task that
+    doing (the estimate, measured in a thread beside the first tasks, builds an optimizer, which
+    imports torch._dynamo, which writes ``TORCHINDUCTOR_CACHE_DIR`` into ``os.environ``), not
+    something the tasks were meant to see: a fresh interpreter started without the server would not
+    have seen it either. Per task, not once for the run: a change made mid-run (that thread) would
+    otherwise reach every later task. Variables kfp sets for the task itself are kept. A task that
     differs for any other reason still gets a fresh interpreter, and says why (:func:`fallbacks`)."""
+    import subprocess
+
+    from kfp.local import subprocess_task_handler as handler
+
     started = _STARTED_WITH.get(shim, {})
-    now = {k: os.environ.get(k) for k in started}
-    changed = {k: (now[k], v) for k, v in started.items() if now[k] != v and k != "_KFP_RUNTIME"}
-    for k, (_, v) in changed.items():
-        _setenv(k, v)
+    reset: dict[str, tuple[str | None, str | None]] = {}
+    original = handler.run_local_subprocess
+
+    def run_local_subprocess(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+        # kfp.local's own (kfp/local/subprocess_task_handler.py run_local_subprocess, kfp 2.17),
+        # with the environment built here: it would merge os.environ back over a removed variable.
+        env = {**os.environ, **(env_vars or {})}
+        for k, v in started.items():
+            if k not in (env_vars or {}) and env.get(k) != v:
+                reset[k] = (env.get(k), v)
+                if v is None:
+                    env.pop(k, None)
+                else:
+                    env[k] = v
+        with subprocess.Popen(full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                              env=env) as process:
+            if process.stdout:
+                for line in iter(process.stdout.readline, ""):
+                    print(line, end="")
+                print("\n")
+            return process.wait()
+
+    handler.run_local_subprocess = run_local_subprocess
     try:
-        yield changed
+        yield reset
     finally:
-        for k, (v, _) in changed.items():
-            _setenv(k, v)
-
-
-def _setenv(key: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(key, None)
-    else:
-        os.environ[key] = value
+        handler.run_local_subprocess = original
 
 
 def _why_not_forked(request: dict, nfds: int, startup_env: dict[str, str | None]) -> str | None:

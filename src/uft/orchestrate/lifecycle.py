@@ -111,6 +111,27 @@ def _session_tasks() -> list[int]:
     return out
 
 
+@contextlib.contextmanager
+def paused_tasks() -> Iterator[list[int]]:
+    """Stop (SIGSTOP) every process this run started in its session for the block, then let them
+    go on (SIGCONT): the fork server, its preload and the tasks running, not the services (their
+    own sessions). Yields the pids stopped. For a measurement of a fraction of a second (the
+    estimate's timed steps) that must not share the CPUs with them."""
+    import signal
+
+    stopped: list[int] = []
+    try:
+        for p in _session_tasks():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGSTOP)
+                stopped.append(p)
+        yield stopped
+    finally:
+        for p in reversed(stopped):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
+
+
 def stop_tasks(grace: float = 15.0) -> list[int]:
     """SIGTERM the running kfp.local tasks (descendants in this process's session; services run in
     their own sessions and are stopped by their owners), SIGKILL what is left after ``grace`` s."""

@@ -9,6 +9,7 @@ import io
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,18 +29,40 @@ def state_dir() -> Path:
     return Path(os.environ.get("UFT_STATE_DIR", ".uft")).resolve()
 
 
+class ServiceEnv(dict):
+    """The environment :func:`local_services` set, and :meth:`leave_s3` to start leaving the S3
+    server once nothing more will use it (its stop takes about 1 s; the caller reads MLflow meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._server = None
+        self._leaving: threading.Thread | None = None
+
+    def leave_s3(self) -> None:
+        """Leave (and, as its last user, stop) the S3 server in the background; the context's exit waits for it."""
+        if self._server is not None and self._leaving is None:
+            self._leaving = threading.Thread(target=self._server.stop, name="uft-s3-stop", daemon=True)
+            self._leaving.start()
+
+    def _close(self) -> None:
+        if self._leaving is not None:
+            self._leaving.join()
+        elif self._server is not None:
+            self._server.stop()
+
+
 @contextlib.contextmanager
-def local_services(state: Path, *, start_s3: bool = True, say: Callable[[str], None] | None = None) -> Iterator[dict[str, str]]:
+def local_services(state: Path, *, start_s3: bool = True, say: Callable[[str], None] | None = None) -> Iterator[ServiceEnv]:
     """Start (or share, see :func:`uft.services.start_seaweedfs`) SeaweedFS unless AWS_ENDPOINT_URL
-    is set, and point MLflow at sqlite; yields the env. ``say`` hears one line on how the S3 server
-    was obtained (started / shared with a running uft process / reused or replaced after a killed run)."""
+    is set, and point MLflow at sqlite; yields the env (:class:`ServiceEnv`). ``say`` hears one line on
+    how the S3 server was obtained (started / shared with a running uft process / reused or replaced after a killed run)."""
     from uft.services import start_seaweedfs
 
     state.mkdir(parents=True, exist_ok=True)
-    env: dict[str, str] = {}
+    env = ServiceEnv()
     server = None
     if start_s3 and not os.environ.get("AWS_ENDPOINT_URL"):
-        server = start_seaweedfs(state)
+        server = env._server = start_seaweedfs(state)
         env.update(server.env())
         if say is not None and server.note:
             say(server.note)
@@ -56,8 +79,7 @@ def local_services(state: Path, *, start_s3: bool = True, say: Callable[[str], N
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        if server is not None:
-            server.stop()
+        env._close()
 
 
 def _init_mlflow_db(state: Path, uri: str) -> None:
@@ -286,7 +308,8 @@ def derive_run_id(cfg: RunConfig, store_uri: str) -> str:
 
 def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", run_id: str = "",
               quiet: bool = True, on_event: Callable[[str, str], None] | None = None,
-              extra_params: dict[str, str] | None = None, task_cache: bool | None = None) -> LocalRun:
+              extra_params: dict[str, str] | None = None, task_cache: bool | None = None,
+              after_tasks: Callable[[], None] | None = None) -> LocalRun:
     """Compile-free local run of :func:`pipelines.uft_pipeline.uft_pipeline` via kfp.local, each
     task a fork of a warm server (:mod:`uft.orchestrate.forkserver`; ``UFT_FORKSERVER=0``: a fresh
     interpreter per task).
@@ -296,6 +319,8 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     (each still finds its outputs in the step cache of :mod:`uft.steps`).
 
     ``extra_params`` (e.g. how the defaults were inferred) join the config on the parent MLflow run.
+    ``after_tasks()`` is called once the last task has ended (e.g. :meth:`ServiceEnv.leave_s3`: what
+    follows reads MLflow only).
     ``on_event(task, text)`` hears each task's start ("started"), progress ("pretrain 40/200 ·
     loss 4.1 · eta_s 20") and end ("success"/"failure"), e.g. to drive a status line."""
     from kfp import local
@@ -342,6 +367,8 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
         msg = msg or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         raise UftError(f"pipeline failed (step {task}): {msg}" if task else f"pipeline failed: {msg}") from None
     seconds = time.perf_counter() - t0
+    if after_tasks is not None:
+        after_tasks()
     # The whole config on the parent run (the DAG's steps each see only their part), so
     # `uft compare`/`uft sweep` can group by any parameter.
     tracking.log_parent_params(experiment, run_id, {**cfg.model_dump(), **(extra_params or {})})

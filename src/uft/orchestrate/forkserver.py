@@ -55,6 +55,10 @@ PRELOAD = (
     "mlflow.pytorch", "torch._dynamo", "torch.export",  # registering an encoder exports it (pt2)
     "matplotlib.pyplot",
 )
+#: Called once the preload is done (module, function): work every task that needs it would
+#: otherwise redo. MLflow maps every installed package to its modules (importlib.metadata, 0.3-1 s)
+#: the first time a model is logged or loaded (the promote step logs the encoder).
+WARM = (("mlflow.utils.requirements_utils", "_init_packages_to_modules_map"),)
 #: Read when an interpreter starts or a module is imported: a task whose value differs from the
 #: server's gets a fresh interpreter.
 STARTUP_ENV = (
@@ -479,6 +483,14 @@ def serve(path: str, parent: int) -> None:
                 importlib.import_module(name)
             except Exception as e:  # a task that needs it fails with its own error; the rest still gain
                 print(f"uft fork server: not preloaded {name}: {type(e).__name__}: {e}", file=sys.stderr)
+            serve_pending(0.0)
+        for module, function in WARM:
+            if stop:
+                break
+            try:
+                getattr(importlib.import_module(module), function)()
+            except Exception as e:  # a task that needs it does the work itself
+                print(f"uft fork server: not warmed {module}.{function}: {type(e).__name__}: {e}", file=sys.stderr)
             serve_pending(0.0)
         Path(path).with_name("ready").touch()
         while not stop and os.getppid() == parent:

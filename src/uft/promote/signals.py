@@ -130,13 +130,17 @@ def paired_outcomes(encoder: torch.nn.Module, data: GateData, seed: int, max_ima
     return out
 
 
-def _signals(encoder: torch.nn.Module, base: torch.nn.Module, data: GateData, seed: int, max_images: int) -> dict[str, Any]:
+def _signals(encoder: torch.nn.Module, base: torch.nn.Module, data: GateData, seed: int, max_images: int,
+             paired: bool = True) -> dict[str, Any]:
+    """``paired``: also the per-row outcomes the gain's paired bootstrap resamples (not needed for
+    the untrained floor, which reads only the numeric signals: :func:`uft.evaluate.label_free.floor_of`)."""
     from uft.evaluate.label_free import encoder_signals
 
     s = encoder_signals(encoder, data.target, base=base, source=data.source, target_labels=data.target_labels,
                         max_images=max_images, seed=seed)
     s["signals_split"] = data.split
-    s["paired"] = paired_outcomes(encoder, data, seed, max_images)
+    if paired:
+        s["paired"] = paired_outcomes(encoder, data, seed, max_images)
     s["excluded_rows"] = data.excluded
     return s
 
@@ -206,8 +210,8 @@ class _GateInputs:
         return gate_data(self.target_uri, self.source_uri, self.max_images, self.seed, exclude=self.exclude,
                          exclude_source=self.exclude_source)
 
-    def signals(self, encoder: torch.nn.Module) -> dict[str, Any]:
-        return _signals(encoder, self.base, self.data, self.seed, self.max_images)
+    def signals(self, encoder: torch.nn.Module, paired: bool = True) -> dict[str, Any]:
+        return _signals(encoder, self.base, self.data, self.seed, self.max_images, paired)
 
 
 def domain_shift(base: torch.nn.Module, old_images, new_images, max_images: int = 500, seed: int = 0) -> float:

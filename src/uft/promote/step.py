@@ -73,7 +73,7 @@ def promote_step(encoder_uri: str, base_encoder_uri: str, target_uri: str, store
     cand = _recorded_signals(store, scope, encoder_sha, lambda: data.signals(data.encoder))
     base_sig = _recorded_signals(store, scope, scope["base"], lambda: data.signals(data.base))
     floor = floor_of([_recorded_signals(store, scope, f"untrained:{i}:" + scope["base"],
-                                        lambda i=i: data.signals(untrained_like(base_encoder_uri, seed=i)))
+                                        lambda i=i: data.signals(untrained_like(base_encoder_uri, seed=i), paired=False))
                       for i in range(FLOOR_SEEDS)])
     lineage["excluded_target"] = int(cand.get("excluded_rows", 0))
     key = content_key("promote", run_id, encoder_sha, registered_model)  # where this run key's decision is published

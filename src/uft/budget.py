@@ -75,17 +75,33 @@ def infer_budget(source_rows: int, target_rows: int, *, image_size: int, channel
     return Budget(pre, fin, batch, reason)
 
 
+@dataclass(frozen=True)
+class StepTime:
+    """What one training process costs at a shape: ``step_s`` per steady step, plus ``warmup_s``
+    once (building the optimizer and the first step's one-time work, beyond a steady step)."""
+
+    step_s: float
+    warmup_s: float = 0.0
+
+    def training(self, steps: float) -> float:
+        """Seconds of one training process of ``steps`` steady steps."""
+        return self.warmup_s + steps * self.step_s
+
+
 def measure_step_seconds(*, encoder: str, encoder_width: int, image_size: int, channels: int, batch_size: int,
                          method: str = "simclr", device: str | None = None,
-                         before_timing: Callable[[], object] | None = None) -> float:
-    """Seconds of one SSL training step at this shape and batch, measured here on random images:
-    the median gap between the ends of the last :data:`TIMED_STEPS` of :data:`MEASURED_STEPS`
-    consecutive steps.
+                         before_timing: Callable[[], object] | None = None) -> StepTime:
+    """One SSL training step at this shape and batch, measured here on random images: ``step_s`` the
+    median gap between the ends of the last :data:`TIMED_STEPS` of :data:`MEASURED_STEPS`
+    consecutive steps; ``warmup_s`` how much longer than a steady step the training call took to
+    end its first step (the optimizer's construction, which imports torch._dynamo, and the first
+    step's one-time work), which every training task pays once.
 
-    The steady state, not the first steps: a process's first training steps are many times
-    slower than the rest (tiny encoder, batch 256, 16 px, 2 cores: 2.3, 1.1, 0.7, 0.7 s, then
-    0.1 s each), and the two steps after one warm-up step that this used to time had put the
-    demo's training at 355 s when it took 45 s.
+    The steady state, not the first steps: a process's first training step is many times slower
+    than the rest (tiny encoder, batch 256, 16 px, 2 cores, quiet: 1.1 s, then 0.045 s each), and
+    the two steps after one warm-up step that this used to time had put the demo's training at
+    355 s when it took 45 s; leaving the first step out altogether put it 6-39 % low (7 first runs,
+    2026-12-07), since each of the run's two training tasks pays it too.
 
     ``before_timing`` is called once the untimed steps are done, right before the timed ones (e.g.
     to pause other work that would share the CPUs: only the timed steps need them alone)."""
@@ -110,15 +126,17 @@ def measure_step_seconds(*, encoder: str, encoder_width: int, image_size: int, c
             before_timing()  # before the clock: its own cost is not part of a step
         ends.append(time.perf_counter())
 
+    started = time.perf_counter()
     train_ssl(m, x, cfg, device=device, on_log=step_ended)
     gaps = [b - a for a, b in zip(ends, ends[1:])]
-    return statistics.median(gaps[-TIMED_STEPS:])
+    step = statistics.median(gaps[-TIMED_STEPS:])
+    return StepTime(step, max(0.0, ends[0] - started - step))
 
 
 #: How long a step time measured on this machine is reused before it is measured again.
 MEMO_DAYS = 7
 #: Bumped when :func:`measure_step_seconds` measures differently: kept times of the old way are not reused.
-MEASURE_VERSION = 3
+MEASURE_VERSION = 4  # 4: the warm-up is kept too
 #: Steps :func:`measure_step_seconds` trains, and how many of the last it times.
 MEASURED_STEPS, TIMED_STEPS = 8, 3
 
@@ -139,10 +157,10 @@ def _memo_key(shape: dict) -> str:
 
 
 def step_seconds(memo: Path | None = None, before_timing: Callable[[], object] | None = None,
-                 **shape) -> tuple[float, float | None]:
+                 **shape) -> tuple[StepTime, float | None]:
     """:func:`measure_step_seconds` for ``shape``, reusing a measurement kept in ``memo`` (a JSON
-    file) for the same shape on this machine within :data:`MEMO_DAYS` → (seconds, when it was
-    measured, or None when measured now). ``before_timing``: see :func:`measure_step_seconds`
+    file) for the same shape on this machine within :data:`MEMO_DAYS` → (the step's time, when it
+    was measured, or None when measured now). ``before_timing``: see :func:`measure_step_seconds`
     (not called when the time is kept)."""
     key = _memo_key(shape)
     kept: dict = {}
@@ -153,10 +171,10 @@ def step_seconds(memo: Path | None = None, before_timing: Callable[[], object] |
             kept = {}
         hit = kept.get(key)
         if isinstance(hit, dict) and time.time() - float(hit.get("at", 0)) < MEMO_DAYS * 86400:
-            return float(hit["step_s"]), float(hit["at"])
+            return StepTime(float(hit["step_s"]), float(hit.get("warmup_s", 0.0))), float(hit["at"])
     step = measure_step_seconds(**shape, before_timing=before_timing)
     if memo is not None:
-        kept[key] = {"step_s": step, "at": time.time()}
+        kept[key] = {"step_s": step.step_s, "warmup_s": step.warmup_s, "at": time.time()}
         try:
             memo.parent.mkdir(parents=True, exist_ok=True)
             tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
@@ -169,7 +187,8 @@ def step_seconds(memo: Path | None = None, before_timing: Callable[[], object] |
 
 def estimate_seconds(cfg, memo: Path | None = None, before_timing: Callable[[], object] | None = None
                      ) -> tuple[float, str]:
-    """A :class:`~uft.config.RunConfig` → (estimated training seconds, one line saying how).
+    """A :class:`~uft.config.RunConfig` → (estimated training seconds, one line saying how): per
+    training task (pretrain unless an encoder is given, finetune) its warm-up plus its steps.
     ``memo``: where measured step times are kept (:func:`step_seconds`; None: always measure);
     ``before_timing``: see :func:`measure_step_seconds`.
 
@@ -180,13 +199,13 @@ def estimate_seconds(cfg, memo: Path | None = None, before_timing: Callable[[], 
                             method=cfg.pretrain_method.partition(":")[0])
     replay = cfg.replay_ratio if cfg.replay_size > 0 else 0.0
     skipped = bool(cfg.pretrained_encoder or getattr(cfg, "encoder_weights", ""))  # a given encoder: no pretraining
-    pre = 0.0 if skipped else cfg.pretrain_steps * step
-    fin = cfg.finetune_steps * step * (1 + replay)
+    pre = 0.0 if skipped else step.training(cfg.pretrain_steps)
+    fin = step.training(cfg.finetune_steps * (1 + replay))
     total = pre + fin
     when = "measured here" if at is None else f"measured here {time.strftime('%Y-%m-%d %H:%M', time.localtime(at))}"
     line = (f"estimated training time: ~{_duration(total)} (pretrain {0 if skipped else cfg.pretrain_steps} "
-            f"+ finetune {cfg.finetune_steps} steps at {step:.2f} s/step, {when}; a rerun with the same "
-            "inputs is cached; evaluation extra)")
+            f"+ finetune {cfg.finetune_steps} steps at {step.step_s:.2f} s/step + {step.warmup_s:.1f} s of warm-up "
+            f"per training task, {when}; a rerun with the same inputs is cached; evaluation extra)")
     return total, line
 
 

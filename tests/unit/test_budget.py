@@ -81,17 +81,20 @@ def test_estimate_is_measured_and_scales_with_steps(monkeypatch):
     cfg = dict(finetune_steps=2, batch_size=32, replay_size=0)
 
     def estimate(steps: int, per_step_delay: float) -> tuple[float, float]:
+        """→ (the estimate less its two warm-ups, the step it implies)"""
         delay["s"] = per_step_delay
         total, line = estimate_seconds(RunConfig(**{**cfg, "pretrain_steps": steps, "finetune_steps": steps}))
-        assert line.startswith("estimated training time: ~") and "s/step, measured here" in line, line
-        assert float(re.search(r"at ([\d.]+) s/step", line)[1]) == pytest.approx(total / (2 * steps), abs=0.006)
-        return total, total / (2 * steps)
+        assert line.startswith("estimated training time: ~") and "s of warm-up per training task, measured here" in line, line
+        step, warmup = (float(v) for v in re.search(r"at ([\d.]+) s/step \+ ([\d.]+) s of warm-up", line).groups())
+        # two training tasks (pretrain, finetune), each its warm-up and its steps (rounded in the line)
+        assert total == pytest.approx(2 * (warmup + steps * step), abs=0.1 + 2 * steps * 0.006)
+        return total - 2 * warmup, (total / 2 - warmup) / steps
 
     few, fast_step = estimate(2, 0.05)
     many, slow_step = estimate(200, 0.30)
     assert slow_step - fast_step == pytest.approx(0.25, abs=0.12)  # the measured delay, not a constant
     assert fast_step >= 0.05
-    assert many > 100 * few  # 100× the steps at a slower measured step
+    assert many > 100 * few  # the steps' part: 100× the steps at a slower measured step
 
 
 @pytest.mark.parametrize("delta, std, word", [(0.005, 0.03, "not distinguishable"), (0.08, 0.03, "better"),
@@ -170,21 +173,21 @@ def test_a_measured_step_time_is_kept_per_shape_and_machine(tmp_path, monkeypatc
 
     def fake_measure(**shape):
         calls.append(shape)
-        return 0.5 * len(calls)
+        return budget.StepTime(0.5 * len(calls), 1.0)
 
     monkeypatch.setattr(budget, "measure_step_seconds", fake_measure)
     memo = tmp_path / "state" / "step-seconds.json"
     shape = dict(encoder="tiny", encoder_width=8, image_size=16, channels=1, batch_size=32, method="simclr")
-    assert budget.step_seconds(memo, **shape) == (0.5, None)
+    assert budget.step_seconds(memo, **shape) == (budget.StepTime(0.5, 1.0), None)
     step, at = budget.step_seconds(memo, **shape)
-    assert step == 0.5 and at is not None and len(calls) == 1  # kept, not measured again
-    assert budget.step_seconds(memo, **{**shape, "batch_size": 64})[0] == 1.0 and len(calls) == 2
+    assert step == budget.StepTime(0.5, 1.0) and at is not None and len(calls) == 1  # kept (warm-up too), not measured again
+    assert budget.step_seconds(memo, **{**shape, "batch_size": 64})[0].step_s == 1.0 and len(calls) == 2
     kept = json.loads(memo.read_text())
     for v in kept.values():
         v["at"] -= (budget.MEMO_DAYS + 1) * 86400  # a week-old measurement is measured again
     memo.write_text(json.dumps(kept))
-    assert budget.step_seconds(memo, **shape) == (1.5, None) and len(calls) == 3
-    assert budget.step_seconds(None, **shape) == (2.0, None)  # no memo: always measured
+    assert budget.step_seconds(memo, **shape)[0].step_s == 1.5 and len(calls) == 3
+    assert budget.step_seconds(None, **shape)[0].step_s == 2.0  # no memo: always measured
 
 
 def test_the_step_time_is_the_steady_state_not_the_first_steps(monkeypatch):
@@ -203,7 +206,9 @@ def test_the_step_time_is_the_steady_state_not_the_first_steps(monkeypatch):
     monkeypatch.setattr(train, "train_ssl", fake_train)
     step = budget.measure_step_seconds(encoder="tiny", encoder_width=4, image_size=8, channels=1, batch_size=2)
     assert budget.MEASURED_STEPS - budget.TIMED_STEPS > len(first_steps)  # the slow steps are never timed
-    assert 0.05 <= step < 0.2
+    assert 0.05 <= step.step_s < 0.2
+    # the first step's excess over a steady one is the warm-up each training task pays once
+    assert step.warmup_s == pytest.approx(first_steps[0] - step.step_s, abs=0.1)
 
 
 def test_the_step_is_timed_only_after_the_caller_says_the_cpus_are_free(tmp_path, monkeypatch):
@@ -224,12 +229,13 @@ def test_the_step_is_timed_only_after_the_caller_says_the_cpus_are_free(tmp_path
     step = budget.measure_step_seconds(encoder="tiny", encoder_width=4, image_size=8, channels=1, batch_size=2,
                                        before_timing=lambda: events.append("pause"))
     untimed = budget.MEASURED_STEPS - budget.TIMED_STEPS
-    assert step > 0 and events.count("pause") == 1
+    assert step.step_s > 0 and events.count("pause") == 1
     assert events.index("pause") == untimed  # after the untimed steps, before the first timed gap's start
     assert events.count("step") == budget.MEASURED_STEPS
 
     calls = []
-    monkeypatch.setattr(budget, "measure_step_seconds", lambda before_timing=None, **shape: calls.append(before_timing) or 0.1)
+    monkeypatch.setattr(budget, "measure_step_seconds",
+                        lambda before_timing=None, **shape: calls.append(before_timing) or budget.StepTime(0.1))
     memo = tmp_path / "step-seconds.json"
     shape = dict(encoder="tiny", encoder_width=8, image_size=16, channels=1, batch_size=32, method="simclr")
     hook = object()

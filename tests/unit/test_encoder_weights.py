@@ -450,4 +450,10 @@ def test_the_estimate_counts_no_pretraining_when_weights_are_given(tmp_path):
     full, _ = estimate_seconds(RunConfig(**cfg), memo)
     given, line = estimate_seconds(RunConfig(**cfg, encoder_weights="w.pth"), memo)  # the same measured step
     assert "(pretrain 0 + finetune 10 steps" in line
-    assert given == pytest.approx(full * 10 / 310)
+    from uft.budget import step_seconds
+
+    kept = step_seconds(memo, encoder="tiny", encoder_width=RunConfig().encoder_width, image_size=RunConfig().image_size,
+                        channels=RunConfig().channels, batch_size=16, method="simclr")[0]  # the measurement both used
+    # one training task (finetune) instead of two: its warm-up and its 10 steps
+    assert full == pytest.approx(2 * kept.warmup_s + 310 * kept.step_s)
+    assert given == pytest.approx(kept.warmup_s + 10 * kept.step_s)

@@ -243,11 +243,11 @@ def tasks_get_startup_env(shim: str) -> Iterator[dict[str, tuple[str | None, str
     Why the driver and not the server adapts: the server's modules were imported under its start
     environment and cannot be re-imported under another, so a task may be forked only when its
     environment matches; and what the driver changed after the server started is the driver's own
-    doing (the estimate, measured in a thread beside the first tasks, builds an optimizer, which
-    imports torch._dynamo, which writes ``TORCHINDUCTOR_CACHE_DIR`` into ``os.environ``), not
-    something the tasks were meant to see: a fresh interpreter started without the server would not
-    have seen it either. Per task, not once for the run: a change made mid-run (that thread) would
-    otherwise reach every later task. Variables kfp sets for the task itself are kept. A task that
+    doing (the pre-run estimate builds an optimizer, which imports torch._dynamo, which writes
+    ``TORCHINDUCTOR_CACHE_DIR`` into ``os.environ``), not something the tasks were meant to see: a
+    fresh interpreter started without the server would not have seen it either. Per task, not once
+    for the run: a change made mid-run (a measurement in a thread beside the tasks made 17 of 18
+    tasks fresh interpreters) would otherwise reach every later task. Variables kfp sets for the task itself are kept. A task that
     differs for any other reason still gets a fresh interpreter, and says why (:func:`fallbacks`)."""
     import subprocess
 

@@ -100,8 +100,8 @@ def measure_step_seconds(*, encoder: str, encoder_width: int, image_size: int, c
     The steady state, not the first steps: a process's first training step is many times slower
     than the rest (tiny encoder, batch 256, 16 px, 2 cores, quiet: 1.1 s, then 0.045 s each), and
     the two steps after one warm-up step that this used to time had put the demo's training at
-    355 s when it took 45 s; leaving the first step out altogether put it 6-39 % low (7 first runs,
-    2026-12-07), since each of the run's two training tasks pays it too.
+    355 s when it took 45 s; leaving the first step out altogether put it between +16 and -39 %
+    (10 demo first runs, 2026-12-07, 3 outside ±30 %), since each of the run's two training tasks pays it too.
 
     ``before_timing`` is called once the untimed steps are done, right before the timed ones (e.g.
     to pause other work that would share the CPUs: only the timed steps need them alone)."""

@@ -36,8 +36,8 @@ from uft.errors import UftError
 LOOPBACK = "127.0.0.1"
 # Ports weed mini opens, each free. A gRPC port is always its HTTP port + 10000: weed derives it that way
 # wherever it is not told (its worker dials the admin at admin.port + 10000 whatever admin.port.grpc says;
-# weed/pb/server_address.go ServerToGrpcAddress), and a worker that never connects left the admin's
-# scheduler waiting on shutdown: every stop hit the 10 s kill.
+# weed/pb/server_address.go ServerToGrpcAddress), and otherwise logged a failed reconnection all run
+# long. (The stop's hang, STOP_GRACE_S, is another matter: it remained after this.)
 _PORT_FLAGS = (
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
     "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "webdav.port",
@@ -71,13 +71,13 @@ def free_ports(names: tuple[str, ...]) -> dict[str, int]:
     named: all sockets are held until every port is chosen (one at a time, the kernel may hand the
     same port out twice). Another process can still take one before the server binds it;
     :meth:`SeaweedServer.start` retries then."""
-    paired = {n: n.removesuffix(".grpc") for n in names if n.endswith(".grpc") and n.removesuffix(".grpc") in names}
+    grpc = {n for n in names if n.endswith(".grpc") and n.removesuffix(".grpc") in names}
     with contextlib.ExitStack() as stack:
         ports: dict[str, int] = {}
         for name in names:
-            if name in paired:
-                continue
-            if name in paired.values():
+            if name in grpc:
+                continue  # chosen with its HTTP port
+            if f"{name}.grpc" in grpc:
                 ports[name], ports[f"{name}.grpc"] = _free_pair(stack)
             else:
                 s = stack.enter_context(socket.socket())
@@ -265,7 +265,7 @@ class SeaweedServer:
 
     def _terminate(self) -> None:
         if self.proc is None and self.adopted_pid:
-            kill_pid(self.adopted_pid)
+            kill_pid(self.adopted_pid, grace=STOP_GRACE_S)  # a leftover server's stop hangs the same way
             self.adopted_pid = 0
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

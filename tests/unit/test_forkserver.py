@@ -27,7 +27,9 @@ def whoami(tag: str, out: dsl.Output[dsl.Artifact]):
 
     print(f"hello from {tag}")
     with open(out.path, "w") as f:
-        json.dump({"pid": os.getpid(), "ppid": os.getppid(), "tag_env": os.environ.get("WHOAMI_TAG"),
+        with open(f"/proc/{os.getppid()}/stat") as stat:  # the waiter's parent: the server that forked it
+            server = int(stat.read().rsplit(")", 1)[1].split()[1])
+        json.dump({"pid": os.getpid(), "ppid": os.getppid(), "server": server, "tag_env": os.environ.get("WHOAMI_TAG"),
                    "omp": os.environ.get("OMP_NUM_THREADS"), "cwd": os.getcwd(),
                    "torch_preloaded": "torch" in sys.modules, "argv0": sys.argv[0],
                    "mlflow_packages_mapped": getattr(sys.modules.get("mlflow.utils.requirements_utils"),
@@ -257,3 +259,60 @@ def test_a_forked_task_finds_mlflows_package_map_already_built(tmp_path, shim):
     a forked task that logs a model (promote) does not rebuild it (0.3-1 s each time)."""
     record, _ = _run(tmp_path, shim, whoami)
     assert record["torch_preloaded"] and record["mlflow_packages_mapped"]
+
+
+def test_a_staged_task_does_not_wait_for_the_preloads_long_imports(tmp_path, monkeypatch):
+    """A cached rerun's fingerprint and finalize tasks waited 0.6-1.7 s each for one of the
+    server's long imports (MLflow's, torch's) to end: a task of a stage's function is served by the
+    stage server, forked once the preload got past the stage, while the server goes on importing.
+    Here the preload's next module takes 60 s to import; the staged task is done long before, in a
+    fork of the stage server, without what the stage lacks; the server stops its stage servers."""
+    (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the server's and the task's start-up environment
+    t0 = time.monotonic()
+    with forkserver.serving(preload=("kfp.dsl.executor_main", "slow_to_import", "torch"),
+                            stages=(("kfp.dsl.executor_main", ("whoami",)),)) as shim:
+        main = forkserver._PROCESS[shim].pid
+        stage = os.path.join(os.path.dirname(shim), forkserver.stage_socket(0))
+        while not os.path.exists(stage) and time.monotonic() - t0 < 30:
+            time.sleep(0.05)
+        rec, out = _run(tmp_path, shim, whoami)
+        took = time.monotonic() - t0
+        stage_server = rec["server"]
+        assert forkserver.fallbacks(shim) == []
+    assert "hello from t1" in out and took < 30, (took, out)  # not after the 60 s import
+    assert stage_server != main and not rec["torch_preloaded"]
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{stage_server}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{stage_server}")  # stopped with the server
+
+
+def test_a_task_of_no_stage_goes_to_the_server(tmp_path, shim):
+    """Only the stages' functions go to a stage server: any other task is a fork of the fully
+    loaded server (torch preloaded), as before."""
+    rec, _ = _run(tmp_path, shim, whoami)
+    assert rec["server"] == forkserver._PROCESS[shim].pid and rec["torch_preloaded"]
+
+
+def test_the_stages_functions_import_nothing_their_stage_lacks():
+    """What makes routing a task to a stage server pay: the component's own imports (run in a
+    fresh interpreter after the stage's part of the preload) bring in no module of the rest of the
+    preload (torch, sklearn, matplotlib): the task would import it itself, for seconds."""
+    import ast
+    import importlib
+    import inspect
+    import sys
+
+    for i, (after, functions) in enumerate(forkserver.STAGES):
+        loaded = forkserver.PRELOAD[:forkserver.PRELOAD.index(after) + 1]
+        rest = {m.split(".")[0] for m in forkserver.PRELOAD[len(loaded):]} - {m.split(".")[0] for m in loaded}
+        for fn in functions:
+            component = getattr(importlib.import_module(f"components.{fn}"), fn)
+            tree = ast.parse(inspect.getsource(component.python_func))
+            imports = [f"import {a.name}" for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names] + \
+                      [f"import {n.module}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+            code = "\n".join(["import sys", *(f"import {m}" for m in loaded), *imports,
+                              f"print(sorted(m for m in {sorted(rest)!r} if m in sys.modules))"])
+            got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            assert got.strip() == "[]", (i, fn, got)

@@ -59,6 +59,15 @@ PRELOAD = (
 #: otherwise redo. MLflow maps every installed package to its modules (importlib.metadata, 0.3-1 s)
 #: the first time a model is logged or loaded (the promote step logs the encoder).
 WARM = (("mlflow.utils.requirements_utils", "_init_packages_to_modules_map"),)
+#: Frozen copies of the server, forked when its preload has imported a stage's last module, that
+#: serve the stage's tasks (kfp component functions) from then on. The server takes a connection
+#: only between two imports, and single imports take seconds (MLflow ~2-3 s, torch ~2-3 s on 2
+#: busy cores): a cached rerun's fingerprint and finalize tasks each waited 0.6-1.7 s for one to
+#: finish. A staged task that needs a module its stage lacks imports it itself (slower, still right).
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("uft.data.fingerprint", ("fingerprint",)),
+    ("uft.data.ingest", ("finalize",)),  # MLflow and uft's light modules, no torch
+)
 #: Read when an interpreter starts or a module is imported: a task whose value differs from the
 #: server's gets a fresh interpreter.
 STARTUP_ENV = (
@@ -109,13 +118,22 @@ def recv(s, n):
 
 
 addr = os.environ.get({env!r})
+STAGES = {stages!r}  # component function -> the socket of the stage server that serves it
 if sys.argv[1:3] != ["-m", "kfp.dsl.executor_main"]:
     real("python3 %s is not kfp's executor (python3 -m kfp.dsl.executor_main)" % " ".join(sys.argv[1:3]))
 if not addr:
     real("no fork server (it had not bound its socket when the run started)")
+args = sys.argv[3:]
+fn = args[args.index("--function_to_execute") + 1] if "--function_to_execute" in args[:-1] else ""
 try:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(addr)
+    try:
+        # A stage server exists once the preload got past its stage (its socket appears when it listens).
+        s.connect(os.path.join(os.path.dirname(addr), STAGES[fn]))
+    except (KeyError, OSError):
+        s.close()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(addr)
     socket.send_fds(s, [b"T"], [0, 1, 2])
     body = json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
     s.sendall(struct.pack("!Q", len(body)) + body)
@@ -159,18 +177,27 @@ def current() -> str | None:
     return _RUNNING[-1] if _RUNNING else None
 
 
+def stage_socket(index: int) -> str:
+    """The socket name (beside the server's) of :data:`STAGES`' ``index``-th stage server."""
+    return f"s{index}"
+
+
 @contextlib.contextmanager
-def serving() -> Iterator[str]:
+def serving(preload: tuple[str, ...] = PRELOAD,
+            stages: tuple[tuple[str, tuple[str, ...]], ...] = STAGES) -> Iterator[str]:
     """Start a fork server for this process's kfp.local tasks → the shim's path, to use as the
-    tasks' ``python3``. Stops the server (and removes its socket) on exit."""
+    tasks' ``python3``. Stops the server (and removes its socket) on exit. ``preload``/``stages``:
+    what it imports and where it forks stage servers (default :data:`PRELOAD`, :data:`STAGES`)."""
     workdir = Path(tempfile.mkdtemp(prefix="uft-fs-"))  # short: a Unix socket path has ≤ 107 bytes
     sock, shim = workdir / "s", workdir / "python3"
+    routes = {fn: stage_socket(i) for i, (_, fns) in enumerate(stages) for fn in fns}
     shim.write_text(_SHIM.format(python=sys.executable, real=sys.executable, env=ENV_SOCKET,
-                                 fallback=_FALLBACK, cpu_line=CPU_LINE, log=FALLBACKS_FILE))
+                                 fallback=_FALLBACK, cpu_line=CPU_LINE, log=FALLBACKS_FILE, stages=routes))
     shim.chmod(0o755)
     _STARTED_WITH[str(shim)] = {k: os.environ.get(k) for k in STARTUP_ENV}
     env = {**os.environ, "_KFP_RUNTIME": "true"}  # what the component command sets before python3
-    server = subprocess.Popen([sys.executable, "-m", "uft.orchestrate.forkserver", str(sock), str(os.getpid())],
+    plan = json.dumps({"preload": list(preload), "stages": [after for after, _ in stages]})
+    server = subprocess.Popen([sys.executable, "-m", "uft.orchestrate.forkserver", str(sock), str(os.getpid()), plan],
                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None,
                               start_new_session=False)
     deadline = time.monotonic() + 30
@@ -431,16 +458,75 @@ def _serve_one(conn: socket.socket, startup_env: dict[str, str | None], log: Pat
     return 0
 
 
-def serve(path: str, parent: int) -> None:
-    """Bind ``path``, then preload :data:`PRELOAD` module by module, forking a waiter for each
+class _Listener:
+    """A bound socket that forks a waiter (:func:`_serve_one`) for each connection."""
+
+    def __init__(self, sock: socket.socket, startup_env: dict[str, str | None], log: Path):
+        self.sock, self.startup_env, self.log = sock, startup_env, log
+        self.waiters: set[int] = set()
+
+    def serve_pending(self, timeout: float) -> None:
+        """Take the connections that arrive within ``timeout`` s (0: only those already waiting)."""
+        for pid in list(self.waiters):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    self.waiters.discard(pid)
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, BlockingIOError, InterruptedError):
+                return
+            pid = os.fork()
+            if pid == 0:
+                self.sock.close()
+                code = 1
+                try:
+                    code = _serve_one(conn, self.startup_env, self.log)
+                finally:
+                    os._exit(code)
+            conn.close()
+            self.waiters.add(pid)
+            self.sock.settimeout(0.0)  # then only what is already waiting
+
+
+def _fork_stage_server(path: Path, listener: _Listener, stopping) -> int:
+    """Fork a copy of this server, as loaded so far, that listens on ``path`` (it appears only once
+    the copy listens, so a shim never finds it refusing) until SIGTERM or this server is gone → its pid."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        listener.sock.close()
+        tmp = path.with_name(f".{path.name}")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(tmp))
+        sock.listen(64)
+        os.rename(tmp, path)
+        own = _Listener(sock, listener.startup_env, listener.log)
+        while not stopping() and os.getppid() == parent:
+            own.serve_pending(0.2)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    except BaseException:  # noqa: BLE001 — its tasks go to the main server instead
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def serve(path: str, parent: int, preload: tuple[str, ...] = PRELOAD, stages: tuple[str, ...] = ()) -> None:
+    """Bind ``path``, then preload ``preload`` module by module, forking a waiter for each
     connection as it comes (a task that arrives mid-preload gets what is loaded so far and imports
-    the rest itself), until SIGTERM or until ``parent`` (the kfp.local driver) is gone (checked
+    the rest itself) and a stage server (:data:`STAGES`, socket :func:`stage_socket`) after each
+    module in ``stages``, until SIGTERM or until ``parent`` (the kfp.local driver) is gone (checked
     every 0.2 s). Ends with ``os._exit``: tearing down torch and MLflow would cost seconds."""
     import importlib
 
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(64)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(64)
     stop = False
 
     def on_term(signum, frame):
@@ -449,41 +535,21 @@ def serve(path: str, parent: int) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the server; Ctrl-C is the tasks'
-    startup_env = {k: os.environ.get(k) for k in STARTUP_ENV}
-    waiters: set[int] = set()
-
-    def serve_pending(timeout: float) -> None:
-        for pid in list(waiters):
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    waiters.discard(pid)
-        listener.settimeout(timeout)
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except (TimeoutError, BlockingIOError, InterruptedError):
-                return
-            pid = os.fork()
-            if pid == 0:
-                listener.close()
-                code = 1
-                try:
-                    code = _serve_one(conn, startup_env, Path(path).with_name(FALLBACKS_FILE))
-                finally:
-                    os._exit(code)
-            conn.close()
-            waiters.add(pid)
-            listener.settimeout(0.0)  # then only what is already waiting
-
+    listener = _Listener(sock, {k: os.environ.get(k) for k in STARTUP_ENV}, Path(path).with_name(FALLBACKS_FILE))
+    stage_servers: list[int] = []
     try:
-        for name in PRELOAD:
+        for name in preload:
             if stop:
                 break
             try:
                 importlib.import_module(name)
             except Exception as e:  # a task that needs it fails with its own error; the rest still gain
                 print(f"uft fork server: not preloaded {name}: {type(e).__name__}: {e}", file=sys.stderr)
-            serve_pending(0.0)
+            for i, after in enumerate(stages):
+                if after == name:
+                    stage_servers.append(_fork_stage_server(Path(path).with_name(stage_socket(i)), listener,
+                                                            lambda: stop))
+            listener.serve_pending(0.0)
         for module, function in WARM:
             if stop:
                 break
@@ -491,12 +557,15 @@ def serve(path: str, parent: int) -> None:
                 getattr(importlib.import_module(module), function)()
             except Exception as e:  # a task that needs it does the work itself
                 print(f"uft fork server: not warmed {module}.{function}: {type(e).__name__}: {e}", file=sys.stderr)
-            serve_pending(0.0)
+            listener.serve_pending(0.0)
         Path(path).with_name("ready").touch()
         while not stop and os.getppid() == parent:
-            serve_pending(0.2)
+            listener.serve_pending(0.2)
     finally:
-        listener.close()
+        for pid in stage_servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        sock.close()
         with contextlib.suppress(OSError):
             os.unlink(path)
         sys.stdout.flush()
@@ -505,4 +574,5 @@ def serve(path: str, parent: int) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]))
+    _plan = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {"preload": PRELOAD, "stages": []}
+    serve(sys.argv[1], int(sys.argv[2]), tuple(_plan["preload"]), tuple(_plan["stages"]))

@@ -316,3 +316,21 @@ def test_the_stages_functions_import_nothing_their_stage_lacks():
                               f"print(sorted(m for m in {sorted(rest)!r} if m in sys.modules))"])
             got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             assert got.strip() == "[]", (i, fn, got)
+
+
+def test_stopping_the_server_mid_import_is_prompt(tmp_path, monkeypatch):
+    """A cached rerun ends while the server is still importing (torch's import takes seconds):
+    the run's exit does not wait for that import, and the stage servers go with the server."""
+    (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with forkserver.serving(preload=("kfp.dsl.executor_main", "slow_to_import"),
+                            stages=(("kfp.dsl.executor_main", ("whoami",)),)) as shim:
+        stage = os.path.join(os.path.dirname(shim), forkserver.stage_socket(0))
+        deadline = time.monotonic() + 30
+        while not os.path.exists(stage) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # inside the 60 s import now
+        server = forkserver._PROCESS[shim]
+        t0 = time.monotonic()
+    took = time.monotonic() - t0
+    assert server.poll() is not None and took < 2, took

@@ -20,8 +20,9 @@ fallback costs the task seconds of imports, so none is silent: the shim or the s
 reason to a file beside the shim, read back with :func:`fallbacks` (``uft run`` prints each
 distinct reason once at the end). The driver's own changes to :data:`STARTUP_ENV` after the server
 started (importing torch's inductor sets ``TORCHINDUCTOR_CACHE_DIR``) do not reach the tasks:
-:func:`tasks_get_startup_env`. ``UFT_FORKSERVER=0`` turns the server off. On Kubernetes none of
-this exists: each step is a pod.
+:func:`tasks_get_startup_env`. The server takes a connection between two imports of its preload;
+the tasks of :data:`STAGES` go to frozen copies forked part-way, so they never wait for a long
+import. ``UFT_FORKSERVER=0`` turns the server off. On Kubernetes none of this exists: each step is a pod.
 """
 
 from __future__ import annotations
@@ -490,14 +491,29 @@ class _Listener:
             self.sock.settimeout(0.0)  # then only what is already waiting
 
 
-def _fork_stage_server(path: Path, listener: _Listener, stopping) -> int:
+def _leave(path: Path, stage_servers: list[int] = ()) -> None:
+    """End this server now: stop its stage servers, remove its socket, ``os._exit``. From SIGTERM,
+    even mid-import: a preload cut short loses nothing, and waiting for torch's import to end
+    would hold up the run's exit by seconds. Its waiters and tasks are processes of their own."""
+    for pid in stage_servers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(0)
+
+
+def _fork_stage_server(path: Path, listener: _Listener) -> int:
     """Fork a copy of this server, as loaded so far, that listens on ``path`` (it appears only once
     the copy listens, so a shim never finds it refusing) until SIGTERM or this server is gone → its pid."""
     parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
-    code = 0
+    signal.signal(signal.SIGTERM, lambda signum, frame: _leave(path))
     try:
         listener.sock.close()
         tmp = path.with_name(f".{path.name}")
@@ -506,71 +522,48 @@ def _fork_stage_server(path: Path, listener: _Listener, stopping) -> int:
         sock.listen(64)
         os.rename(tmp, path)
         own = _Listener(sock, listener.startup_env, listener.log)
-        while not stopping() and os.getppid() == parent:
+        while os.getppid() == parent:
             own.serve_pending(0.2)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    except BaseException:  # noqa: BLE001 — its tasks go to the main server instead
-        code = 1
-    finally:
-        os._exit(code)
+    finally:  # whatever ended it: its tasks go to the main server instead
+        _leave(path)
 
 
 def serve(path: str, parent: int, preload: tuple[str, ...] = PRELOAD, stages: tuple[str, ...] = ()) -> None:
     """Bind ``path``, then preload ``preload`` module by module, forking a waiter for each
     connection as it comes (a task that arrives mid-preload gets what is loaded so far and imports
     the rest itself) and a stage server (:data:`STAGES`, socket :func:`stage_socket`) after each
-    module in ``stages``, until SIGTERM or until ``parent`` (the kfp.local driver) is gone (checked
-    every 0.2 s). Ends with ``os._exit``: tearing down torch and MLflow would cost seconds."""
+    module in ``stages``, until SIGTERM (at once, see :func:`_leave`) or until ``parent`` (the
+    kfp.local driver) is gone (checked every 0.2 s)."""
     import importlib
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
     sock.listen(64)
-    stop = False
-
-    def on_term(signum, frame):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
+    stage_servers: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: _leave(Path(path), stage_servers))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the server; Ctrl-C is the tasks'
     listener = _Listener(sock, {k: os.environ.get(k) for k in STARTUP_ENV}, Path(path).with_name(FALLBACKS_FILE))
-    stage_servers: list[int] = []
     try:
         for name in preload:
-            if stop:
-                break
             try:
                 importlib.import_module(name)
             except Exception as e:  # a task that needs it fails with its own error; the rest still gain
                 print(f"uft fork server: not preloaded {name}: {type(e).__name__}: {e}", file=sys.stderr)
             for i, after in enumerate(stages):
                 if after == name:
-                    stage_servers.append(_fork_stage_server(Path(path).with_name(stage_socket(i)), listener,
-                                                            lambda: stop))
+                    stage_servers.append(_fork_stage_server(Path(path).with_name(stage_socket(i)), listener))
             listener.serve_pending(0.0)
         for module, function in WARM:
-            if stop:
-                break
             try:
                 getattr(importlib.import_module(module), function)()
             except Exception as e:  # a task that needs it does the work itself
                 print(f"uft fork server: not warmed {module}.{function}: {type(e).__name__}: {e}", file=sys.stderr)
             listener.serve_pending(0.0)
         Path(path).with_name("ready").touch()
-        while not stop and os.getppid() == parent:
+        while os.getppid() == parent:
             listener.serve_pending(0.2)
     finally:
-        for pid in stage_servers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _leave(Path(path), stage_servers)
 
 
 if __name__ == "__main__":

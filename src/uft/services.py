@@ -55,6 +55,16 @@ _PORT_FLAGS = (
 #: filer's leveldb journal with write(2) before answering, and the kernel keeps them when the
 #: process dies (test_local_services.py: a SIGKILLed server's objects are read back).
 STOP_GRACE_S = 1.5
+#: Held (flock) while a server stopped without waiting (:meth:`SeaweedServer.stop` ``wait=False``)
+#: is still shutting down: the next start waits on it instead of adopting a server about to die.
+STOPPING = "s3.stopping"
+#: Watches one server's exit through a pidfd (no pid reuse can fool it), kills it after the grace,
+#: and holds the :data:`STOPPING` lock (its inherited fd) until the server is gone.
+_REAPER = ("import select, signal, sys\n"
+           "fd, grace = int(sys.argv[1]), float(sys.argv[2])\n"
+           "if not select.select([fd], [], [], grace)[0]:\n"
+           "    signal.pidfd_send_signal(fd, signal.SIGKILL)\n"
+           "    select.select([fd], [], [], 30)\n")
 
 
 def free_port() -> int:
@@ -256,19 +266,25 @@ class SeaweedServer:
         raise UftError(f"SeaweedFS did not answer on {self.endpoint} within {timeout:.0f}s "
                        f"({last_error(_log_since(log_path, offset)) or 'no error in its log'}): see {log_path}")
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Leave the server (the last user stops it). ``wait=False``: do not wait for the stop (about
+        1 s, :data:`STOP_GRACE_S` at most); a detached reaper sees it through, and a start meanwhile
+        waits for it (:data:`STOPPING`)."""
         if self.shared is not None:
             shared, self.shared = self.shared, None
-            _release(self, shared)
+            _release(self, shared, wait)
             return
-        self._terminate()
+        self._terminate(wait)
 
-    def _terminate(self) -> None:
+    def _terminate(self, wait: bool = True) -> None:
         if self.proc is None and self.adopted_pid:
             kill_pid(self.adopted_pid, grace=STOP_GRACE_S)  # a leftover server's stop hangs the same way
             self.adopted_pid = 0
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
+            if not wait and _reap_later(self.proc.pid, self.data_dir.parent / STOPPING):
+                self.proc = None
+                return
             try:
                 self.proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
@@ -393,6 +409,7 @@ def start_seaweedfs(state_dir: Path, timeout: float = 60.0) -> SeaweedServer:
     users = os.open(state_dir / "s3.users", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         with _locked(state_dir / "s3.lock"):
+            _wait_stopped(state_dir / STOPPING)  # the last run's server, stopped without waiting
             # Under the lock: two first runs would otherwise each generate (and write) their own keys.
             server = SeaweedServer(state_dir / "s3", Credentials.load_or_create(state_dir / "s3-credentials.json"))
             server.data_dir.mkdir(parents=True, exist_ok=True)
@@ -432,7 +449,48 @@ def start_seaweedfs(state_dir: Path, timeout: float = 60.0) -> SeaweedServer:
     return server
 
 
-def _release(server: SeaweedServer, users: int) -> None:
+def _reap_later(pid: int, lock: Path) -> bool:
+    """Hand the stop of ``pid`` (already sent SIGTERM) to a detached reaper (:data:`_REAPER`) that
+    holds ``lock`` until it is gone → False where that cannot be done (no pidfd: wait instead)."""
+    try:
+        pidfd = os.pidfd_open(pid)  # while pid is our child (a zombie at worst), it cannot be reused
+    except (AttributeError, OSError):
+        return False
+    held = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: an earlier stop still going (then wait)
+        subprocess.Popen([sys.executable, "-S", "-I", "-c", _REAPER, str(pidfd), str(STOP_GRACE_S)],
+                         pass_fds=(pidfd, held), start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+        os.close(held)  # the reaper's copy keeps the lock
+
+
+def _wait_stopped(lock: Path, timeout: float = STOP_GRACE_S + 30) -> None:
+    """Wait until no server of this state dir is still stopping (:data:`STOPPING`); after
+    ``timeout`` go on (a stuck one is then found and replaced like any leftover)."""
+    if not lock.exists():
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.02)
+    finally:
+        os.close(fd)
+
+
+def _release(server: SeaweedServer, users: int, wait: bool = True) -> None:
     """Leave the shared server; the last user stops it and removes its record."""
     state_dir = server.data_dir.parent
     with _locked(state_dir / "s3.lock"):
@@ -442,7 +500,7 @@ def _release(server: SeaweedServer, users: int) -> None:
         except BlockingIOError:
             last = False
         if last:
-            server._terminate()
+            server._terminate(wait)
             with contextlib.suppress(FileNotFoundError):
                 (server.data_dir / RECORD).unlink()
         os.close(users)

@@ -39,9 +39,12 @@ class ServiceEnv(dict):
         self._leaving: threading.Thread | None = None
 
     def leave_s3(self) -> None:
-        """Leave (and, as its last user, stop) the S3 server in the background; the context's exit waits for it."""
+        """Leave (and, as its last user, stop) the S3 server in the background. The stop itself is
+        not waited for (about 1 s, weed's own): a detached reaper ends it, and the next start waits
+        for that (:meth:`uft.services.SeaweedServer.stop`); the context's exit waits for the leaving."""
         if self._server is not None and self._leaving is None:
-            self._leaving = threading.Thread(target=self._server.stop, name="uft-s3-stop", daemon=True)
+            self._leaving = threading.Thread(target=self._server.stop, kwargs={"wait": False}, name="uft-s3-stop",
+                                             daemon=True)
             self._leaving.start()
 
     def _close(self) -> None:

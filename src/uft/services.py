@@ -233,11 +233,12 @@ class SeaweedServer:
         return self._wait_ready(timeout, log_path, offset)
 
     def _wait_ready(self, timeout: float, log_path: Path, offset: int) -> str:
-        import boto3
         import botocore.exceptions
         from botocore.config import Config
 
-        client = boto3.client(
+        from uft.store import s3_session
+
+        client = s3_session().client(
             "s3", endpoint_url=self.endpoint, aws_access_key_id=self.credentials.access_key,
             aws_secret_access_key=self.credentials.secret_key, region_name="us-east-1",
             config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
@@ -301,11 +302,12 @@ class SeaweedServer:
 
     def healthy(self, timeout: float = 5.0) -> bool:
         """Whether the server answers an authenticated ListBuckets with this handle's keys."""
-        import boto3
         from botocore.config import Config
 
+        from uft.store import s3_session
+
         try:
-            boto3.session.Session().client(
+            s3_session().client(
                 "s3", endpoint_url=self.endpoint, aws_access_key_id=self.credentials.access_key,
                 aws_secret_access_key=self.credentials.secret_key, region_name="us-east-1",
                 config=Config(retries={"max_attempts": 2}, connect_timeout=2, read_timeout=timeout),

@@ -33,7 +33,8 @@ def whoami(tag: str, out: dsl.Output[dsl.Artifact]):
                    "omp": os.environ.get("OMP_NUM_THREADS"), "cwd": os.getcwd(),
                    "torch_preloaded": "torch" in sys.modules, "argv0": sys.argv[0],
                    "mlflow_packages_mapped": getattr(sys.modules.get("mlflow.utils.requirements_utils"),
-                                                     "_PACKAGES_TO_MODULES", None) is not None}, f)
+                                                     "_PACKAGES_TO_MODULES", None) is not None,
+                   "s3_models_parsed": bool(getattr(sys.modules.get("uft.store"), "_MODELS", None))}, f)
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -259,6 +260,7 @@ def test_a_forked_task_finds_mlflows_package_map_already_built(tmp_path, shim):
     a forked task that logs a model (promote) does not rebuild it (0.3-1 s each time)."""
     record, _ = _run(tmp_path, shim, whoami)
     assert record["torch_preloaded"] and record["mlflow_packages_mapped"]
+    assert record["s3_models_parsed"]  # and botocore's S3 model (each S3 client parsed it: 0.1 s)
 
 
 def test_a_staged_task_does_not_wait_for_the_preloads_long_imports(tmp_path, monkeypatch):

@@ -43,6 +43,11 @@ def run(
         state = state_dir()
         with contextlib.ExitStack() as stack:
             stack.enter_context(run_lock(state))  # first: a second run is refused in a second, not after imports
+            # MLflow's imports (≈ 2 s, the longest part of a cached rerun's start) overlap the fork
+            # server's and the S3 server's start, the estimate and the first tasks: the run needs
+            # MLflow first for its task cache's key, after the fingerprints (an import in progress
+            # in this thread makes any other importer wait for it, so no join is needed).
+            _import_ahead(("mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store"))
             shim = None
             if forkserver.enabled():  # warms up (imports torch, MLflow, …) while the services start
                 shim = stack.enter_context(forkserver.serving())
@@ -50,9 +55,6 @@ def run(
             cfg, checked = check({"source": source, "target": target, **params}, store_uri=store_uri,
                                  stages=("local", "remote") if external else ("local",))
             stack.enter_context(signals_raise())
-            # MLflow's imports (≈ 2 s) overlap the S3 server's start and the estimate instead of
-            # following them: the run needs MLflow first for its task cache's key.
-            mlflow_ready = _import_ahead(("mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store"))
             env = stack.enter_context(local_services(state, say=lambda m: err.print(f"[dim]{m}[/]", highlight=False)))
             layouts = dict(checked.datasets)
             if not external and needs_remote(cfg, store_uri):  # s3:// data on the local server
@@ -77,7 +79,6 @@ def run(
             console.print(f"[dim]state: {state}  ·  S3: {env.get('AWS_ENDPOINT_URL', os.environ.get('AWS_ENDPOINT_URL', '-'))}"
                           f"  ·  MLflow: {os.environ['MLFLOW_TRACKING_URI']}[/]")
             extra = choice.params()
-            mlflow_ready.join()
             if verbose:
                 res = run_local(cfg, store_uri=store, experiment=experiment, run_id=run_id, quiet=False,
                                 extra_params=extra, after_tasks=env.leave_s3)

@@ -47,7 +47,7 @@ PRELOAD = (
     # two imports) rarely waits: a cached rerun's tasks (fingerprint, promote, report, finalize)
     # need only the first half; training and evaluation the rest.
     "kfp.dsl.executor_main", "kfp.dsl", "numpy", "pyarrow", "pyarrow.parquet", "boto3", "botocore.client",
-    "pydantic", "uft.lineage", "uft.data.fingerprint", "mlflow", "mlflow.tracking",
+    "uft.store", "pydantic", "uft.lineage", "uft.data.fingerprint", "mlflow", "mlflow.tracking",
     "mlflow.store.tracking.sqlalchemy_store", "uft.tracking", "uft.steps", "uft.promote", "uft.report",
     "PIL.Image", "uft.data.ingest", "torch", "torch.nn.functional", "uft.data.stream", "uft.ssl.train",
     "uft.evaluate.features", "uft.evaluate.linear", "uft.evaluate.knn", "uft.evaluate.label_free",
@@ -56,10 +56,11 @@ PRELOAD = (
     "mlflow.pytorch", "torch._dynamo", "torch.export",  # registering an encoder exports it (pt2)
     "matplotlib.pyplot",
 )
-#: Called once the preload is done (module, function): work every task that needs it would
-#: otherwise redo. MLflow maps every installed package to its modules (importlib.metadata, 0.3-1 s)
+#: Called once (module, function): work every task that needs it would otherwise redo; right
+#: after the preload imported that module, else once the preload is done. MLflow maps every installed package to its modules (importlib.metadata, 0.3-1 s)
 #: the first time a model is logged or loaded (the promote step logs the encoder).
-WARM = (("mlflow.utils.requirements_utils", "_init_packages_to_modules_map"),)
+WARM = (("mlflow.utils.requirements_utils", "_init_packages_to_modules_map"),
+        ("uft.store", "warm_s3_models"))  # botocore's S3 model, parsed for every client (0.1 s each)
 #: Frozen copies of the server, forked when its preload has imported a stage's last module, that
 #: serve the stage's tasks (kfp component functions) from then on. The server takes a connection
 #: only between two imports, and single imports take seconds (MLflow ~2-3 s, torch ~2-3 s on 2
@@ -506,6 +507,15 @@ def _leave(path: Path, stage_servers: list[int] = ()) -> None:
     os._exit(0)
 
 
+def _warm(module: str, function: str) -> None:
+    import importlib
+
+    try:
+        getattr(importlib.import_module(module), function)()
+    except Exception as e:  # a task that needs it does the work itself
+        print(f"uft fork server: not warmed {module}.{function}: {type(e).__name__}: {e}", file=sys.stderr)
+
+
 def _fork_stage_server(path: Path, listener: _Listener) -> int:
     """Fork a copy of this server, as loaded so far, that listens on ``path`` (it appears only once
     the copy listens, so a shim never finds it refusing) until SIGTERM or this server is gone → its pid."""
@@ -549,16 +559,17 @@ def serve(path: str, parent: int, preload: tuple[str, ...] = PRELOAD, stages: tu
                 importlib.import_module(name)
             except Exception as e:  # a task that needs it fails with its own error; the rest still gain
                 print(f"uft fork server: not preloaded {name}: {type(e).__name__}: {e}", file=sys.stderr)
+            for module, function in WARM:
+                if module == name:
+                    _warm(module, function)
             for i, after in enumerate(stages):
                 if after == name:
                     stage_servers.append(_fork_stage_server(Path(path).with_name(stage_socket(i)), listener))
             listener.serve_pending(0.0)
         for module, function in WARM:
-            try:
-                getattr(importlib.import_module(module), function)()
-            except Exception as e:  # a task that needs it does the work itself
-                print(f"uft fork server: not warmed {module}.{function}: {type(e).__name__}: {e}", file=sys.stderr)
-            listener.serve_pending(0.0)
+            if module not in preload:
+                _warm(module, function)
+                listener.serve_pending(0.0)
         Path(path).with_name("ready").touch()
         while os.getppid() == parent:
             listener.serve_pending(0.2)

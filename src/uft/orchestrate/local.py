@@ -352,7 +352,7 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
                 stack.enter_context(forkserver.tasks_get_startup_env(shim))
             local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
             if task_cache:
-                stack.enter_context(checked_task_cache(state_dir() / "kfp-cache", cache_salt(experiment, run_id)))
+                stack.enter_context(checked_task_cache(state_dir() / "kfp-cache", lambda: cache_salt(experiment, run_id)))
             stack.enter_context(contextlib.redirect_stdout(tap))
             stack.enter_context(contextlib.redirect_stderr(tap))
             stack.enter_context(no_retry_on_bad_input(tap))

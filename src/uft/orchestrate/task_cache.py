@@ -8,7 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from uft.errors import UftError
 from uft.store import default_bucket
@@ -117,9 +117,11 @@ def _key_arguments(component_name: str, arguments: dict[str, Any]) -> dict[str, 
 
 
 @contextlib.contextmanager
-def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
+def checked_task_cache(root: Path, salt: dict[str, str] | Callable[[], dict[str, str]]) -> Iterator[None]:
     """kfp.local's own task cache (what ``local.init(enable_caching=True)`` turns on), keyed also on
     ``salt`` and trusted only while every artifact a cached task returned is intact in the store.
+    ``salt`` may be a function, called once when the first key is computed: the first tasks (the
+    fingerprints, never cached) then run while the driver is still importing MLflow for it.
 
     A hit starts no process, as a KFP cluster skips the pod of a cached task; a task that
     ``set_caching_options(False)`` (the fingerprints, the exit handler) always runs, promote and
@@ -140,7 +142,7 @@ def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
             self.rekey: dict[str, tuple] = {}  # promote's key before it ran → how to key it after
 
         def compute_key(self, component_name, image, full_command, arguments, env_vars=None, custom_cache_key=None):
-            extra = {**salt, **_argument_contents(arguments)}
+            extra = {**salted(), **_argument_contents(arguments)}
             if component_name == "comp-promote":
                 extra["UFT_CACHE_REGISTRY"] = registry_state(str(arguments.get("registered_model", "")))
             if custom_cache_key:
@@ -169,6 +171,13 @@ def checked_task_cache(root: Path, salt: dict[str, str]) -> Iterator[None]:
                     Path(value.uri).parent.mkdir(parents=True, exist_ok=True)
                     Path(value.uri).touch(exist_ok=True)
             super().put(key, outputs)
+
+    memo: list[dict[str, str]] = []
+
+    def salted() -> dict[str, str]:
+        if not memo:
+            memo.append(salt() if callable(salt) else salt)
+        return memo[0]
 
     cache = CheckedCache(str(root))
     original = cache_module.get_local_cache

@@ -57,8 +57,9 @@ PRELOAD = (
     "matplotlib.pyplot",
 )
 #: Called once (module, function): work every task that needs it would otherwise redo; right
-#: after the preload imported that module, else once the preload is done. MLflow maps every installed package to its modules (importlib.metadata, 0.3-1 s)
-#: the first time a model is logged or loaded (the promote step logs the encoder).
+#: after the preload imported that module, else once the preload is done. MLflow maps every
+#: installed package to its modules (importlib.metadata, 0.3-1 s) the first time a model is logged
+#: or loaded (the promote step logs the encoder).
 WARM = (("mlflow.utils.requirements_utils", "_init_packages_to_modules_map"),
         ("uft.store", "warm_s3_models"))  # botocore's S3 model, parsed for every client (0.1 s each)
 #: Frozen copies of the server, forked when its preload has imported a stage's last module, that

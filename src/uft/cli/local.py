@@ -112,8 +112,9 @@ def _interrupted(e: KeyboardInterrupt) -> None:
 
 
 def _import_ahead(modules: tuple[str, ...]):
-    """Import ``modules`` in a background thread → the thread (join it before relying on them). A
-    failure there is left for the import that needs the module to raise, in its own words."""
+    """Import ``modules`` in a background thread → the thread. Another thread's import of a module
+    this one is importing waits for it to finish, so a join is needed only to wait for all of them.
+    A failure there is left for the import that needs the module to raise, in its own words."""
     import importlib
     import threading
 

@@ -4,6 +4,7 @@ the content of every manifest a task reads, and trusted only while the outputs v
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -121,7 +122,9 @@ def checked_task_cache(root: Path, salt: dict[str, str] | Callable[[], dict[str,
     """kfp.local's own task cache (what ``local.init(enable_caching=True)`` turns on), keyed also on
     ``salt`` and trusted only while every artifact a cached task returned is intact in the store.
     ``salt`` may be a function, called once when the first key is computed: the first tasks (the
-    fingerprints, never cached) then run while the driver is still importing MLflow for it.
+    fingerprints, never cached) then run while the driver is still importing MLflow for it (kfp.local
+    computes a key only for a task whose caching is on: kfp/local/orchestrator/task_executor.py
+    execute_single_task, kfp 2.17).
 
     A hit starts no process, as a KFP cluster skips the pod of a cached task; a task that
     ``set_caching_options(False)`` (the fingerprints, the exit handler) always runs, promote and
@@ -172,12 +175,7 @@ def checked_task_cache(root: Path, salt: dict[str, str] | Callable[[], dict[str,
                     Path(value.uri).touch(exist_ok=True)
             super().put(key, outputs)
 
-    memo: list[dict[str, str]] = []
-
-    def salted() -> dict[str, str]:
-        if not memo:
-            memo.append(salt() if callable(salt) else salt)
-        return memo[0]
+    salted = functools.cache(salt if callable(salt) else lambda: salt)
 
     cache = CheckedCache(str(root))
     original = cache_module.get_local_cache

@@ -127,7 +127,7 @@ def uft_run(state: Path, params: list[str], env: dict[str, str], cwd: Path | Non
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Run(wall, cpu, rc, parse_tasks(out), out[-3000:], load)
+    return Run(wall, cpu, rc, parse_tasks(out), out[-8000:], load)  # the verdict and the gate's line too
 
 
 def user_env() -> dict[str, str]:

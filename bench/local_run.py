@@ -223,19 +223,26 @@ def per_task(tree: list[tuple[Run, Run]], old: list[tuple[Run, Run]], commit: st
 
 def compare(commit: str, params: list[str] | None = None, rounds: int = 3, terminal: bool = True) -> str:
     """The working tree and ``commit`` side by side, ``rounds`` rounds → the markdown table.
+    Without ``params`` each code runs `make run`'s pipeline as its own Makefile has it (its own
+    ``DEMO_BUDGET``); with them, both run those.
     ``terminal``: each run's output goes to a pseudo-terminal, as `make run` typed in one."""
     env = user_env()
     env["UFT_TASK_CACHE"] = "1"
-    params = list(params) if params else demo_budget()
-    command = " ".join(["uft run", *[f"-p {p}" for p in params]]) + (" (in a terminal)" if terminal else " (output to pipes)")
+    suffix = " (in a terminal)" if terminal else " (output to pipes)"
     results: dict[str, list[tuple[Run, Run]]] = {"tree": [], "old": []}
     with worktree(commit) as old_root, tempfile.TemporaryDirectory(prefix="uft-bench-sbs-") as tmp:
+        budget = {"tree": list(params) if params else demo_budget(),
+                  "old": list(params) if params else demo_budget(old_root / "Makefile")}
         how = {"tree": (env, ROOT), "old": (old_code_env(env, old_root), old_root)}
+        line = lambda which: " ".join(["uft run", *[f"-p {p}" for p in budget[which]]])  # noqa: E731
+        command = (line("tree") + suffix if budget["tree"] == budget["old"]
+                   else f"working tree: {line('tree')}; {commit}: {line('old')} (each its own Makefile's DEMO_BUDGET){suffix}")
         for i in range(rounds):
             for which in (("tree", "old") if i % 2 == 0 else ("old", "tree")):  # alternate who goes first
                 run_env, cwd = how[which]
                 state = Path(tmp) / f"{which}-{i}"
-                pair = (uft_run(state, params, run_env, cwd, terminal), uft_run(state, params, run_env, cwd, terminal))
+                ps = budget[which]
+                pair = (uft_run(state, ps, run_env, cwd, terminal), uft_run(state, ps, run_env, cwd, terminal))
                 for r in pair:
                     if r.rc != 0:
                         raise SystemExit(f"`uft run` of the {which} code failed ({r.rc}):\n{r.tail}")

@@ -63,7 +63,9 @@ def local_run(s3_server, tmp_path_factory):
 
         estimate_seconds(validate_config(TINY))
         cache_dir()
-        res = run_local(validate_config(TINY), store_uri="s3://pipe-artifacts/uft", experiment="pipe")
+        # Two tasks at a time where the DAG allows (UFT_LOCAL_WORKERS=2, uft.orchestrate.local_dag),
+        # as on a cluster: the tests below hold for that too; test_tasks_ran_at_once_in_the_dags_order checks it.
+        res = run_local(validate_config(TINY), store_uri="s3://pipe-artifacts/uft", experiment="pipe", workers=2)
     if inductor_dir is not None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
     yield res, tmp
@@ -104,6 +106,28 @@ def test_every_task_ran_in_the_fork_server(local_run):
     environment changed after the server started (the estimate's TORCHINDUCTOR_CACHE_DIR)."""
     res, _ = local_run
     assert res.fallbacks == [], res.fallbacks
+
+
+def test_tasks_ran_at_once_in_the_dags_order(local_run, tmp_path):
+    """With two workers, some tasks overlapped, and none started before every task it depends on in
+    the compiled DAG (its ``dependentTasks``, what Argo's ``depends`` is made of) had ended."""
+    from kfp import compiler
+
+    from pipelines.uft_pipeline import uft_pipeline
+
+    res, _ = local_run
+    spans = res.task_spans
+    compiler.Compiler().compile(uft_pipeline, str(tmp_path / "p.yaml"))
+    spec = next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))  # then the platform spec
+    (body,) = [c["dag"]["tasks"] for name, c in spec["components"].items() if name.startswith("comp-exit-handler")]
+    assert set(body) <= set(spans), sorted(set(body) - set(spans))
+    for task, t in body.items():
+        for dep in t.get("dependentTasks", []):
+            assert spans[task][0] >= spans[dep][1], f"{task} started before {dep} ended"
+    names = sorted(body)
+    overlapping = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+                   if max(spans[a][0], spans[b][0]) < min(spans[a][1], spans[b][1])]
+    assert overlapping, "no two tasks ran at the same time"
 
 
 def test_identical_rerun_reuses_promote_and_report(local_run, tmp_path, monkeypatch):

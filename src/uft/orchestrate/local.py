@@ -20,6 +20,7 @@ from uft.config import RunConfig
 from uft.errors import UftError
 from uft.orchestrate import forkserver
 from uft.orchestrate.lifecycle import stop_tasks
+from uft.orchestrate.local_dag import concurrent_dag, default_workers
 from uft.orchestrate.task_cache import cache_bundled_ingest, cache_decided, cache_salt, checked_task_cache
 from uft.store import content_key, default_bucket
 
@@ -151,6 +152,8 @@ class LocalRun:
     fallbacks: list[str] = field(default_factory=list)
     #: Tasks answered from kfp.local's task cache (no process started), in order.
     cached_tasks: list[str] = field(default_factory=list)
+    #: When each task started and ended (``time.time()``): tasks run at once where the DAG allows.
+    task_spans: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: Seconds each training step (pretrain, ssl_finetune) trained in this run; cached ones left out.
     train_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -158,7 +161,11 @@ class LocalRun:
 class _ErrorTap(io.TextIOBase):
     """Tees the runner's output, remembers the uft error line each task printed and which task
     failed first, and reports task starts, progress lines (:mod:`uft.progress`) and task ends to
-    ``on_event(task, text)``."""
+    ``on_event(task, text)``.
+
+    Tasks may run at once (:mod:`uft.orchestrate.local_dag`), each in a thread of its own that
+    logs its start and prints its process's output: a line belongs to the task its thread started
+    last."""
 
     pattern = re.compile(r"uft\.errors\.(UftError|TransientError): (.*)")
     _ansi = re.compile(r"\x1b\[[0-9;]*m")
@@ -166,35 +173,45 @@ class _ErrorTap(io.TextIOBase):
 
     def __init__(self, inner, quiet: bool, on_event: Callable[[str, str], None] | None = None):
         self.inner, self.quiet, self.on_event, self.last_error = inner, quiet, on_event, None
-        self.current_task: str | None = None
+        self.current_task: str | None = None  # the task started last (in any thread)
+        self._tls = threading.local()  # per thread: its task and how many executions it logged
+        self._lock = threading.Lock()
         self.task_errors: dict[str, str] = {}  # task → the last uft error line it printed
         self.kinds: dict[str, str] = {}  # task → that error's class: UftError (bad input) or TransientError
         self.failed: list[str] = []  # tasks that finished with FAILURE, in order
         self.executions = 0  # "Executing task" lines seen: a task call that adds none was a cache hit
         self.cached: list[str] = []  # tasks answered from kfp.local's task cache, in order
+        self.spans: dict[str, tuple[float, float]] = {}  # task → (start, end), time.time() of its events
 
     def write(self, s: str) -> int:
-        for line in s.splitlines():
-            plain = self._ansi.sub("", line)
-            if m := self.pattern.search(plain):
-                self.last_error = m.group(2).strip()
-                if self.current_task:
-                    self.task_errors[self.current_task], self.kinds[self.current_task] = self.last_error, m.group(1)
-            if m := re.search(r"Executing task '([\w-]+)'", plain):
-                self.current_task = m.group(1)
-                self.executions += 1
-                self._emit(self.current_task, "started")
-            elif m := re.search(r"Task '([\w-]+)' finished with status (\w+)", plain):
-                if m.group(2).upper() == "FAILURE":
-                    self.failed.append(m.group(1))
-                self._emit(m.group(1), m.group(2).lower())
-            elif plain.startswith(forkserver.CPU_LINE):  # a forked task's CPU (not in RUSAGE_CHILDREN)
-                self._emit(self.current_task or "", plain)
-            elif self.current_task and (ev := progress.parse(plain)):
-                self._emit(self.current_task, ev.describe())
-        if not self.quiet:
-            self.inner.write(self._cpu_line.sub("", s))
+        with self._lock:
+            for line in s.splitlines():
+                plain = self._ansi.sub("", line)
+                task = getattr(self._tls, "task", None) or self.current_task
+                if m := self.pattern.search(plain):
+                    self.last_error = m.group(2).strip()
+                    if task:
+                        self.task_errors[task], self.kinds[task] = self.last_error, m.group(1)
+                if m := re.search(r"Executing task '([\w-]+)'", plain):
+                    self.current_task = self._tls.task = m.group(1)
+                    self.executions += 1
+                    self._tls.executions = self.thread_executions() + 1
+                    self._emit(self.current_task, "started")
+                elif m := re.search(r"Task '([\w-]+)' finished with status (\w+)", plain):
+                    if m.group(2).upper() == "FAILURE":
+                        self.failed.append(m.group(1))
+                    self._emit(m.group(1), m.group(2).lower())
+                elif plain.startswith(forkserver.CPU_LINE):  # a forked task's CPU (not in RUSAGE_CHILDREN)
+                    self._emit(task or "", plain)
+                elif task and (ev := progress.parse(plain)):
+                    self._emit(task, ev.describe())
+            if not self.quiet:
+                self.inner.write(self._cpu_line.sub("", s))
         return len(s)
+
+    def thread_executions(self) -> int:
+        """How many task executions the calling thread has logged: a task call that adds none was a cache hit."""
+        return getattr(self._tls, "executions", 0)
 
     def cache_hit(self, task: str) -> None:
         """``task`` was answered from kfp.local's task cache: no process ran (events "started", "cached")."""
@@ -220,6 +237,10 @@ class _ErrorTap(io.TextIOBase):
         return task, self.task_errors.get(task or "") or self.last_error
 
     def _emit(self, task: str, text: str) -> None:
+        if text == "started":
+            self.spans[task] = (time.time(), float("nan"))
+        elif text in ("success", "failure", "cached") and task in self.spans:
+            self.spans[task] = (self.spans[task][0], time.time())
         if self.on_event is not None:
             self.on_event(task, text)
 
@@ -264,10 +285,10 @@ def no_retry_on_bad_input(tap: _ErrorTap) -> Iterator[None]:
         once = copy.deepcopy(task_spec)
         once.ClearField("retry_policy")
         tap.begin_attempt(task_name)
-        seen = tap.executions
+        seen = tap.thread_executions()
         started = time.time()
         outputs, result = original(task_name=task_name, task_spec=once, **kw)
-        if result == status.Status.SUCCESS and tap.executions == seen:
+        if result == status.Status.SUCCESS and tap.thread_executions() == seen:
             tap.cache_hit(task_name)
         if result != status.Status.SUCCESS and policy.max_retry_count > 0 and not tap.bad_input(task_name):
             # Whether and when to retry, as Argo decides on a cluster (backoff_max_duration is a
@@ -312,7 +333,7 @@ def derive_run_id(cfg: RunConfig, store_uri: str) -> str:
 def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", run_id: str = "",
               quiet: bool = True, on_event: Callable[[str, str], None] | None = None,
               extra_params: dict[str, str] | None = None, task_cache: bool | None = None,
-              after_tasks: Callable[[], None] | None = None) -> LocalRun:
+              after_tasks: Callable[[], None] | None = None, workers: int | None = None) -> LocalRun:
     """Compile-free local run of :func:`pipelines.uft_pipeline.uft_pipeline` via kfp.local, each
     task a fork of a warm server (:mod:`uft.orchestrate.forkserver`; ``UFT_FORKSERVER=0``: a fresh
     interpreter per task).
@@ -322,6 +343,8 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     (each still finds its outputs in the step cache of :mod:`uft.steps`).
 
     ``extra_params`` (e.g. how the defaults were inferred) join the config on the parent MLflow run.
+    ``workers``: how many tasks run at once, each as soon as its upstream tasks succeeded, as on a
+    cluster (:mod:`uft.orchestrate.local_dag`); None = ``$UFT_LOCAL_WORKERS`` or 1 (one by one).
     ``after_tasks()`` is called once the last task has ended (e.g. :meth:`ServiceEnv.leave_s3`: what
     follows reads MLflow only).
     ``on_event(task, text)`` hears each task's start ("started"), progress ("pretrain 40/200 ·
@@ -356,6 +379,7 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
             stack.enter_context(contextlib.redirect_stdout(tap))
             stack.enter_context(contextlib.redirect_stderr(tap))
             stack.enter_context(no_retry_on_bad_input(tap))
+            stack.enter_context(concurrent_dag(default_workers() if workers is None else workers))
             _quiet_kfp_logs(quiet)
             uft_pipeline(store_uri=store_uri, experiment=experiment, run_id=run_id, **cfg.model_dump())
             if shim is not None:
@@ -376,7 +400,7 @@ def run_local(cfg: RunConfig, *, store_uri: str = "", experiment: str = "uft", r
     # `uft compare`/`uft sweep` can group by any parameter.
     tracking.log_parent_params(experiment, run_id, {**cfg.model_dump(), **(extra_params or {})})
     out = collect(run_id, experiment, seconds)
-    out.fallbacks, out.cached_tasks = fallbacks, list(tap.cached)
+    out.fallbacks, out.cached_tasks, out.task_spans = fallbacks, list(tap.cached), dict(tap.spans)
     # A task answered from kfp.local's task cache left the first run's MLflow run (and its time) in place.
     out.train_seconds = {k: v for k, v in out.train_seconds.items() if k.replace("_", "-") not in tap.cached}
     return out

@@ -83,6 +83,9 @@ class CurveConfig:
     colour_sizes: list[int] = field(default_factory=lambda: [32, 64, 96, 128])
     colour_per_class: int = 200
     size_tolerance: float = 0.02
+    #: Where training and feature extraction run ("cpu", "cuda", "cuda:1"); the metrics (probes,
+    #: k-NN) are computed on CPU from the features either way.
+    device: str = "cpu"
 
     def grid(self, split: str = "test", **kw: Any) -> GridConfig:
         """The :class:`bench.uft_grid.GridConfig` whose loaders and pretraining this arm reuses."""
@@ -155,20 +158,28 @@ def imagenet_start(seed: int):
     return build_method("simclr", build_encoder("efficientnet_lite0", in_channels=3, pretrained=True)).eval()
 
 
+def _on(module, cfg: CurveConfig):
+    """``module`` moved to ``cfg.device``."""
+    return module.to(torch.device(cfg.device))
+
+
 def base_for(cfg: CurveConfig, data: Splits, seed: int):
     """The start of every finetune of this (pair, seed): a SimCLR base on the source, or the ImageNet start."""
     if cfg.arm == "realistic":
-        return imagenet_start(seed)
-    return pretrain(data.src_train, "simclr", seed, cfg.grid()).eval()
+        return _on(imagenet_start(seed), cfg)
+    return pretrain(data.src_train, "simclr", seed, cfg.grid(), device=cfg.device).eval()
 
 
 # --- evaluation --------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def _features(encoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(N, C, H, W)`` → features ``(N, D)`` in eval mode, 256 rows at a time."""
+    """uint8 ``(N, C, H, W)`` → features ``(N, D)`` on CPU, in eval mode, 256 rows at a time on the
+    encoder's device."""
     encoder.eval()
-    return torch.cat([encoder(images[i:i + 256].float().div(255)) for i in range(0, len(images), 256)])
+    dev = next(encoder.parameters()).device
+    return torch.cat([encoder(images[i:i + 256].to(dev).float().div(255)).float().cpu()
+                      for i in range(0, len(images), 256)])
 
 
 def evaluate(encoder: torch.nn.Module, data: Splits, cfg: CurveConfig, seed: int) -> dict[str, dict[str, float]]:
@@ -220,7 +231,8 @@ def finetune_curve(base, target: torch.Tensor, replay: torch.Tensor, variant: st
                 curve[step] = evaluate(method.encoder, data, cfg, seed)
             method.train()
 
-    train_ssl(method, target, tc, replay=replay if (replay_on or mixing) else None, mix_plan=plan, on_log=on_log)
+    train_ssl(method, target, tc, replay=replay if (replay_on or mixing) else None, mix_plan=plan, on_log=on_log,
+              device=cfg.device)
     return curve
 
 
@@ -231,7 +243,7 @@ def choose_colour_size(cfg: CurveConfig, store: str, log: Callable[[str], None] 
     20-NN on the target is within ``size_tolerance`` of the best candidate's → (size, {size: val k-NN})."""
     scores = {}
     for s in sorted(cfg.colour_sizes):
-        scores[s] = evaluate(imagenet_start(0).encoder, load_colour(store, cfg, s), cfg, 0)["val"]["knn"]
+        scores[s] = evaluate(_on(imagenet_start(0), cfg).encoder, load_colour(store, cfg, s), cfg, 0)["val"]["knn"]
         log(f"colour pair at {s} px: base val k-NN {scores[s]:.3f}")
     best = max(scores.values())
     return min(s for s, v in scores.items() if v >= best - cfg.size_tolerance), scores
@@ -552,6 +564,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CurveConfig, argparse.Nam
     for name in ("lr", "replay_ratio", "mix_alpha", "mix_fraction", "size_tolerance"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     p.add_argument("--mix-op", default=d.mix_op)
+    p.add_argument("--device", default=d.device, help="cpu (default), cuda or cuda:N: where training and features run")
     p.add_argument("--store", default=".uft/damage_curve_store", help="local store dir for the ingested pairs")
     p.add_argument("--out", default=None, help="output path without extension (.md, .json); default "
                                                "bench/results/damage_curve[_realistic]")
@@ -566,6 +579,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[CurveConfig, argparse.Nam
         check_names(p, cfg.pairs, cfg.variants, VARIANTS)
     elif cfg.pairs != [COLOUR]:
         p.error(f"--pairs: the realistic arm has one pair, {COLOUR!r}")
+    if not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        p.error(f"--device {cfg.device!r}: use cpu, cuda or cuda:N")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {cfg.device}: this machine has no CUDA device (torch.cuda.is_available() is False); "
+                "run on a GPU machine or use --device cpu")
     if 0 not in cfg.checkpoints or len(cfg.checkpoints) < 2 or min(cfg.checkpoints) < 0:
         p.error(f"--checkpoints {cfg.checkpoints}: include 0 (the base) and at least one step > 0")
     return cfg, a

@@ -139,3 +139,17 @@ def test_micro_damage_curve_end_to_end(tmp_path, micro, monkeypatch):
     assert len(rows) == 1 and rows[0].count(" ± ") == 3  # 10-shot, k-NN, source k-NN
     diffs = [r for r in text.splitlines() if "naive(3) − base" in r]
     assert len(diffs) == 1 and all(re.search(r"[+-]\d\.\d{3} ± \d\.\d{3}", c) for c in diffs[0].split("|")[4:7])
+
+
+def test_device_option_is_checked_and_features_come_back_on_cpu():
+    import torch
+
+    assert dc.parse_args([])[0].device == "cpu"
+    with pytest.raises(SystemExit):
+        dc.parse_args(["--device", "tpu"])
+    if not torch.cuda.is_available():  # a GPU run must be asked for where there is a GPU
+        with pytest.raises(SystemExit):
+            dc.parse_args(["--device", "cuda"])
+    enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    f = dc._features(enc, torch.zeros(300, 1, 2, 2, dtype=torch.uint8))
+    assert f.shape == (300, 3) and f.device.type == "cpu" and f.dtype == torch.float32

@@ -5,6 +5,7 @@ kfp.local alone runs them one by one. Real kfp.local pipelines, each task a subp
 
 
 import builtins
+import functools
 import logging
 from pathlib import Path
 
@@ -14,8 +15,11 @@ from kfp import dsl, local
 from uft.errors import UftError
 from uft.orchestrate.local_dag import concurrent_dag, default_workers
 
+# No pip install in the command: kfp.local runs such tasks one at a time (subprocess_task_handler.environment).
+component = functools.partial(dsl.component, base_image="python:3.11", install_kfp_package=False)
 
-@dsl.component(base_image="python:3.11", install_kfp_package=False)  # no pip install: kfp.local serialises those (subprocess_task_handler.environment)
+
+@component
 def stamp(name: str, seconds: float, out_dir: str) -> str:
     """Sleep, then write "<start> <end>" to out_dir/name."""
     import pathlib
@@ -27,7 +31,7 @@ def stamp(name: str, seconds: float, out_dir: str) -> str:
     return name
 
 
-@dsl.component(base_image="python:3.11", install_kfp_package=False)  # no pip install: kfp.local serialises those (subprocess_task_handler.environment)
+@component
 def meet(name: str, other: str, out_dir: str) -> str:
     """Say this task has started, wait up to 60 s for ``other`` to say so too; write out_dir/name:
     "met" when it did (the two ran at the same time), else "alone"."""
@@ -43,7 +47,7 @@ def meet(name: str, other: str, out_dir: str) -> str:
     return name
 
 
-@dsl.component(base_image="python:3.11", install_kfp_package=False)  # no pip install: kfp.local serialises those (subprocess_task_handler.environment)
+@component
 def joined(first: str, second: str, out_dir: str) -> str:
     """Write "<start> <start>" to out_dir/<first><second>: a task that reads both outputs."""
     import pathlib
@@ -54,7 +58,7 @@ def joined(first: str, second: str, out_dir: str) -> str:
     return first + second
 
 
-@dsl.component(base_image="python:3.11", install_kfp_package=False)  # no pip install: kfp.local serialises those (subprocess_task_handler.environment)
+@component
 def fails() -> str:
     raise SystemExit(3)
 

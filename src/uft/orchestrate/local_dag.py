@@ -73,8 +73,8 @@ def concurrent_dag(workers: int) -> Iterator[None]:
     from kfp.local.orchestrator import dag_orchestrator
     from kfp.local.orchestrator import enhanced_dag_orchestrator as edo
 
-    original_simple = dag_orchestrator.run_dag
-    original_run, original_logger, original_indent = edo.run_enhanced_dag, logging_utils.local_logger_context, logging_utils.indented_print
+    original_simple, original_run = dag_orchestrator.run_dag, edo.run_enhanced_dag
+    original_logger, original_indent = logging_utils.local_logger_context, logging_utils.indented_print
     original_print = builtins.print
     held: list = []  # the entered contexts: the first installs kfp's handler, the last out removes it
     lock = threading.Lock()

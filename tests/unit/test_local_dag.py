@@ -5,6 +5,7 @@ kfp.local alone runs them one by one. Real kfp.local pipelines, each task a subp
 
 
 import builtins
+import contextlib
 import functools
 import logging
 from pathlib import Path
@@ -59,6 +60,18 @@ def joined(first: str, second: str, out_dir: str) -> str:
 
 
 @component
+def sleeper(out_dir: str) -> str:
+    """Write this process's pid to out_dir/pid, then sleep 60 s."""
+    import os
+    import pathlib
+    import time
+
+    pathlib.Path(out_dir, "pid").write_text(str(os.getpid()))
+    time.sleep(60)
+    return "slept"
+
+
+@component
 def fails() -> str:
     raise SystemExit(3)
 
@@ -75,6 +88,12 @@ def rendezvous(out_dir: str):
     a = meet(name="a", other="b", out_dir=out_dir)
     b = meet(name="b", other="a", out_dir=out_dir)
     joined(first=a.output, second=b.output, out_dir=out_dir)
+
+
+@dsl.pipeline
+def long_and_short(out_dir: str):
+    sleeper(out_dir=out_dir)
+    stamp(name="short", seconds=0.0, out_dir=out_dir)
 
 
 @dsl.pipeline
@@ -171,3 +190,33 @@ def test_a_task_ending_first_does_not_take_the_log_handler_from_one_still_runnin
             assert first_left.is_set()
             logging.info("the second task's line")
     assert "the second task's line" in capsys.readouterr().out
+
+
+def test_ctrl_c_is_not_held_until_the_running_tasks_end(kfp_local):
+    """An interrupt in the caller's thread leaves the scheduler at once (the caller then stops the
+    tasks: run_local calls lifecycle.stop_tasks); waiting for the pool would hold it until the
+    60 s task ended."""
+    import _thread
+    import os
+    import signal
+    import threading
+    import time
+
+    pid_file = kfp_local / "pid"
+
+    def interrupt_once_running() -> None:
+        deadline = time.time() + 30
+        while not pid_file.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_once_running, daemon=True).start()
+    t0 = time.time()
+    try:
+        with pytest.raises(KeyboardInterrupt), concurrent_dag(2):
+            long_and_short(out_dir=str(kfp_local))
+        assert time.time() - t0 < 30
+    finally:
+        if pid_file.exists():  # what run_local's stop_tasks does: the task's process ends
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)

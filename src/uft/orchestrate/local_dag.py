@@ -174,7 +174,8 @@ def run_dag_concurrently(original, workers: int, *, pipeline_resource_name: str,
     succeeded: set[str] = set()
     failed: set[str] = set()
     running: dict[concurrent.futures.Future, str] = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kfp-task") as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kfp-task")
+    try:
         while order or running:
             for name in list(order):
                 spec = body[name]
@@ -196,6 +197,12 @@ def run_dag_concurrently(original, workers: int, *, pipeline_resource_name: str,
                 name = running.pop(future)
                 outputs, result = future.result()  # an exception ends the run, as in kfp.local
                 (succeeded if record(name, outputs, result) else failed).add(name)
+    except BaseException:
+        # Ctrl-C (or an error) in this thread: do not wait here for the running tasks, which would
+        # hold the interrupt until they end; the caller stops them (run_local: lifecycle.stop_tasks).
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
     exit_failed = False
     for name, spec in exit_tasks.items():  # after the body, whatever its outcome

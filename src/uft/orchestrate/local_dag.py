@@ -192,7 +192,8 @@ def run_dag_concurrently(original, workers: int, *, pipeline_resource_name: str,
                 if order:  # nothing ready, nothing to wait for: a dependency that never runs
                     raise RuntimeError(f"tasks {order} wait for tasks that never run")
                 break
-            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            # A timeout, so this thread wakes to take a pending Ctrl-C even when the signal went to another thread.
+            done, _ = concurrent.futures.wait(running, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
                 name = running.pop(future)
                 outputs, result = future.result()  # an exception ends the run, as in kfp.local

@@ -220,3 +220,6 @@ def test_ctrl_c_is_not_held_until_the_running_tasks_end(kfp_local):
         if pid_file.exists():  # what run_local's stop_tasks does: the task's process ends
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        for t in threading.enumerate():  # its thread too, before another test uses kfp.local's logging
+            if t.name.startswith("kfp-task"):
+                t.join(10)

@@ -153,3 +153,24 @@ def test_device_option_is_checked_and_features_come_back_on_cpu():
     enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     f = dc._features(enc, torch.zeros(300, 1, 2, 2, dtype=torch.uint8))
     assert f.shape == (300, 3) and f.device.type == "cpu" and f.dtype == torch.float32
+
+
+def test_realistic_arm_runs_end_to_end_from_the_shipped_imagenet_weights(tmp_path, monkeypatch):
+    """The arm no run has used yet at full size (it needs a GPU): EfficientNet-Lite0 from the shipped
+    ImageNet weights on the colour pair, its input size chosen, every variant's curve evaluated.
+    Tiny sizes and steps; on CPU (`--device cpu`, what a GPU run changes)."""
+    import json
+
+    monkeypatch.setattr(dc.torch, "set_num_threads", lambda n: None)  # the test process keeps its threads
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # main() unsets it and sets UFT_PROGRESS:
+    monkeypatch.setenv("UFT_PROGRESS", "off")  # restored for the tests after this one
+    out = tmp_path / "dc"
+    dc.main(["--arm", "realistic", "--seeds", "0", "--sizes", "20", "--checkpoints", "0,2",
+             "--variants", "naive,replay+mixing", "--colour-sizes", "32", "--colour-per-class", "10",
+             "--eval-cap", "40", "--source-bank", "60", "--batch-size", "8", "--draws", "1", "--knn-k", "3",
+             "--device", "cpu", "--store", str(tmp_path / "store"), "--out", str(out)])
+    saved = json.loads((out.with_suffix(".json")).read_text())
+    assert saved["notes"]["colour_size"]["chosen"] == 32
+    keys = {(c["variant"], c["step"], c["split"]) for c in saved["cells"]}
+    assert keys == {(v, t, sp) for v in ("naive", "replay+mixing") for t in (0, 2) for sp in dc.SPLITS}
+    assert all(0.0 <= x <= 1.0 for c in saved["cells"] for x in c["metrics"].values())

@@ -44,7 +44,7 @@ def default_workers() -> int:
     machine `make run` is timed on, 2 workers did not make the demo faster (2026-12-07, alternating
     first runs: 58.3 and 58.4 s against 55.3 and 63.3 s with 1) and took more CPU (101 against
     85-96 CPU s): its training, holistic and promote tasks each keep both cores busy, and two at once
-    slowed each other (holistic 8.8 → 16.7 s beside promote). Machines with more cores are untested."""
+    slowed each other (holistic 8.8 → 16.9 s beside promote). Machines with more cores are untested."""
     raw = os.environ.get(WORKERS_ENV, "").strip()
     if not raw:
         return 1

@@ -179,7 +179,6 @@ class _ErrorTap(io.TextIOBase):
         self.task_errors: dict[str, str] = {}  # task → the last uft error line it printed
         self.kinds: dict[str, str] = {}  # task → that error's class: UftError (bad input) or TransientError
         self.failed: list[str] = []  # tasks that finished with FAILURE, in order
-        self.executions = 0  # "Executing task" lines seen: a task call that adds none was a cache hit
         self.cached: list[str] = []  # tasks answered from kfp.local's task cache, in order
         self.spans: dict[str, tuple[float, float]] = {}  # task → (start, end), time.time() of its events
 
@@ -194,7 +193,6 @@ class _ErrorTap(io.TextIOBase):
                         self.task_errors[task], self.kinds[task] = self.last_error, m.group(1)
                 if m := re.search(r"Executing task '([\w-]+)'", plain):
                     self.current_task = self._tls.task = m.group(1)
-                    self.executions += 1
                     self._tls.executions = self.thread_executions() + 1
                     self._emit(self.current_task, "started")
                 elif m := re.search(r"Task '([\w-]+)' finished with status (\w+)", plain):

@@ -76,26 +76,23 @@ def concurrent_dag(workers: int) -> Iterator[None]:
     original_simple, original_run = dag_orchestrator.run_dag, edo.run_enhanced_dag
     original_logger, original_indent = logging_utils.local_logger_context, logging_utils.indented_print
     original_print = builtins.print
-    held: list = []  # the entered contexts: the first installs kfp's handler, the last out removes it
+    inside: dict[str, Any] = {"n": 0, "cm": None}  # kfp's context, entered by the first in, left by the last out
     lock = threading.Lock()
 
     @contextlib.contextmanager
     def local_logger_context() -> Iterator[None]:
         with lock:
-            if not held:
-                cm = original_logger()
-                cm.__enter__()
-                held.append(cm)
-            else:
-                held.append(None)
+            if inside["n"] == 0:
+                inside["cm"] = original_logger()
+                inside["cm"].__enter__()
+            inside["n"] += 1
         try:
             yield
         finally:
             with lock:
-                first = held[0]
-                held.pop()
-                if not held:  # whichever thread leaves last (tasks end in any order)
-                    first.__exit__(None, None, None)
+                inside["n"] -= 1
+                if inside["n"] == 0:  # whichever thread leaves last (tasks end in any order)
+                    inside["cm"].__exit__(None, None, None)
 
     @contextlib.contextmanager
     def indented_print(num_spaces: int = 4) -> Iterator[None]:

@@ -10,12 +10,17 @@ Tracking is off when ``MLFLOW_TRACKING_URI`` is unset (library use without a ser
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from uft.errors import TransientError, UftError
 
 PARENT = "pipeline"
+#: How old the parent run must be before a step takes it (:func:`get_or_create_run`): longer than a
+#: create request takes to land in a local or cluster MLflow (and than the pods' clock skew), so no
+#: run stamped earlier can still arrive. Costs the step that makes the parent this once per run.
+PARENT_SETTLE_S = 0.5
 TAG_RUN = "uft.pipeline_run_id"
 TAG_STEP = "uft.step"
 #: What KFP's MLflow plugin puts into a step container when an admin enables it (backend/src/v2/
@@ -71,26 +76,63 @@ def experiment_id(name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     artifacts = os.environ.get("UFT_MLFLOW_ARTIFACTS")  # e.g. s3://bucket/mlflow
-    return client.create_experiment(name, artifact_location=f"{artifacts}/{name}" if artifacts else None)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=f"{artifacts}/{name}" if artifacts else None)
+    except MlflowException:  # a step running beside this one created it first
+        if (exp := client.get_experiment_by_name(name)) is None:
+            raise
+        return exp.experiment_id
 
 
 def find_run(exp_id: str, pipeline_run_id: str, step: str):
+    """The run of (``pipeline_run_id``, ``step``): the oldest one, should a race have made two
+    (:func:`get_or_create_run`), so every caller agrees on it."""
     runs = _client().search_runs(
         [exp_id], filter_string=f"tags.`{TAG_RUN}` = '{pipeline_run_id}' and tags.`{TAG_STEP}` = '{step}'",
-        max_results=2,
+        max_results=1, order_by=["attributes.start_time ASC", "attributes.run_id ASC"],
     )
     return runs[0] if runs else None
 
 
+def _settled_parent(exp_id: str, pipeline_run_id: str):
+    """The oldest parent run of ``pipeline_run_id`` once it is :data:`PARENT_SETTLE_S` old, when no
+    run stamped before it can still be on its way in; ``None`` when there is none."""
+    while (run := find_run(exp_id, pipeline_run_id, PARENT)) is not None:
+        wait = run.info.start_time / 1000 + PARENT_SETTLE_S - time.time()
+        if wait <= 0:
+            return run
+        time.sleep(wait)
+    return None
+
+
 def get_or_create_run(exp_id: str, pipeline_run_id: str, step: str, parent_id: str | None = None,
                       run_name: str | None = None) -> str:
-    existing = find_run(exp_id, pipeline_run_id, step)
-    if existing is not None:
+    """The run of (``pipeline_run_id``, ``step``), created when there is none.
+
+    Steps start at once (KFP runs independent tasks in parallel pods, ``uft run`` with
+    ``UFT_LOCAL_WORKERS``), and each makes the parent run if it finds none. MLflow has no unique
+    key to make that atomic, so the parent is the oldest run of the key (:func:`find_run`), taken
+    only once it is settled (:func:`_settled_parent`); a step whose new parent lost deletes it.
+    All of them then end on one parent. (A step's own run has one writer: a retry runs after the
+    failed attempt, never beside it.)"""
+    find = (lambda: _settled_parent(exp_id, pipeline_run_id)) if step == PARENT else (
+        lambda: find_run(exp_id, pipeline_run_id, step))
+    if (existing := find()) is not None:
         return existing.info.run_id
     tags = {TAG_RUN: pipeline_run_id, TAG_STEP: step}
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id
-    return _client().create_run(exp_id, tags=tags, run_name=run_name or step).info.run_id
+    client = _client()
+    created = client.create_run(exp_id, tags=tags, run_name=run_name or step).info.run_id
+    if step != PARENT:
+        return created
+    oldest = find()
+    if oldest is not None and oldest.info.run_id != created:
+        client.delete_run(created)
+        return oldest.info.run_id
+    return created
 
 
 def parent_run_id(experiment: str, pipeline_run_id: str) -> str:

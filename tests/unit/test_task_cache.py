@@ -41,6 +41,34 @@ def test_entry_is_salted_and_trusted_only_while_its_outputs_verify(tmp_path):
     assert cache_module.get_local_cache() is None  # restored: kfp.local's cache is off by default
 
 
+def test_tasks_keyed_at_once_share_one_salt(tmp_path):
+    """With UFT_LOCAL_WORKERS the first tasks compute their keys at once: the salt (which makes the
+    MLflow parent run) is made once, or their keys would hold different parent runs and a rerun would
+    miss some of them (a CI failure of test_identical_rerun_reuses_promote_and_report)."""
+    import threading
+    import time
+
+    made = []
+
+    def salt():
+        made.append(1)
+        time.sleep(0.2)  # MLflow's lookup of the parent run: long enough for the other thread to enter
+        return {"UFT_CACHE_PARENT_RUN": f"p{len(made)}"}
+
+    with checked_task_cache(tmp_path / "cache", salt):
+        cache = cache_module.get_local_cache()
+        keys = {}
+        threads = [threading.Thread(target=lambda n=n: keys.update({n: cache.compute_key(f"comp-{n}", "img", [], {})}))
+                   for n in ("ingest", "ingest-2")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(made) == 1, f"the salt was made {len(made)} times"
+    assert keys["ingest"] == cache_module.LocalCache(str(tmp_path / "x")).compute_key(
+        "comp-ingest", "img", [], {}, {"UFT_CACHE_PARENT_RUN": "p1"})
+
+
 def test_runner_reports_a_call_without_a_process_as_cached(monkeypatch):
     events = []
     tap = _ErrorTap(io.StringIO(), quiet=True, on_event=lambda t, s: events.append((t, s)))

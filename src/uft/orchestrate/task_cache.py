@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -175,7 +176,14 @@ def checked_task_cache(root: Path, salt: dict[str, str] | Callable[[], dict[str,
                     Path(value.uri).touch(exist_ok=True)
             super().put(key, outputs)
 
-    salted = functools.cache(salt if callable(salt) else lambda: salt)
+    # Once for the whole run, under a lock: with UFT_LOCAL_WORKERS the first tasks compute their
+    # keys at once, and functools.cache alone would let each make the salt (and its parent run).
+    lock = threading.Lock()
+    salt_fn = functools.cache(salt if callable(salt) else lambda: salt)
+
+    def salted() -> dict[str, str]:
+        with lock:
+            return salt_fn()
 
     cache = CheckedCache(str(root))
     original = cache_module.get_local_cache

@@ -98,13 +98,16 @@ def find_run(exp_id: str, pipeline_run_id: str, step: str):
 
 def _settled_parent(exp_id: str, pipeline_run_id: str):
     """The oldest parent run of ``pipeline_run_id`` once it is :data:`PARENT_SETTLE_S` old, when no
-    run stamped before it can still be on its way in; ``None`` when there is none."""
-    while (run := find_run(exp_id, pipeline_run_id, PARENT)) is not None:
-        wait = run.info.start_time / 1000 + PARENT_SETTLE_S - time.time()
-        if wait <= 0:
-            return run
-        time.sleep(wait)
-    return None
+    run stamped before it can still be on its way in; ``None`` when there is none. One wait at
+    most: a run stamped in the future (a pod's clock ahead) costs one settle, not the skew."""
+    run = find_run(exp_id, pipeline_run_id, PARENT)
+    if run is None:
+        return None
+    wait = (run.info.start_time or 0) / 1000 + PARENT_SETTLE_S - time.time()
+    if wait <= 0:
+        return run
+    time.sleep(min(wait, PARENT_SETTLE_S))
+    return find_run(exp_id, pipeline_run_id, PARENT)  # an older run that landed meanwhile, or the same
 
 
 def get_or_create_run(exp_id: str, pipeline_run_id: str, step: str, parent_id: str | None = None,

@@ -36,3 +36,16 @@ def test_steps_starting_at_once_share_one_experiment_and_parent_run(mlflow_env):
         live = MlflowClient().search_runs([exp], filter_string=f"tags.`{tracking.TAG_RUN}` = '{key}'")
         assert [r.info.run_id for r in live] == parents[:1], "a losing duplicate was left in the experiment"
         assert tracking.parent_run_id("race", key) == parents[0]  # a later step finds the same one
+
+
+def test_a_parent_stamped_by_a_clock_ahead_costs_one_settle_not_the_skew(mlflow_env):
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    exp = tracking.experiment_id("skew")
+    ahead = MlflowClient().create_run(exp, start_time=int((time.time() + 3600) * 1000),
+                                      tags={tracking.TAG_RUN: "k", tracking.TAG_STEP: tracking.PARENT}).info.run_id
+    t0 = time.monotonic()
+    assert tracking.parent_run_id("skew", "k") == ahead
+    assert time.monotonic() - t0 < tracking.PARENT_SETTLE_S + 2

@@ -51,6 +51,11 @@ def metrics_of(state: Path) -> dict[str, float]:
     return dict(runs[0].data.metrics)
 
 
+def run_env() -> dict[str, str]:
+    """This process's environment less its AWS/MLflow settings: each `uft run` starts its own services."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+
+
 def one_run(budget: str, extra: list[str], env: dict[str, str]) -> dict[str, float]:
     """`uft run` at ``budget`` (P,F,HS,H) in a fresh state → its parent run's metrics, plus the run's
     wall/CPU, the gate's val gain and 90 % interval (``gate_gain``, ``gate_low``, ``gate_high``) and
@@ -88,7 +93,7 @@ def validates(m: dict[str, float]) -> bool:
 def choose(extra: list[str]) -> str:
     """The pre-registered choice: every candidate on every selection seed, the smallest that qualifies
     on all, then it on the validation seeds (the next qualifying one if it fails) → markdown."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env = run_env()
     head = ["budget (P / F / HS / H)", "seed", "role", "wall s", "gate val gain [90 % interval]", "promoted",
             "holistic start (val) degenerate", "few-label probes moved (test)", "base → finetuned k-NN (test)",
             "holistic source overall (test)", "passes"]
@@ -125,16 +130,15 @@ def choose(extra: list[str]) -> str:
 
 
 def run(budgets: list[str], extra: list[str]) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env = run_env()
     head = ["pretrain / finetune / holistic source / holistic steps", "wall s", "CPU s", "base k-NN", "finetuned k-NN",
             "base 1-shot", "finetuned 1-shot", "base 5-shot", "finetuned 5-shot", "source k-NN base → finetuned",
             "holistic source overall", "adabn overall"]
     rows = []
     for budget in budgets:
         m = one_run(budget, extra, env)
-        values, r_wall, r_cpu = budget.split(","), m["wall"], m["cpu"]
         g = lambda k: m.get(k, float("nan"))  # noqa: E731
-        rows.append([" / ".join(values), r_wall, r_cpu, g("base_knn"), g("finetuned_knn"), g("base_linear_1shot"),
+        rows.append([budget.replace(",", " / "), m["wall"], m["cpu"], g("base_knn"), g("finetuned_knn"), g("base_linear_1shot"),
                      g("finetuned_linear_1shot"), g("base_linear_5shot"), g("finetuned_linear_5shot"),
                      f"{g('base_source_knn'):.3f} → {g('finetuned_source_knn'):.3f}", g("holistic_source_overall"),
                      g("holistic_adabn_overall")])
